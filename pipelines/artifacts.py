@@ -1,0 +1,168 @@
+"""Writes and reads artifacts atomically, each with a JSON manifest that says how it was made."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import LookalikeError
+
+MANIFEST_VERSION = 1
+_VERSIONED = (
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pillow",
+    "scikit-learn",
+    "umap-learn",
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hex sha256 of a JSON-serialisable object in canonical form (sorted keys)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    An interrupted or failed write leaves `path` as it was (absent or the previous version),
+    never half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write a table atomically as parquet (no index)."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_npy(array: np.ndarray, path: Path) -> None:
+    """Write an array atomically as .npy."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON atomically, indented for people to read."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def manifest_path(artifact: Path) -> Path:
+    """`dir/name.ext` -> `dir/name.manifest.json` (`dir/.manifest.json` for a folder artifact)."""
+    artifact = Path(artifact)
+    stem = artifact.name.split(".")[0]
+    return artifact.with_name(f"{stem}.manifest.json")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an artifact's numbers."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def stage_key(stage: str, params: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
+    """The identity of one stage run: what it was asked to do on which inputs."""
+    return sha256_json({"stage": stage, "params": dict(params), "inputs": dict(inputs)})
+
+
+def write_manifest(
+    artifact: Path,
+    stage: str,
+    params: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write `artifact`'s manifest after the artifact itself; returns the manifest.
+
+    `inputs` maps input names to their content hashes (for example the catalog's sha256),
+    so a later run can tell whether anything it depends on changed.
+    """
+    artifact = Path(artifact)
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "stage": stage,
+        "artifact": artifact.name,
+        "key": stage_key(stage, params, inputs),
+        "params": dict(params),
+        "inputs": dict(inputs),
+        "sha256": sha256_file(artifact) if artifact.is_file() else None,
+        "bytes": artifact.stat().st_size if artifact.is_file() else None,
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(dict(extra) if extra else {}),
+    }
+    write_json(manifest, manifest_path(artifact))
+    return manifest
+
+
+def read_manifest(artifact: Path) -> dict[str, Any] | None:
+    """The manifest beside `artifact`, or None when there is none or it cannot be read."""
+    path = manifest_path(artifact)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_fresh(
+    artifact: Path, stage: str, params: Mapping[str, Any], inputs: Mapping[str, str]
+) -> bool:
+    """True when `artifact` exists, is whole, and was made by this stage from these inputs."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    if manifest is None or not artifact.exists():
+        return False
+    if manifest.get("key") != stage_key(stage, params, inputs):
+        return False
+    # A file replaced by hand or truncated since its manifest was written is stale.
+    return not (artifact.is_file() and manifest.get("bytes") != artifact.stat().st_size)
+
+
+def artifact_hash(artifact: Path, make_with: str) -> str:
+    """The recorded sha256 of an upstream artifact, or a clear error saying how to build it."""
+    manifest = read_manifest(artifact)
+    if not Path(artifact).exists() or manifest is None or not manifest.get("sha256"):
+        raise LookalikeError(f"{artifact} is missing — run `{make_with}` first")
+    return str(manifest["sha256"])

