@@ -1,0 +1,1 @@
+"""Lookalike engine: pure stages from image folders to embeddings, maps, clusters and metrics."""
