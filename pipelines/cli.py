@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import SOURCE_FORMATS, Config
+from pipelines.config import EXTRACTORS, SOURCE_FORMATS, Config
 from pipelines.errors import LookalikeError
 
 
@@ -16,6 +17,27 @@ def _catalog(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.catalog import run_catalog
 
     return run_catalog(config, force=args.force)
+
+
+def _embed(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.embed import run_embed
+
+    return [run_embed(config, name, force=args.force) for name in args.extractor]
+
+
+def _train(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.train import run_train
+
+    return run_train(config, force=args.force)
+
+
+def _extractors(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--extractor",
+        action="append",
+        default=None,
+        help=f"extractor to use, repeatable: {', '.join(EXTRACTORS)} (default: all)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +50,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--force", action="store_true", help="rebuild even when inputs and settings are unchanged"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a setting of pipelines/config.py, e.g. --set batch_size=16 (repeatable)",
     )
 
 
@@ -54,6 +84,16 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         _catalog,
         [_source],
     ),
+    "train": (
+        "train the custom CNN on the catalog's labels (an autoencoder when it has none)",
+        _train,
+        [],
+    ),
+    "embed": (
+        "embed every catalog image with the chosen extractors into artifacts/embeddings/",
+        _embed,
+        [_extractors],
+    ),
 }
 
 
@@ -72,9 +112,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["batch_size=16", ...]` -> typed values, converted by each setting's default type."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    defaults = Config()
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in fields:
+            raise LookalikeError(
+                f"--set takes NAME=VALUE with a setting of pipelines/config.py, got {pair!r}; "
+                f"settings: {', '.join(sorted(fields))}"
+            )
+        current = getattr(defaults, name)
+        try:
+            if isinstance(current, bool):
+                value: Any = text.lower() in ("1", "true", "yes")
+            elif isinstance(current, tuple):
+                value = tuple(int(v) for v in text.split(","))
+            elif current is None or isinstance(current, Path):
+                value = Path(text)
+            else:
+                value = type(current)(text)
+        except ValueError as err:
+            raise LookalikeError(
+                f"--set {name}: {text!r} is not a valid {type(current).__name__}"
+            ) from err
+        changes[name] = value
+    return changes
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """A Config with the command line's overrides applied (and checked)."""
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = parse_overrides(args.overrides)
     if args.artifacts is not None:
         changes["artifacts_dir"] = args.artifacts
     for name in ("source", "source_format"):
@@ -88,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        if getattr(args, "extractor", "absent") is None:
+            args.extractor = list(EXTRACTORS)
         STAGES[args.stage][1](config, args)
     except LookalikeError as err:
         print(f"error: {err}", file=sys.stderr)

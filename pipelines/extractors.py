@@ -1,0 +1,243 @@
+"""Feature extractors: input size, preprocessing and weights of each, and how it embeds pixels."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipelines import artifacts
+from pipelines.config import Config
+from pipelines.errors import LookalikeError
+from pipelines.images import BBox, ImageSource, load_array
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); an all-zero row stays zero instead of NaN."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class Extractor(ABC):
+    """Turns (n, S, S, 3) uint8 RGB arrays into (n, dim) float32 unit rows.
+
+    Subclasses set `name`, `input_size` and `dim`, and implement `_load` (build the model once),
+    `preprocess` and `forward`. The batch stage and the live path share `embed_arrays`, and
+    both get their pixels from `pipelines.images.load_array`.
+    """
+
+    name: ClassVar[str]
+    input_size: ClassVar[int]
+    dim: ClassVar[int]
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        """The Keras model, built and loaded on first use."""
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    @abstractmethod
+    def _load(self) -> Any:
+        """Build the model and load its weights."""
+
+    @abstractmethod
+    def weights_id(self) -> str:
+        """A hash that changes whenever the weights change (goes into embedding manifests)."""
+
+    @abstractmethod
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """(n, S, S, 3) uint8 -> the float32 tensor the model takes."""
+
+    def describe(self) -> dict[str, Any]:
+        """Preprocessing and model facts recorded in the embedding manifest."""
+        return {"input_size": self.input_size, "dim": self.dim, "resize": "bilinear, squash"}
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The model's embedding output on preprocessed tensors, not yet normalised."""
+        # predict_on_batch runs Keras's compiled predict step: no eager op-by-op dispatch.
+        out = self.model.predict_on_batch(x)
+        if isinstance(out, list | tuple):
+            out = out[0]
+        return np.asarray(out)
+
+    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
+        """(n, S, S, 3) uint8 -> (n, dim) float32 unit rows."""
+        images = np.asarray(images)
+        expected = (self.input_size, self.input_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
+            raise LookalikeError(
+                f"{self.name} takes (n, {self.input_size}, {self.input_size}, 3) uint8 images, "
+                f"got {images.shape} {images.dtype}"
+            )
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return normalize_rows(self.forward(self.preprocess(images)))
+
+    def load_pixels(self, source: ImageSource, bbox: BBox | None = None) -> np.ndarray:
+        """One image file or upload -> (S, S, 3) uint8, exactly as the batch stage loads it."""
+        return load_array(source, self.input_size, bbox=bbox, max_pixels=self.config.max_pixels)
+
+    def embed_images(
+        self, sources: Sequence[ImageSource], bboxes: Sequence[BBox | None] | None = None
+    ) -> np.ndarray:
+        """The live path: files or uploaded bytes -> (n, dim) unit rows."""
+        boxes = bboxes if bboxes is not None else [None] * len(sources)
+        pixels = [self.load_pixels(s, b) for s, b in zip(sources, boxes, strict=True)]
+        empty = np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
+        return self.embed_arrays(np.stack(pixels) if pixels else empty)
+
+
+class InceptionV3Extractor(Extractor):
+    """InceptionV3 pool3 features (2048-d) with Google's 2015 ImageNet weights, offline."""
+
+    name = "inception_v3"
+    input_size = 299
+    dim = 2048
+
+    @property
+    def weights_path(self):  # noqa: ANN201 - a Path
+        suffix = "" if self.config.inception_weights == "fid" else "_keras"
+        return self.config.models_dir / f"inception_v3{suffix}.weights.h5"
+
+    def weights_id(self) -> str:
+        self.ensure_weights()
+        return artifacts.artifact_hash(self.weights_path, "python -m pipelines embed")
+
+    def ensure_weights(self) -> None:
+        """Convert the weights once into a Keras weights file under artifacts/models/."""
+        from pipelines import inception_weights as iw
+
+        source = "fid" if self.config.inception_weights == "fid" else "keras-imagenet"
+        if artifacts.is_fresh(self.weights_path, "weights", {"source": source}, {}):
+            return
+        start = time.perf_counter()
+        if self.config.inception_weights == "fid":
+            pt_path = iw.find_fid_weights()
+            print(f"inception_v3: converting {pt_path.name} to Keras weights (once)...")
+            model = iw.build_inception_v3()
+            iw.load_fid_weights(model, pt_path)
+            extra = {"converted_from": str(pt_path), "source_sha1": iw.FID_WEIGHTS_SHA1}
+        else:
+            import keras
+
+            print("inception_v3: downloading Keras's ImageNet weights (needs internet)...")
+            try:
+                model = keras.applications.InceptionV3(
+                    include_top=False, weights="imagenet", pooling="avg"
+                )
+            except Exception as err:  # Keras raises several kinds on a failed download
+                raise LookalikeError(
+                    f"could not download Keras's ImageNet weights ({err}); use the default "
+                    f"offline weights (inception_weights='fid')"
+                ) from err
+            extra = {"converted_from": "keras.applications imagenet"}
+        # Keras insists on the .weights.h5 suffix, so the temp name keeps it.
+        tmp = self.weights_path.with_name(f".tmp-{self.weights_path.name}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        model.save_weights(tmp)
+        tmp.replace(self.weights_path)
+        artifacts.write_manifest(
+            self.weights_path,
+            "weights",
+            {"source": source},
+            {},
+            extra={**extra, "seconds": round(time.perf_counter() - start, 1)},
+        )
+
+    def _load(self) -> Any:
+        from pipelines import inception_weights as iw
+
+        self.ensure_weights()
+        if self.config.inception_weights == "fid":
+            model = iw.build_inception_v3()
+        else:
+            import keras
+
+            model = keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg")
+        model.load_weights(self.weights_path)
+        return model
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        if self.config.inception_weights == "fid":
+            return images.astype(np.float32) / 128.0 - 1.0
+        return images.astype(np.float32) / 127.5 - 1.0
+
+    def describe(self) -> dict[str, Any]:
+        scale = "x/128-1" if self.config.inception_weights == "fid" else "x/127.5-1"
+        return {**super().describe(), "weights": self.config.inception_weights, "scale": scale}
+
+
+class CustomCNNExtractor(Extractor):
+    """Our CNN trained on the catalog: its 128-d embedding layer, and a category head."""
+
+    name = "custom_cnn"
+    dim = 128
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self._manifest: dict[str, Any] | None = None
+
+    @property
+    def input_size(self) -> int:  # type: ignore[override]
+        return self.config.cnn_image_size
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The trained model's manifest (class names, kind, image size)."""
+        if self._manifest is None:
+            _ = self.model
+        assert self._manifest is not None
+        return self._manifest
+
+    def weights_id(self) -> str:
+        return artifacts.artifact_hash(
+            self.config.models_dir / "custom_cnn.keras", "python -m pipelines train"
+        )
+
+    def _load(self) -> Any:
+        from pipelines.train import load_custom_cnn
+
+        model, manifest = load_custom_cnn(self.config)
+        self._manifest = manifest
+        return model
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        # The model rescales inside (its first layer), so it owns its preprocessing.
+        return images.astype(np.float32)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Category names of the classifier head; empty for an autoencoder."""
+        return list(self.manifest.get("class_names") or [])
+
+    def embed_and_classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n, S, S, 3) uint8 -> (unit embeddings, class probabilities or None)."""
+        out = self.model.predict_on_batch(self.preprocess(images))
+        if isinstance(out, list | tuple) and len(out) > 1:
+            return normalize_rows(np.asarray(out[0])), np.asarray(out[1], dtype=np.float32)
+        emb = out[0] if isinstance(out, list | tuple) else out
+        return normalize_rows(np.asarray(emb)), None
+
+
+REGISTRY: dict[str, type[Extractor]] = {
+    InceptionV3Extractor.name: InceptionV3Extractor,
+    CustomCNNExtractor.name: CustomCNNExtractor,
+}
+
+
+def get_extractor(name: str, config: Config) -> Extractor:
+    """The extractor called `name`; an unknown name lists the valid ones."""
+    if name not in REGISTRY:
+        raise LookalikeError(
+            f"unknown extractor {name!r}; valid extractors: {', '.join(sorted(REGISTRY))}"
+        )
+    return REGISTRY[name](config)
