@@ -31,6 +31,32 @@ def _train(config: Config, args: argparse.Namespace) -> Any:
     return run_train(config, force=args.force)
 
 
+def _maps(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.project import run_maps
+
+    return run_maps(config, args.extractor, force=args.force)
+
+
+def _clusters(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.cluster import run_clusters
+
+    return run_clusters(config, args.extractor, force=args.force)
+
+
+def _evaluate(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.evaluate import format_report, run_evaluate
+
+    metrics = run_evaluate(config, args.extractor, force=args.force)
+    print(format_report(metrics))
+    return metrics
+
+
+def _run(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.run import run_all
+
+    return run_all(config, args.extractor, force=args.force)
+
+
 def _extractors(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extractor",
@@ -93,6 +119,27 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "embed every catalog image with the chosen extractors into artifacts/embeddings/",
         _embed,
         [_extractors],
+    ),
+    "maps": (
+        "2-D UMAP map per extractor into artifacts/maps/, with its trustworthiness",
+        _maps,
+        [_extractors],
+    ),
+    "clusters": (
+        "k-means clusters per extractor into artifacts/clusters/",
+        _clusters,
+        [_extractors],
+    ),
+    "evaluate": (
+        "precision@k, mAP@10 and latency per extractor x strategy into artifacts/metrics.json",
+        _evaluate,
+        [_extractors],
+    ),
+    "run": (
+        "every stage in order (catalog, train, embed, maps, clusters, evaluate); each skips "
+        "itself when nothing changed",
+        _run,
+        [_source, _extractors],
     ),
 }
 

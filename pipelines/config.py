@@ -152,6 +152,11 @@ class Config:
         return self.artifacts_dir / "clusters" / f"{extractor}.parquet"
 
     @property
+    def categories_path(self) -> Path:
+        """The custom CNN's predicted category per catalog item (written by its embed stage)."""
+        return self.artifacts_dir / "categories.parquet"
+
+    @property
     def metrics_path(self) -> Path:
         return self.artifacts_dir / "metrics.json"
 

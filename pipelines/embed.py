@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,11 +19,6 @@ from pipelines.images import ImageError, load_array
 from pipelines.sources import BBOX_COLUMNS
 
 STAGE = "embed"
-
-
-def categories_path(config: Config) -> Path:
-    """Where the custom CNN's predicted category of every catalog item is written."""
-    return config.artifacts_dir / "categories.parquet"
 
 
 def _pixel_stream(catalog: pd.DataFrame, rows: np.ndarray, size: int, config: Config):  # noqa: ANN202
@@ -92,7 +86,7 @@ def run_embed(
     inputs = {"catalog": catalog_hash(config), "weights": ext.weights_id()}
     wants_categories = isinstance(ext, CustomCNNExtractor) and bool(ext.class_names)
     fresh = artifacts.is_fresh(out, STAGE, params, inputs) and (
-        not wants_categories or categories_path(config).exists()
+        not wants_categories or config.categories_path.exists()
     )
     if fresh and not force:
         print(f"embed {extractor}: up to date ({len(catalog)} rows); nothing to do.")
@@ -165,8 +159,8 @@ def run_embed(
                 "confidence": probs.max(axis=1).astype(np.float32),
             }
         )
-        artifacts.write_parquet(table, categories_path(config))
-        artifacts.write_manifest(categories_path(config), STAGE, params, inputs)
+        artifacts.write_parquet(table, config.categories_path)
+        artifacts.write_manifest(config.categories_path, STAGE, params, inputs)
     seconds = time.perf_counter() - start
     embedded = len(rows)
     summary = {

@@ -16,11 +16,15 @@ def real_photos(label: str, n: int, split: str = "train") -> list[Path]:
     """The first `n` real photos of one class and split of clothing-small, sorted by name."""
     folder = CLOTHING / split / label
     if not folder.is_dir():
-        pytest.fail(f"the shared dataset is missing: {folder} (tests need ../shared beside the repo)")
+        pytest.fail(
+            f"the shared dataset is missing: {folder} (tests need ../shared beside the repo)"
+        )
     return sorted(folder.glob("*.jpg"))[:n]
 
 
-def copy_subset(dest: Path, per_class: dict[str, int], splits=("train", "validation", "test")) -> Path:
+def copy_subset(
+    dest: Path, per_class: dict[str, int], splits=("train", "validation", "test")
+) -> Path:
     """Copy a few real photos per class and split into dest/<split>/<label>/ (a folder catalog)."""
     for split in splits:
         for label, n in per_class.items():

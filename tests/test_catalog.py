@@ -1,4 +1,4 @@
-"""The catalog stage on real photos mixed with broken and unusual files, CSV and DeepFashion trees."""
+"""The catalog stage on real photos mixed with broken and odd files, CSV and DeepFashion trees."""
 
 from __future__ import annotations
 
@@ -224,7 +224,11 @@ def _cli(*args: str, env_artifacts: Path) -> subprocess.CompletedProcess:
     ("make", "args", "message"),
     [
         (None, ["--source", "{tmp}/nowhere"], "does not exist — pass --source"),
-        ("folder", ["--source", "{tmp}/src", "--format", "xml"], "must be one of auto, folders, csv, deepfashion; got 'xml'"),
+        (
+            "folder",
+            ["--source", "{tmp}/src", "--format", "xml"],
+            "must be one of auto, folders, csv, deepfashion; got 'xml'",
+        ),
         ("csv", ["--source", "{tmp}/src/list.csv"], "has no 'path' column"),
         ("empty", ["--source", "{tmp}/src"], "no images (jpg, png, webp) found"),
     ],

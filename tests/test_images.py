@@ -1,4 +1,4 @@
-"""The image loader: every Pillow mode to upright RGB, and every bad file refused with its reason."""
+"""The image loader: every Pillow mode to upright RGB; every bad file refused with its reason."""
 
 from __future__ import annotations
 

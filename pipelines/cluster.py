@@ -1,0 +1,193 @@
+"""Reads the catalog and embeddings; writes k-means clusters, centroids and summaries."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+
+from pipelines.artifacts import (
+    is_fresh,
+    read_manifest,
+    write_manifest,
+    write_npy,
+    write_parquet,
+)
+from pipelines.config import EXTRACTORS, Config
+from pipelines.search import centroids_path, read_catalog, read_embeddings
+
+STAGE = "cluster"
+# k-means restarts: a few suffice on unit vectors and keep 2 cores busy for seconds, not minutes.
+N_INIT = 3
+SUMMARY_COLUMNS = ["cluster", "size", "n_labelled", "top_label", "purity", "composition"]
+
+
+def summary_path(config: Config, extractor: str) -> Path:
+    """The per-cluster summary table beside the assignments (its own manifest, so no dots)."""
+    return config.clusters_path(extractor).with_name(f"{extractor}_summary.parquet")
+
+
+def kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical-style k-means: sklearn KMeans on unit rows, then cosine assignment.
+
+    Parameters
+    ----------
+    vectors : (n, d) unit rows; on unit vectors Euclidean k-means approximates cosine k-means.
+    n_clusters : wanted clusters, clipped to n.
+    seed : fixes the initialisation, so the same inputs give the same clusters.
+
+    Returns
+    -------
+    labels : (n,) int32 cluster of each row, each row assigned to its most similar unit
+        centroid — the same rule the search applies to a new query, so a catalog item and a
+        query identical to it land in the same cluster. Clusters are numbered by size,
+        largest first.
+    centroids : (c, d) float32 unit-length centroids, c = min(n_clusters, n).
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    if n == 0:
+        raise ValueError("k-means needs at least one vector")
+    clusters = max(1, min(int(n_clusters), n))
+    model = KMeans(n_clusters=clusters, n_init=N_INIT, random_state=seed).fit(vectors)
+    centroids = model.cluster_centers_.astype(np.float32)
+    lengths = np.linalg.norm(centroids, axis=1, keepdims=True)
+    centroids /= np.where(lengths > 0, lengths, 1.0)
+    labels = np.argmax(vectors @ centroids.T, axis=1)
+    # Largest cluster first makes the app's cluster list read naturally.
+    order = np.argsort(-np.bincount(labels, minlength=clusters), kind="stable")
+    rank = np.empty(clusters, dtype=np.int32)
+    rank[order] = np.arange(clusters, dtype=np.int32)
+    return rank[labels].astype(np.int32), np.ascontiguousarray(centroids[order])
+
+
+def cluster_summary(
+    cluster_ids: np.ndarray, labels: Sequence[object] | np.ndarray | None = None
+) -> pd.DataFrame:
+    """One row per non-empty cluster: size and, where labels exist, how pure it is.
+
+    Parameters
+    ----------
+    cluster_ids : (n,) int cluster of each item.
+    labels : (n,) true label of each item (None/NA when unknown), or None for an unlabelled
+        catalog.
+
+    Returns
+    -------
+    DataFrame with columns cluster, size, n_labelled, top_label (most common label, None
+    without labels), purity (top label's share of the labelled members, NaN without labels),
+    composition (JSON object {label: count}, most common first; "{}" without labels).
+    """
+    cluster_ids = np.asarray(cluster_ids)
+    frame = pd.DataFrame(
+        {
+            "cluster": cluster_ids.astype(np.int64),
+            "label": pd.Series(
+                [None] * len(cluster_ids) if labels is None else list(labels), dtype=object
+            ),
+        }
+    )
+    rows = []
+    for cluster, members in frame.groupby("cluster", sort=True):
+        counts = members["label"].dropna().astype(str).value_counts(sort=True)
+        counts = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
+        labelled = int(counts.sum())
+        rows.append(
+            {
+                "cluster": int(cluster),
+                "size": len(members),
+                "n_labelled": labelled,
+                "top_label": str(counts.index[0]) if labelled else None,
+                "purity": float(counts.iloc[0] / labelled) if labelled else float("nan"),
+                "composition": json.dumps({str(k): int(v) for k, v in counts.items()}),
+            }
+        )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def overall_purity(summary: pd.DataFrame) -> float | None:
+    """Share of labelled items that carry their cluster's top label (None without labels)."""
+    labelled = summary["n_labelled"].sum()
+    if labelled == 0:
+        return None
+    return float((summary["purity"].fillna(0) * summary["n_labelled"]).sum() / labelled)
+
+
+def run_clusters(
+    config: Config, extractors: Sequence[str] = EXTRACTORS, force: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Stage: k-means per extractor.
+
+    Writes, each with a manifest: `config.clusters_path(name)` (item_id, cluster int32, in
+    catalog order), `clusters/<name>_summary.parquet` (see `cluster_summary`) and
+    `clusters/<name>_centroids.npy` ((c, d) float32 unit rows, read by the search index).
+    Skipped when parameters and inputs are unchanged, unless `force`.
+
+    Returns
+    -------
+    {extractor: {"path", "summary_path", "centroids_path", "skipped", "n_clusters", "purity"}}
+    """
+    catalog, catalog_hash = read_catalog(config)
+    item_ids = catalog["item_id"].to_numpy()
+    labels = catalog["label"] if "label" in catalog.columns else None
+    if labels is not None and labels.isna().all():
+        labels = None
+    results: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(extractors):
+        start = time.perf_counter()
+        vectors, vectors_hash = read_embeddings(config, name, n_rows=len(catalog))
+        n_clusters = min(config.n_clusters, len(vectors))
+        params = {
+            "n_clusters": n_clusters,
+            "n_init": N_INIT,
+            "seed": config.seed,
+            "assign": "cosine",
+        }
+        inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
+        paths = {
+            "path": config.clusters_path(name),
+            "summary_path": summary_path(config, name),
+            "centroids_path": centroids_path(config, name),
+        }
+        if not force and all(is_fresh(p, STAGE, params, inputs) for p in paths.values()):
+            manifest = read_manifest(paths["path"]) or {}
+            print(f"cluster {name}: up to date, skipped ({paths['path']})")
+            results[name] = {
+                **{key: str(p) for key, p in paths.items()},
+                "skipped": True,
+                "n_clusters": n_clusters,
+                "purity": manifest.get("purity"),
+            }
+            continue
+
+        cluster_ids, centroids = kmeans(vectors, n_clusters, config.seed)
+        summary = cluster_summary(cluster_ids, None if labels is None else labels.to_numpy())
+        purity = overall_purity(summary)
+        extra = {"n_clusters": n_clusters, "purity": purity, "rows": len(item_ids)}
+        # Centroids and summary first: the assignments' manifest, written last, marks the set
+        # as complete for readers that check it.
+        write_npy(centroids, paths["centroids_path"])
+        write_manifest(paths["centroids_path"], STAGE, params, inputs, extra)
+        write_parquet(summary, paths["summary_path"])
+        write_manifest(paths["summary_path"], STAGE, params, inputs, extra)
+        write_parquet(pd.DataFrame({"item_id": item_ids, "cluster": cluster_ids}), paths["path"])
+        write_manifest(paths["path"], STAGE, params, inputs, extra)
+        seconds = time.perf_counter() - start
+        purity_text = "n/a (no labels)" if purity is None else f"{purity:.3f}"
+        print(
+            f"cluster {name}: {n_clusters} clusters over {len(item_ids)} items, "
+            f"purity {purity_text}, {seconds:.1f}s -> {paths['path']}"
+        )
+        results[name] = {
+            **{key: str(p) for key, p in paths.items()},
+            "skipped": False,
+            "n_clusters": n_clusters,
+            "purity": purity,
+        }
+    return results

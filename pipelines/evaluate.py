@@ -1,0 +1,425 @@
+"""Reads the catalog and each extractor's index; writes retrieval metrics (JSON + per class)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipelines.artifacts import (
+    artifact_hash,
+    is_fresh,
+    read_manifest,
+    sha256_file,
+    write_json,
+    write_manifest,
+    write_parquet,
+)
+from pipelines.config import EXTRACTORS, STRATEGIES, Config
+from pipelines.errors import LookalikeError
+from pipelines.search import (
+    Index,
+    categories_path,
+    centroids_path,
+    embed_command,
+    load_index,
+    precision_at_k,
+    read_catalog,
+)
+
+__all__ = [
+    "Protocol",
+    "average_precision",
+    "evaluate_index",
+    "format_report",
+    "latency_context",
+    "latency_stats",
+    "make_protocol",
+    "no_labels_message",
+    "per_class_precision",
+    "per_class_path",
+    "precision_at",
+    "precision_at_k",
+    "recall_at",
+    "run_evaluate",
+]
+
+STAGE = "evaluate"
+# Single queries timed per extractor x strategy: enough for a stable p95, about a second.
+LATENCY_QUERIES = 100
+# The k the latency is measured at (the app's default page of neighbours).
+LATENCY_K = 10
+MAP_K = 10
+PER_CLASS_K = 10
+
+
+def per_class_path(config: Config) -> Path:
+    """The per-class precision table written beside metrics.json."""
+    return config.artifacts_dir / "metrics_per_class.parquet"
+
+
+def no_labels_message(config: Config) -> str:
+    """What to tell a user whose catalog has no labels."""
+    return (
+        f"metrics need labels: {config.catalog_path} has no labels — use a catalog with a "
+        f"label per image (class folders or a 'label' column) to measure retrieval; search, "
+        f"maps and clusters work without them"
+    )
+
+
+# --- metrics on a relevance matrix: relevant[i, j] = result j of query i has its label ---
+def precision_at(relevant: np.ndarray, k: int) -> np.ndarray:
+    """(m,) precision@k: share of the first k results that are relevant (missing = miss)."""
+    return relevant[:, :k].sum(axis=1) / k
+
+
+def recall_at(relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """(m,) recall@k: relevant results in the first k over all relevant gallery items.
+
+    `n_relevant` is (m,) the number of gallery items sharing each query's label (> 0).
+    """
+    return relevant[:, :k].sum(axis=1) / np.asarray(n_relevant, dtype=np.float64)
+
+
+def average_precision(relevant: np.ndarray, n_relevant: np.ndarray, k: int = MAP_K) -> np.ndarray:
+    """(m,) AP@k: mean of precision@i over the relevant ranks i <= k, over min(k, n_relevant).
+
+    The denominator min(k, n_relevant) makes a perfect top-k score 1.0 even for classes with
+    fewer than k gallery items. Its mean over queries is mAP@k.
+    """
+    top = relevant[:, :k].astype(np.float64)
+    ranks = np.arange(1, top.shape[1] + 1)
+    precision_at_rank = np.cumsum(top, axis=1) / ranks
+    denominator = np.minimum(k, np.asarray(n_relevant, dtype=np.float64))
+    return (precision_at_rank * top).sum(axis=1) / denominator
+
+
+def per_class_precision(
+    relevant: np.ndarray, query_labels: Sequence[str] | np.ndarray, k: int = PER_CLASS_K
+) -> pd.DataFrame:
+    """Precision@k averaged over the queries of each label: columns label, n_queries, p@k."""
+    frame = pd.DataFrame(
+        {"label": np.asarray(query_labels, dtype=object), f"p@{k}": precision_at(relevant, k)}
+    )
+    grouped = frame.groupby("label", sort=True)[f"p@{k}"]
+    table = pd.DataFrame({"n_queries": grouped.size(), f"p@{k}": grouped.mean()})
+    return table.reset_index()
+
+
+def latency_stats(seconds: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Median and 95th percentile of per-query times, in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if len(ms) == 0:
+        return {"latency_ms_median": float("nan"), "latency_ms_p95": float("nan")}
+    return {
+        "latency_ms_median": float(np.median(ms)),
+        "latency_ms_p95": float(np.percentile(ms, 95)),
+    }
+
+
+# --- protocol ---
+@dataclass(frozen=True)
+class Protocol:
+    """Which catalog rows are queries and which form the gallery they are searched in."""
+
+    queries: np.ndarray  # (m,) catalog rows with a label
+    gallery: np.ndarray  # (g,) catalog rows searched
+    leave_one_out: bool  # queries are gallery items too, each excluded from its own results
+    description: str
+
+
+def make_protocol(catalog: pd.DataFrame) -> Protocol | None:
+    """Test split as queries and the rest of the catalog as gallery; leave-one-out over all
+    items when there is no test split (or no labelled test item). None without labels."""
+    labels = catalog["label"] if "label" in catalog.columns else pd.Series(pd.NA, catalog.index)
+    labelled = labels.notna().to_numpy()
+    if not labelled.any():
+        return None
+    split = catalog["split"] if "split" in catalog.columns else pd.Series(pd.NA, catalog.index)
+    is_test = (split == "test").fillna(False).to_numpy(dtype=bool)
+    queries = np.flatnonzero(is_test & labelled)
+    gallery = np.flatnonzero(~is_test)
+    if len(queries) and len(gallery):
+        return Protocol(
+            queries,
+            gallery,
+            False,
+            f"{len(queries)} test queries against {len(gallery)} train+validation items",
+        )
+    everything = np.arange(len(catalog))
+    return Protocol(
+        np.flatnonzero(labelled),
+        everything,
+        True,
+        f"leave-one-out: {int(labelled.sum())} labelled queries against the other "
+        f"{len(catalog) - 1} items (no test split)",
+    )
+
+
+def evaluate_index(
+    index: Index,
+    labels: Sequence[object] | np.ndarray,
+    protocol: Protocol,
+    strategy: str,
+    ks: Sequence[int],
+    latency_queries: int = LATENCY_QUERIES,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Retrieval quality and speed of one strategy on a full-catalog index.
+
+    Parameters
+    ----------
+    index : the whole catalog (row i = catalog row i).
+    labels : (n,) catalog labels (None/NA when unknown); relevant = same label.
+    protocol : from `make_protocol`.
+    strategy : one of STRATEGIES.
+    ks : cut-offs for precision and recall; those above the gallery size are left out.
+    latency_queries : single queries timed (evenly spread over the query set).
+
+    Returns
+    -------
+    metrics : {"p@k", "r@k" for each k, "map@10", "latency_ms_median", "latency_ms_p95",
+        "n_queries", "n_gallery"}; queries whose label has no other gallery item are dropped.
+    per_class : DataFrame label, n_queries, p@10.
+    """
+    codes, _ = pd.factorize(pd.Series(np.asarray(labels, dtype=object)), use_na_sentinel=True)
+    loo = protocol.leave_one_out
+    gallery = index if loo else index.subset(protocol.gallery)
+    gallery_codes = codes if loo else codes[protocol.gallery]
+    query_rows = protocol.queries
+    query_codes = codes[query_rows]
+
+    # Relevant items per query: gallery items with its label, minus itself in leave-one-out.
+    class_sizes = np.bincount(gallery_codes[gallery_codes >= 0], minlength=codes.max() + 1)
+    n_relevant = class_sizes[query_codes] - (1 if loo else 0)
+    answerable = n_relevant > 0
+    query_rows, query_codes, n_relevant = (
+        query_rows[answerable],
+        query_codes[answerable],
+        n_relevant[answerable],
+    )
+
+    # Enough results for every cut-off, mAP@10 and P@10 per class, as far as the gallery allows.
+    top = min(max(*ks, MAP_K, PER_CLASS_K), gallery.size - (1 if loo else 0))
+    if len(query_rows) == 0 or top < 1:
+        reason = "no query has another gallery item with its label"
+        return {"skipped": reason}, pd.DataFrame(columns=["label", "n_queries", f"p@{PER_CLASS_K}"])
+    ks = [k for k in ks if k <= top]
+    vectors = index.vectors[query_rows]
+    exclude = query_rows if loo else None
+    categories = None
+    if strategy == "category" and index.categories is not None:
+        categories = index.categories[query_rows]
+
+    # The whole query set in one call: a few matrix products, no per-query Python work.
+    found, _ = gallery.search_rows(
+        vectors, top, strategy, exclude_rows=exclude, query_categories=categories
+    )
+    relevant = (found >= 0) & (gallery_codes[np.maximum(found, 0)] == query_codes[:, None])
+
+    metrics: dict[str, Any] = {}
+    for k in ks:
+        metrics[f"p@{k}"] = float(precision_at(relevant, k).mean())
+    for k in ks:
+        metrics[f"r@{k}"] = float(recall_at(relevant, n_relevant, k).mean())
+    metrics[f"map@{MAP_K}"] = float(average_precision(relevant, n_relevant, MAP_K).mean())
+
+    # Latency as the app sees it: one query per call, results as objects.
+    spread = np.linspace(0, len(query_rows) - 1, min(latency_queries, len(query_rows)))
+    sample = np.unique(spread.astype(np.int64))
+    k_latency = min(LATENCY_K, top)
+    seconds = []
+    for i in [*sample[:2], *sample]:  # the first two are warm-up calls, not counted
+        start = time.perf_counter()
+        gallery.search(
+            vectors[i],
+            k_latency,
+            strategy,
+            exclude_rows=None if exclude is None else exclude[i : i + 1],
+            query_categories=None if categories is None else categories[i : i + 1],
+        )
+        seconds.append(time.perf_counter() - start)
+    metrics.update(latency_stats(seconds[min(2, len(sample)) :]))
+    metrics["n_queries"] = int(len(query_rows))
+    metrics["n_gallery"] = int(gallery.size)
+
+    # Beyond a tiny gallery's size the missing results count as misses.
+    per_class = per_class_precision(
+        relevant, np.asarray(labels, dtype=object)[query_rows], PER_CLASS_K
+    )
+    return metrics, per_class
+
+
+def latency_context() -> dict[str, Any]:
+    """What the latencies depend on besides the code: BLAS threads and machine load.
+
+    On a busy machine a multi-threaded BLAS can make one matrix-vector product many times
+    slower (its threads wait for each other), so latencies are only comparable with these.
+    """
+    from threadpoolctl import threadpool_info  # installed with scikit-learn
+
+    threads = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "blas_threads": max(threads, default=None),
+        "load_avg_1m": None if load is None else round(load, 2),
+        "cpus": os.cpu_count(),
+    }
+
+
+# --- stage ---
+def _input_hashes(config: Config, catalog_hash: str, extractors: Sequence[str]) -> dict[str, str]:
+    """Content hashes of everything the metrics depend on (absent optional inputs included)."""
+    inputs = {"catalog": catalog_hash}
+    for name in extractors:
+        path = config.embeddings_path(name)
+        inputs[f"embeddings/{name}"] = artifact_hash(path, embed_command(name))
+        for key, path in (
+            (f"clusters/{name}", config.clusters_path(name)),
+            (f"centroids/{name}", centroids_path(config, name)),
+        ):
+            inputs[key] = (read_manifest(path) or {}).get("sha256") or "absent"
+    path = categories_path(config)
+    manifest = read_manifest(path) or {}
+    inputs["categories"] = manifest.get("sha256") or (
+        sha256_file(path) if path.exists() else "absent"
+    )
+    return inputs
+
+
+def run_evaluate(
+    config: Config,
+    extractors: Sequence[str] = EXTRACTORS,
+    strategies: Sequence[str] = STRATEGIES,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Stage: precision, recall, mAP and latency per extractor x strategy.
+
+    Writes `config.metrics_path` (JSON, see below) and `metrics_per_class.parquet` (extractor,
+    strategy, label, n_queries, p@10), each with a manifest. A strategy without its inputs
+    (no clusters, no categories file) is recorded as {"skipped": reason}. A catalog without
+    labels gets a metrics file that says so instead of numbers. Skipped when nothing changed,
+    unless `force`.
+
+    Returns
+    -------
+    The metrics: {"labels": bool, "protocol": str, "ks": [...], "message": str (no labels),
+    "results": {extractor: {strategy: {"p@1", ..., "r@1", ..., "map@10",
+    "latency_ms_median", "latency_ms_p95", "n_queries", "n_gallery"} or {"skipped": reason}}}}
+    """
+    start = time.perf_counter()
+    extractors = list(dict.fromkeys(extractors))
+    strategies = list(dict.fromkeys(strategies))
+    checks = ((extractors, EXTRACTORS, "extractor"), (strategies, STRATEGIES, "strategy"))
+    for names, valid, what in checks:
+        unknown = [name for name in names if name not in valid]
+        if unknown:
+            raise LookalikeError(f"unknown {what} {unknown[0]!r}; valid: {', '.join(valid)}")
+    catalog, catalog_hash = read_catalog(config)
+    inputs = _input_hashes(config, catalog_hash, extractors)
+    params = {
+        "extractors": extractors,
+        "strategies": strategies,
+        "ks": list(config.eval_ks),
+        "map_k": MAP_K,
+        "latency_queries": LATENCY_QUERIES,
+        "latency_k": LATENCY_K,
+    }
+    table_path = per_class_path(config)
+    if (
+        not force
+        and is_fresh(config.metrics_path, STAGE, params, inputs)
+        and is_fresh(table_path, STAGE, params, inputs)
+    ):
+        print(f"evaluate: up to date, skipped ({config.metrics_path})")
+        return json.loads(config.metrics_path.read_text())
+
+    protocol = make_protocol(catalog)
+    metrics: dict[str, Any] = {"ks": list(config.eval_ks), "results": {}}
+    tables = []
+    if protocol is None:
+        message = no_labels_message(config)
+        metrics.update({"labels": False, "protocol": None, "message": message})
+        print(f"evaluate: {message}")
+    else:
+        metrics.update(
+            {
+                "labels": True,
+                "protocol": protocol.description,
+                "latency_context": latency_context(),
+            }
+        )
+        labels = catalog["label"].to_numpy(dtype=object)
+        combos = [(e, s) for e in extractors for s in strategies]
+        indexes = {}
+        for name, strategy in tqdm(combos, desc="evaluate", disable=None):
+            if name not in indexes:
+                indexes[name] = load_index(config, name)
+            index = indexes[name]
+            results = metrics["results"].setdefault(name, {})
+            if strategy not in index.strategies:
+                results[strategy] = {
+                    "skipped": index.unavailable.get(strategy, f"no data for {strategy}")
+                }
+                continue
+            results[strategy], per_class = evaluate_index(
+                index, labels, protocol, strategy, config.eval_ks
+            )
+            tables.append(per_class.assign(extractor=name, strategy=strategy))
+
+    columns = ["extractor", "strategy", "label", "n_queries", f"p@{PER_CLASS_K}"]
+    table = pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame()
+    table = table.reindex(columns=columns)
+    write_parquet(table, table_path)
+    write_manifest(table_path, STAGE, params, inputs, {"rows": len(table)})
+    write_json(metrics, config.metrics_path)
+    write_manifest(config.metrics_path, STAGE, params, inputs)
+
+    if protocol is not None:
+        scored = [
+            (values[f"p@{MAP_K}"], f"{name}/{strategy}")
+            for name, by_strategy in metrics["results"].items()
+            for strategy, values in by_strategy.items()
+            if f"p@{MAP_K}" in values
+        ]
+        best = max(scored, default=None)
+        best_text = f"best P@10 {best[0]:.3f} ({best[1]})" if best else "nothing evaluated"
+        print(
+            f"evaluate: {len(extractors)} extractor(s) x {len(strategies)} strategies, "
+            f"{protocol.description}; {best_text}; {time.perf_counter() - start:.1f}s "
+            f"-> {config.metrics_path}"
+        )
+    return metrics
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """A small text table of P@10 by extractor (rows) x strategy (columns), with skip reasons."""
+    if not metrics.get("labels", False):
+        return str(metrics.get("message", "metrics need labels"))
+    results = metrics.get("results", {})
+    strategies = [s for s in STRATEGIES if any(s in r for r in results.values())]
+    width = max([len("extractor"), *(len(name) for name in results)])
+    lines = [
+        f"P@10 — {metrics.get('protocol', '')}",
+        "  ".join([f"{'extractor':<{width}}", *(f"{s:>9}" for s in strategies)]),
+    ]
+    notes = []
+    for name, by_strategy in results.items():
+        cells = []
+        for strategy in strategies:
+            values = by_strategy.get(strategy, {})
+            if "p@10" in values:
+                cells.append(f"{values['p@10']:>9.3f}")
+            else:
+                cells.append(f"{'—':>9}")
+                if "skipped" in values:
+                    notes.append(f"{name}/{strategy} skipped: {values['skipped']}")
+        lines.append("  ".join([f"{name:<{width}}", *cells]))
+    return "\n".join(lines + notes)

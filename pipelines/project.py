@@ -1,0 +1,244 @@
+"""Reads the catalog and embeddings; writes one 2-D UMAP map per extractor (maps/<name>.parquet)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.linalg import orthogonal_procrustes
+from sklearn.decomposition import PCA
+from sklearn.manifold import trustworthiness
+
+from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_parquet
+from pipelines.config import EXTRACTORS, Config
+from pipelines.search import read_catalog, read_embeddings
+
+STAGE = "map"
+# Every other extractor's map is rotated onto this one so an item sits in a similar place on both.
+REFERENCE = EXTRACTORS[0]
+# Trustworthiness needs two dense n x n distance matrices; a sample keeps it to ~100 MB.
+TRUST_MAX_ITEMS = 2000
+
+
+def compute_map(
+    vectors: np.ndarray, *, pca_dims: int, n_neighbors: int, min_dist: float, seed: int
+) -> np.ndarray:
+    """Project vectors to 2-D: PCA, then UMAP with the cosine metric.
+
+    Parameters
+    ----------
+    vectors : (n, d) float array, one row per catalog item (unit length).
+    pca_dims : PCA width before UMAP, clipped to min(pca_dims, d, n - 1). PCA makes UMAP's
+        neighbour search fast on 2048-d vectors and removes noise dimensions.
+    n_neighbors : UMAP neighbourhood size, clipped to n - 1 for tiny catalogs.
+    min_dist : UMAP's minimum distance between points on the map.
+    seed : fixes PCA and UMAP, so the same inputs give the same map (UMAP then runs on one
+        thread).
+
+    Returns
+    -------
+    (n, 2) float32 coordinates, row i = vectors row i. Catalogs of fewer than 4 items cannot
+    be laid out by UMAP; they get fixed positions on a line.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be 2-D (n, d), got shape {vectors.shape}")
+    n, d = vectors.shape
+    if n < 4:
+        # UMAP's spectral layout needs a few points; this is a placeholder map, not an embedding.
+        return np.column_stack([np.arange(n) - (n - 1) / 2, np.zeros(n)]).astype(np.float32)
+
+    dims = min(pca_dims, d, n - 1)
+    data = vectors
+    if dims < d:
+        data = PCA(n_components=dims, random_state=seed).fit_transform(vectors)
+
+    # Imported here: umap pulls in numba (and tensorflow when installed) which costs seconds,
+    # and only this function needs it.
+    import umap
+
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=max(2, min(n_neighbors, n - 1)),
+        min_dist=min_dist,
+        metric="cosine",
+        random_state=seed,
+        # A fixed random_state forces one thread anyway; saying so silences UMAP's warning.
+        n_jobs=1,
+    )
+    with warnings.catch_warnings():
+        # Tiny catalogs trigger "spectral initialisation failed, using random" style warnings.
+        warnings.simplefilter("ignore", UserWarning)
+        coords = reducer.fit_transform(data)
+    return np.asarray(coords, dtype=np.float32)
+
+
+def map_trustworthiness(
+    vectors: np.ndarray,
+    coords: np.ndarray,
+    k: int = 10,
+    *,
+    max_items: int | None = TRUST_MAX_ITEMS,
+    seed: int = 0,
+) -> float:
+    """How well the map keeps each item's k nearest neighbours (1.0 = all kept).
+
+    Parameters
+    ----------
+    vectors : (n, d) original vectors; neighbours are measured with the cosine metric.
+    coords : (n, 2) map coordinates, row-aligned with `vectors`.
+    k : neighbourhood size, clipped below n / 2 (sklearn's limit).
+    max_items : evaluate on a random sample of this many rows when n is larger (the score
+        needs two n x n distance matrices); None uses every row.
+    seed : picks the sample.
+
+    Returns
+    -------
+    float in [0, 1]; NaN when n < 3 (no neighbourhood to judge).
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    coords = np.asarray(coords, dtype=np.float32)
+    n = len(vectors)
+    if max_items is not None and n > max_items:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_items, replace=False))
+        vectors, coords, n = vectors[rows], coords[rows], max_items
+    k = min(k, (n - 1) // 2)
+    if k < 1:
+        return float("nan")
+    return float(trustworthiness(vectors, coords, n_neighbors=k, metric="cosine"))
+
+
+def align_procrustes(coords: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Rotate (or reflect), scale and shift `coords` to best match `reference`, row by row.
+
+    UMAP maps are only defined up to such a similarity transform, so aligning two maps of the
+    same items lets the app show an item in a similar place on both without changing any
+    distances within a map (up to one global scale).
+
+    Parameters
+    ----------
+    coords : (n, 2) map to move.
+    reference : (n, 2) map to match; row i is the same item as `coords` row i.
+
+    Returns
+    -------
+    (n, 2) float32: s * (coords - mean) @ R + reference mean, with R orthogonal and s > 0
+    minimising the squared distance to `reference`.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if coords.shape != reference.shape:
+        raise ValueError(f"maps differ in shape: {coords.shape} vs {reference.shape}")
+    a = coords - coords.mean(axis=0)
+    b = reference - reference.mean(axis=0)
+    norm = float((a**2).sum())
+    if norm == 0.0:
+        return np.broadcast_to(reference.mean(axis=0), coords.shape).astype(np.float32)
+    rotation, singular_sum = orthogonal_procrustes(a, b)
+    # singular_sum = trace(R^T A^T B); dividing by |A|^2 gives the least-squares scale.
+    scale = singular_sum / norm
+    return (scale * a @ rotation + reference.mean(axis=0)).astype(np.float32)
+
+
+def _params(config: Config, aligned_to: str | None) -> dict[str, Any]:
+    return {
+        "pca_dims": config.map_pca_dims,
+        "n_neighbors": config.map_neighbors,
+        "min_dist": config.map_min_dist,
+        "metric": "cosine",
+        "seed": config.seed,
+        "aligned_to": aligned_to,
+    }
+
+
+def run_maps(
+    config: Config, extractors: Sequence[str] = EXTRACTORS, force: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Stage: write `config.map_path(name)` (item_id, x, y) for each extractor, with a manifest.
+
+    The reference extractor ("inception_v3") is mapped first; every other map is aligned onto
+    the reference map when it exists (in this run or from an earlier one). A map whose
+    parameters and inputs are unchanged is skipped unless `force`.
+
+    Returns
+    -------
+    {extractor: {"path", "skipped", "trustworthiness", "aligned_to", "seconds"}}
+    """
+    catalog, catalog_hash = read_catalog(config)
+    item_ids = catalog["item_id"].astype(str).to_numpy()
+    # The reference goes first so the others can be aligned onto its fresh map.
+    ordered = sorted(dict.fromkeys(extractors), key=lambda name: name != REFERENCE)
+    results: dict[str, dict[str, Any]] = {}
+    for name in ordered:
+        start = time.perf_counter()
+        path = config.map_path(name)
+        vectors, vectors_hash = read_embeddings(config, name, n_rows=len(catalog))
+        inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
+
+        reference_coords = None
+        aligned_to = None
+        reference_path = config.map_path(REFERENCE)
+        reference_manifest = read_manifest(reference_path)
+        if name != REFERENCE and reference_path.exists() and reference_manifest:
+            reference_table = pd.read_parquet(reference_path)
+            # A reference map of another catalog cannot be aligned row by row.
+            if reference_table["item_id"].astype(str).tolist() == item_ids.tolist():
+                reference_coords = reference_table[["x", "y"]].to_numpy(np.float32)
+                aligned_to = REFERENCE
+                inputs[f"maps/{REFERENCE}"] = str(reference_manifest["sha256"])
+        params = _params(config, aligned_to)
+
+        if not force and is_fresh(path, STAGE, params, inputs):
+            manifest = read_manifest(path) or {}
+            trust = manifest.get("trustworthiness")
+            print(f"map {name}: up to date, skipped ({path})")
+            results[name] = {
+                "path": str(path),
+                "skipped": True,
+                "trustworthiness": trust,
+                "aligned_to": aligned_to,
+                "seconds": 0.0,
+            }
+            continue
+
+        coords = compute_map(
+            vectors,
+            pca_dims=config.map_pca_dims,
+            n_neighbors=config.map_neighbors,
+            min_dist=config.map_min_dist,
+            seed=config.seed,
+        )
+        if reference_coords is not None:
+            coords = align_procrustes(coords, reference_coords)
+        trust = map_trustworthiness(vectors, coords, k=10, seed=config.seed)
+        table = pd.DataFrame({"item_id": item_ids, "x": coords[:, 0], "y": coords[:, 1]})
+        write_parquet(table, path)
+        write_manifest(
+            path,
+            STAGE,
+            params,
+            inputs,
+            extra={
+                "trustworthiness": None if np.isnan(trust) else round(trust, 4),
+                "trustworthiness_k": 10,
+                "aligned_to": aligned_to,
+                "rows": len(table),
+            },
+        )
+        seconds = time.perf_counter() - start
+        print(
+            f"map {name}: {len(table)} items, trustworthiness@10 {trust:.3f}, "
+            f"aligned to {aligned_to or '-'}, {seconds:.1f}s -> {path}"
+        )
+        results[name] = {
+            "path": str(path),
+            "skipped": False,
+            "trustworthiness": None if np.isnan(trust) else trust,
+            "aligned_to": aligned_to,
+            "seconds": seconds,
+        }
+    return results

@@ -1,0 +1,150 @@
+"""k-means clusters: purity on separable data, the summary table, and the cluster stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.artifacts import read_manifest, write_manifest, write_npy, write_parquet
+from pipelines.cluster import cluster_summary, kmeans, overall_purity, run_clusters, summary_path
+from pipelines.config import Config
+from pipelines.errors import LookalikeError
+from pipelines.search import centroids_path
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def blobs(sizes=(12, 10, 8, 6), d: int = 24, noise: float = 0.05, seed: int = 0):
+    """Unit vectors in well-separated groups of the given sizes; returns (vectors, labels)."""
+    rng = np.random.default_rng(seed)
+    centers = unit(rng.normal(size=(len(sizes), d)))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return unit(centers[labels] + noise * rng.normal(size=(len(labels), d))), labels
+
+
+def test_kmeans_recovers_separable_clusters_with_purity_one():
+    vectors, labels = blobs()
+    cluster_ids, centroids = kmeans(vectors, 4, seed=0)
+    assert cluster_ids.dtype == np.int32 and cluster_ids.shape == (36,)
+    assert centroids.dtype == np.float32 and centroids.shape == (4, 24)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
+    summary = cluster_summary(cluster_ids, np.array(list("abcd"))[labels])
+    assert (summary["purity"] == 1.0).all() and overall_purity(summary) == 1.0
+    # Numbered by size, largest first: the 12-item blob is cluster 0.
+    assert summary["size"].tolist() == [12, 10, 8, 6]
+    assert summary["top_label"].tolist() == ["a", "b", "c", "d"]
+
+
+def test_kmeans_assigns_each_item_to_its_most_similar_centroid():
+    vectors, _ = blobs(noise=0.6)  # overlapping blobs, where the rule matters
+    cluster_ids, centroids = kmeans(vectors, 4, seed=0)
+    np.testing.assert_array_equal(cluster_ids, np.argmax(vectors @ centroids.T, axis=1))
+
+
+def test_kmeans_is_deterministic_with_the_seed():
+    vectors, _ = blobs(noise=0.5)
+    first, centroids_a = kmeans(vectors, 5, seed=3)
+    second, centroids_b = kmeans(vectors, 5, seed=3)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(centroids_a, centroids_b)
+
+
+def test_kmeans_clips_clusters_to_the_number_of_items():
+    vectors, _ = blobs(sizes=(1, 1, 1))
+    cluster_ids, centroids = kmeans(vectors, 10, seed=0)
+    assert len(centroids) == 3 and sorted(cluster_ids.tolist()) == [0, 1, 2]
+
+
+def test_cluster_summary_on_a_hand_made_case():
+    summary = cluster_summary(np.array([0, 0, 0, 1, 1]), ["a", "a", "b", "c", None])
+    first, second = summary.to_dict("records")
+    assert first["size"] == 3 and first["top_label"] == "a"
+    assert first["purity"] == pytest.approx(2 / 3)
+    assert json.loads(first["composition"]) == {"a": 2, "b": 1}
+    # Unlabelled members count in size but not in purity.
+    assert second["size"] == 2 and second["n_labelled"] == 1 and second["purity"] == 1.0
+    assert overall_purity(summary) == pytest.approx(3 / 4)
+
+
+def test_cluster_summary_without_labels():
+    summary = cluster_summary(np.array([1, 0, 1]), None)
+    assert summary["size"].tolist() == [1, 2]
+    assert summary["top_label"].isna().all() and summary["purity"].isna().all()
+    assert (summary["composition"] == "{}").all()
+    assert overall_purity(summary) is None
+
+
+# --- the stage ---
+def write_inputs(config: Config, vectors: np.ndarray, labels) -> pd.DataFrame:
+    n = len(vectors)
+    catalog = pd.DataFrame(
+        {
+            "item_id": [f"item{i:03d}" for i in range(n)],
+            "path": [f"img/{i}.jpg" for i in range(n)],
+            "label": pd.Series(labels, dtype=object),
+            "split": pd.NA,
+            "width": 64,
+            "height": 64,
+        }
+    )
+    write_parquet(catalog, config.catalog_path)
+    write_manifest(config.catalog_path, "catalog", {}, {})
+    for name, dims in (("inception_v3", None), ("custom_cnn", 8)):
+        array = vectors if dims is None else unit(vectors[:, :dims])
+        write_npy(array, config.embeddings_path(name))
+        write_manifest(config.embeddings_path(name), "embed", {}, {})
+    return catalog
+
+
+def test_run_clusters_writes_aligned_tables_and_skips_when_unchanged(tmp_path):
+    config = Config(artifacts_dir=tmp_path, n_clusters=4)
+    vectors, labels = blobs()
+    catalog = write_inputs(config, vectors, np.array(list("abcd"))[labels])
+
+    result = run_clusters(config)
+    for name in ("inception_v3", "custom_cnn"):
+        assert not result[name]["skipped"]
+        table = pd.read_parquet(config.clusters_path(name))
+        assert table["item_id"].tolist() == catalog["item_id"].tolist()
+        assert table["cluster"].dtype == np.int32
+        summary = pd.read_parquet(summary_path(config, name))
+        assert summary["size"].sum() == len(catalog)
+        centroids = np.load(centroids_path(config, name))
+        assert centroids.dtype == np.float32 and len(centroids) == 4
+        manifest = read_manifest(config.clusters_path(name))
+        assert manifest["stage"] == "cluster" and manifest["params"]["n_clusters"] == 4
+        assert set(manifest["inputs"]) == {"catalog", f"embeddings/{name}"}
+    assert result["inception_v3"]["purity"] == 1.0
+
+    before = config.clusters_path("inception_v3").stat().st_mtime_ns
+    again = run_clusters(config)
+    assert all(r["skipped"] for r in again.values())
+    assert again["inception_v3"]["purity"] == 1.0
+    assert config.clusters_path("inception_v3").stat().st_mtime_ns == before
+    assert not run_clusters(config, ["inception_v3"], force=True)["inception_v3"]["skipped"]
+
+
+def test_run_clusters_on_an_unlabelled_catalog(tmp_path):
+    config = Config(artifacts_dir=tmp_path, n_clusters=50)  # more clusters than items: clipped
+    vectors, _ = blobs(sizes=(5, 5))
+    write_inputs(config, vectors, [None] * 10)
+    result = run_clusters(config, ["inception_v3"])
+    assert result["inception_v3"]["purity"] is None
+    assert result["inception_v3"]["n_clusters"] == 10
+    assert pd.read_parquet(summary_path(config, "inception_v3"))["top_label"].isna().all()
+
+
+def test_run_clusters_needs_embeddings(tmp_path):
+    config = Config(artifacts_dir=tmp_path)
+    vectors, _ = blobs()
+    write_inputs(config, vectors, [None] * len(vectors))
+    config.embeddings_path("custom_cnn").unlink()
+    with pytest.raises(
+        LookalikeError, match="run `python -m pipelines embed --extractor custom_cnn"
+    ):
+        run_clusters(config, ["custom_cnn"])

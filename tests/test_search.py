@@ -1,0 +1,298 @@
+"""Nearest-neighbour search: exactness, pools, self-exclusion, validation and the loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.artifacts import write_manifest, write_npy, write_parquet
+from pipelines.config import STRATEGIES, Config
+from pipelines.errors import LookalikeError
+from pipelines.search import (
+    Index,
+    SearchResult,
+    categories_path,
+    centroids_path,
+    load_index,
+    precision_at_k,
+)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def blobs(n_clusters: int = 4, per: int = 10, d: int = 32, noise: float = 0.05, seed: int = 0):
+    """Unit vectors in `n_clusters` tight, well-separated groups; returns (vectors, labels)."""
+    rng = np.random.default_rng(seed)
+    centers = unit(rng.normal(size=(n_clusters, d)))
+    labels = np.repeat(np.arange(n_clusters), per)
+    return unit(centers[labels] + noise * rng.normal(size=(len(labels), d))), labels
+
+
+@pytest.fixture
+def data():
+    vectors, labels = blobs()
+    ids = [f"item{i:03d}" for i in range(len(vectors))]
+    return vectors, labels, ids
+
+
+def test_exact_search_on_separated_clusters_has_precision_one(data):
+    vectors, labels, ids = data
+    index = Index(vectors, ids, name="inception_v3")
+    rows, sims = index.search_rows(vectors, 9, exclude_rows=np.arange(len(vectors)))
+    assert rows.shape == (40, 9) and sims.dtype == np.float32
+    assert (labels[rows] == labels[:, None]).all()  # every one of the 9 is from the same blob
+    assert np.mean([precision_at_k(labels[r], labels[i]) for i, r in enumerate(rows)]) == 1.0
+
+
+def test_exact_search_matches_brute_force_and_finds_planted_neighbour():
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.normal(size=(200, 64)))
+    index = Index(vectors, [str(i) for i in range(200)])
+    query = vectors[17] + 0.01 * rng.normal(size=64)
+    (hit,) = index.search(query * 7.0, 5)  # scale must not matter: queries are normalised
+    assert isinstance(hit, SearchResult)
+    assert hit.rows[0] == 17 and hit.item_ids[0] == "17"
+    expected = np.argsort(-(vectors @ (query / np.linalg.norm(query))))[:5]
+    np.testing.assert_array_equal(hit.rows, expected)
+    assert np.all(np.diff(hit.similarities) <= 0)  # best first
+    np.testing.assert_allclose(hit.similarities[0], vectors[17] @ unit(query[None])[0], rtol=1e-5)
+
+
+def test_batch_and_single_queries_agree(data):
+    vectors, _, ids = data
+    index = Index(vectors, ids)
+    batch = index.search(vectors[:5], 7, exclude_rows=np.arange(5))
+    for i, result in enumerate(batch):
+        (single,) = index.search(vectors[i], 7, exclude_rows=[i])
+        np.testing.assert_array_equal(result.rows, single.rows)
+        np.testing.assert_allclose(result.similarities, single.similarities, rtol=1e-5)
+
+
+def test_a_catalog_item_never_returns_itself(data):
+    vectors, labels, ids = data
+    index = Index(vectors, ids, clusters=labels, categories=np.array(list("abcd"))[labels])
+    everyone = np.arange(len(vectors))
+    for strategy in STRATEGIES:
+        # k = n: even when asked for everything, the query itself is left out.
+        results = index.search(vectors, len(vectors), strategy, exclude_rows=everyone)
+        for row, result in enumerate(results):
+            assert row not in result.rows
+            assert ids[row] not in set(result.item_ids)
+
+
+def test_cluster_strategy_stays_in_the_query_cluster(data):
+    vectors, labels, ids = data
+    # Clusters that cut across the true blobs, so a leak out of the pool would show.
+    clusters = np.arange(len(vectors)) % 3
+    index = Index(vectors, ids, clusters=clusters)
+    results = index.search(vectors, 5, "cluster", query_clusters=clusters)
+    for row, result in enumerate(results):
+        assert (clusters[result.rows] == clusters[row]).all()
+    # Without query_clusters, the nearest centroid decides; the members then share it.
+    nearest = np.argmax(unit(vectors) @ index.centroids.T, axis=1)
+    for row, result in enumerate(index.search(vectors, 5, "cluster")):
+        assert (clusters[result.rows] == nearest[row]).all()
+
+
+def test_category_strategy_stays_in_the_predicted_category(data):
+    vectors, labels, ids = data
+    predicted = np.array(["shirt", "dress"], dtype=object)[np.arange(len(vectors)) % 2]
+    index = Index(vectors, ids, categories=predicted)
+    rows = np.arange(len(vectors))
+    # Catalog items: their own predicted category is used.
+    for row, result in enumerate(index.search(vectors, 6, "category", exclude_rows=rows)):
+        assert set(predicted[result.rows]) == {predicted[row]}
+    # Outside queries say their category.
+    (result,) = index.search(vectors[0], 6, "category", query_categories=["dress"])
+    assert set(predicted[result.rows]) == {"dress"}
+    (nothing,) = index.search(vectors[0], 6, "category", query_categories=["hat"])
+    assert len(nothing.rows) == 0
+
+
+def test_a_pool_smaller_than_k_returns_what_there_is(data):
+    vectors, labels, ids = data
+    clusters = np.zeros(len(vectors), dtype=int)
+    clusters[:3] = 1  # cluster 1 holds three items
+    index = Index(vectors, ids, clusters=clusters)
+    (result,) = index.search(vectors[0], 10, "cluster", exclude_rows=[0], query_clusters=[1])
+    assert sorted(result.rows.tolist()) == [1, 2]
+    assert np.isfinite(result.similarities).all()
+    rows, sims = index.search_rows(vectors[0], 10, "cluster", exclude_rows=[0], query_clusters=[1])
+    assert (rows[0, 2:] == -1).all() and np.isnan(sims[0, 2:]).all()
+
+
+def test_catalog_rows_that_are_not_unit_length_are_normalised_once(data):
+    vectors, _, ids = data
+    index = Index(vectors * 3.0, ids)
+    np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1.0, rtol=1e-5)
+    (result,) = index.search(vectors[0], 1)
+    np.testing.assert_allclose(result.similarities[0], 1.0, rtol=1e-5)
+
+
+def test_subset_and_rows_of(data):
+    vectors, labels, ids = data
+    index = Index(vectors, ids, clusters=labels)
+    gallery = index.subset(np.arange(20, 40))
+    assert gallery.size == 20 and gallery.item_ids[0] == "item020"
+    np.testing.assert_array_equal(index.rows_of(["item003", "item039"]), [3, 39])
+    with pytest.raises(LookalikeError, match="'nope' is not in the index"):
+        index.rows_of(["nope"])
+
+
+# --- one invalid input per test, checking the message ---
+@pytest.fixture
+def wide():
+    rng = np.random.default_rng(2)
+    return Index(
+        unit(rng.normal(size=(10, 2048))), [str(i) for i in range(10)], name="inception_v3"
+    )
+
+
+def test_k_zero_is_rejected(wide):
+    with pytest.raises(LookalikeError, match="k must be between 1 and 10, got 0"):
+        wide.search(wide.vectors[0], 0)
+
+
+def test_k_above_catalog_size_is_rejected(wide):
+    with pytest.raises(LookalikeError, match="k must be between 1 and 10, got 11"):
+        wide.search(wide.vectors[0], 11)
+
+
+def test_wrong_dimension_is_rejected(wide):
+    with pytest.raises(
+        LookalikeError, match="query vectors have 127 dims; the inception_v3 index has 2048"
+    ):
+        wide.search(np.ones(127, dtype=np.float32), 3)
+
+
+def test_unknown_strategy_lists_the_valid_ones(wide):
+    with pytest.raises(
+        LookalikeError, match="unknown strategy 'fuzzy'; valid strategies: exact, cluster, category"
+    ):
+        wide.search(wide.vectors[0], 3, strategy="fuzzy")
+
+
+def test_cluster_strategy_without_clusters_says_how_to_make_them(wide):
+    with pytest.raises(
+        LookalikeError, match="needs k-means clusters .*run `python -m pipelines clusters`"
+    ):
+        wide.search(wide.vectors[0], 3, strategy="cluster")
+
+
+def test_category_strategy_without_categories_says_how_to_make_them(wide):
+    with pytest.raises(
+        LookalikeError, match="needs predicted categories .* embed --extractor custom_cnn"
+    ):
+        wide.search(wide.vectors[0], 3, strategy="category")
+
+
+def test_category_of_an_outside_query_must_be_given(data):
+    vectors, labels, ids = data
+    index = Index(vectors, ids, categories=labels.astype(str))
+    with pytest.raises(LookalikeError, match="needs query_categories for queries that are not"):
+        index.search(vectors[0], 3, strategy="category")
+
+
+def test_zero_query_is_rejected(wide):
+    with pytest.raises(LookalikeError, match="query 0 has zero or non-finite length"):
+        wide.search(np.zeros(2048, dtype=np.float32), 3)
+
+
+def test_exclude_rows_must_match_the_queries(wide):
+    with pytest.raises(LookalikeError, match="exclude_rows needs one catalog row per query"):
+        wide.search(wide.vectors[:2], 3, exclude_rows=[0])
+
+
+def test_precision_at_k_helper():
+    assert precision_at_k(["a", "b", "a", "c"], "a") == 0.5
+    assert precision_at_k(["a", "a"], "a", k=4) == 0.5  # missing results count as misses
+    assert np.isnan(precision_at_k(["a"], None))
+
+
+# --- load_index on an artifacts folder ---
+def write_catalog(config: Config, n: int) -> pd.DataFrame:
+    catalog = pd.DataFrame(
+        {
+            "item_id": [f"item{i:03d}" for i in range(n)],
+            "path": [f"img/{i}.jpg" for i in range(n)],
+            "label": [f"class{i % 4}" for i in range(n)],
+            "split": "train",
+            "width": 64,
+            "height": 64,
+        }
+    )
+    write_parquet(catalog, config.catalog_path)
+    write_manifest(config.catalog_path, "catalog", {}, {})
+    return catalog
+
+
+def write_embeddings(config: Config, name: str, vectors: np.ndarray) -> None:
+    write_npy(vectors, config.embeddings_path(name))
+    write_manifest(config.embeddings_path(name), "embed", {}, {})
+
+
+def test_load_index_names_the_missing_catalog(tmp_path):
+    with pytest.raises(
+        LookalikeError, match="catalog.parquet is missing — run `python -m pipelines catalog"
+    ):
+        load_index(Config(artifacts_dir=tmp_path), "inception_v3")
+
+
+def test_load_index_names_the_missing_embeddings(tmp_path):
+    config = Config(artifacts_dir=tmp_path)
+    write_catalog(config, 8)
+    with pytest.raises(
+        LookalikeError,
+        match="inception_v3.npy is missing — run `python -m pipelines embed --extractor "
+        "inception_v3`",
+    ):
+        load_index(config, "inception_v3")
+
+
+def test_load_index_rejects_an_unknown_extractor(tmp_path):
+    config = Config(artifacts_dir=tmp_path)
+    write_catalog(config, 8)
+    with pytest.raises(
+        LookalikeError, match="unknown extractor 'clip'; valid extractors: inception_v3, custom_cnn"
+    ):
+        load_index(config, "clip")
+
+
+def test_load_index_rejects_embeddings_of_another_catalog(tmp_path):
+    config = Config(artifacts_dir=tmp_path)
+    write_catalog(config, 8)
+    write_embeddings(config, "inception_v3", unit(np.ones((9, 4))))
+    with pytest.raises(LookalikeError, match="has 9 rows but the catalog has 8"):
+        load_index(config, "inception_v3")
+
+
+def test_load_index_reads_clusters_and_categories(tmp_path):
+    from pipelines.cluster import run_clusters
+
+    config = Config(artifacts_dir=tmp_path, n_clusters=4)
+    vectors, labels = blobs()
+    catalog = write_catalog(config, len(vectors))
+    write_embeddings(config, "inception_v3", vectors)
+
+    index = load_index(config, "inception_v3")
+    assert index.strategies == ("exact",)
+    with pytest.raises(LookalikeError, match="clusters/inception_v3.parquet is missing"):
+        index.search(vectors[0], 3, "cluster")
+    with pytest.raises(LookalikeError, match="categories.parquet is missing"):
+        index.search(vectors[0], 3, "category")
+
+    run_clusters(config, ["inception_v3"])
+    predicted = pd.DataFrame(
+        {"item_id": catalog["item_id"], "predicted": [f"c{v}" for v in labels], "confidence": 0.9}
+    )
+    write_parquet(predicted, categories_path(config))
+    index = load_index(config, "inception_v3")
+    assert index.strategies == STRATEGIES
+    assert centroids_path(config, "inception_v3").exists()
+    rows = np.arange(len(vectors))
+    for strategy in STRATEGIES:
+        found, _ = index.search_rows(vectors, 9, strategy, exclude_rows=rows)
+        assert (labels[found] == labels[:, None]).all(), strategy
