@@ -1,0 +1,1 @@
+"""Lookalike's Streamlit app: router, pages and UI helpers."""

@@ -1,0 +1,54 @@
+"""Clusters page: every k-means cluster of the chosen extractor, then one cluster in detail."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.ui import loaders, plots, widgets
+from pipelines import explore
+
+cfg = loaders.config()
+settings = widgets.sidebar(cfg)
+st.title("Clusters")
+widgets.require(cfg, ("catalog", "clusters"), [settings.extractor])
+
+with widgets.user_errors():
+    catalog = loaders.catalog(cfg)
+    members = loaders.clusters(cfg, settings.extractor)
+    summary = loaders.cluster_summary(cfg, settings.extractor)
+overview = explore.cluster_overview(summary, members, catalog, n_thumbs=5)
+
+st.caption(
+    f"{len(overview)} k-means clusters of {widgets.EXTRACTOR_NAMES[settings.extractor]} "
+    f"embeddings. Purity: share of a cluster's items with its most common label."
+)
+for _, row in overview.iterrows():
+    info, *cells = st.columns([2, 1, 1, 1, 1, 1])
+    purity = "n/a" if row["purity"] != row["purity"] else f"{row['purity']:.0%}"
+    info.markdown(
+        f"**Cluster {row['cluster']}** · {row['size']} items  \n"
+        f"mostly *{row['top_label'] or '—'}* · purity {purity}"
+    )
+    for cell, path in zip(cells, row["thumbs"], strict=False):
+        cell.image(path, width="stretch")
+
+st.divider()
+cluster = st.selectbox(
+    "Look at cluster",
+    overview["cluster"].tolist(),
+    format_func=lambda c: f"Cluster {c}",
+    key=f"clusters_pick_{settings.extractor}",
+)
+items = explore.cluster_members(members, catalog, cluster)
+composition = explore.cluster_composition(summary, cluster)
+left, right = st.columns([1, 3])
+with left:
+    if composition.empty:
+        st.caption("The catalog has no labels, so there is no composition to show.")
+    else:
+        st.plotly_chart(
+            plots.composition_figure(composition), key="cluster_composition", width="stretch"
+        )
+with right:
+    st.subheader(f"Cluster {cluster}: {len(items)} items")
+    widgets.thumbnail_grid(items, [widgets.caption(r) for _, r in items.iterrows()], key="cluster")

@@ -1,0 +1,86 @@
+"""Compare page: one query through both extractors side by side, their overlap, and evaluation."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.ui import loaders, plots, widgets
+from pipelines import explore
+from pipelines.config import EXTRACTORS, STRATEGIES
+
+cfg = loaders.config()
+settings = widgets.sidebar(cfg)
+st.title("Compare extractors")
+widgets.require(cfg, ("catalog", "embeddings", "maps"))
+
+with widgets.user_errors():
+    catalog = loaders.catalog(cfg)
+    indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
+    maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
+
+query_id = widgets.query_picker(catalog, "compare")
+query = catalog.set_index("item_id").loc[query_id]
+query["item_id"] = query_id
+
+results = {}
+notes = []
+with widgets.user_errors():
+    for name, index in indexes.items():
+        strategy, note = explore.resolve_strategy(index, settings.strategy)
+        if note:
+            notes.append(f"{name}: {note}")
+        results[name] = explore.item_neighbours(index, catalog, query_id, settings.k, strategy)
+for note in notes:
+    st.warning(note)
+
+ids = {name: table["item_id"].tolist() for name, table in results.items()}
+jaccard = explore.jaccard_at_k(*ids.values())
+shared = set.intersection(*(set(v) for v in ids.values()))
+
+top_left, top_right = st.columns([1, 4])
+with top_left:
+    st.image(query["thumb_file"], caption=f"Query · {widgets.caption(query)}", width=180)
+with top_right:
+    st.metric(
+        f"Jaccard@{settings.k}",
+        f"{jaccard:.3f}",
+        help="Items both extractors return / items either returns, for the neighbours below.",
+    )
+    st.caption(
+        f"{len(shared)} item(s) in both lists · strategy: {settings.strategy} · "
+        f"map positions are aligned (the custom CNN's map is rotated onto InceptionV3's)"
+    )
+
+columns = st.columns(len(EXTRACTORS))
+for column, name in zip(columns, EXTRACTORS, strict=True):
+    with column:
+        table = results[name]
+        precision = explore.query_precision(table, query.get("label"), settings.k)
+        shown = "n/a" if precision != precision else f"{precision:.2f}"
+        st.subheader(widgets.EXTRACTOR_NAMES[name])
+        st.caption(f"Precision@{settings.k} against the query's label: **{shown}**")
+        widgets.neighbour_grid(table, key=f"compare_{name}", columns=4)
+        figure, _ = plots.map_figure(
+            maps[name], "label", query=query_id, neighbours=table["item_id"].tolist(), height=420
+        )
+        st.plotly_chart(figure, key=f"compare_map_{name}", width="stretch")
+
+st.header("Evaluation")
+metrics = loaders.metrics(cfg)
+if metrics is None:
+    st.info(f"No evaluation yet — run `{explore.RUN_COMMAND}` (its evaluate stage).")
+elif not metrics.get("labels", False):
+    st.info(str(metrics.get("message", "The catalog has no labels to evaluate against.")))
+else:
+    st.caption(f"Protocol: {metrics.get('protocol')}")
+    long = explore.metrics_long(metrics)
+    a, b = st.columns(2)
+    a.plotly_chart(plots.precision_figure(long), key="eval_precision", width="stretch")
+    b.plotly_chart(plots.map_score_figure(long), key="eval_map", width="stretch")
+    per_class = loaders.per_class(cfg)
+    if per_class is not None and not per_class.empty:
+        available = [s for s in STRATEGIES if s in set(per_class["strategy"])]
+        strategy = settings.strategy if settings.strategy in available else available[0]
+        st.plotly_chart(
+            plots.per_class_figure(per_class, strategy), key="eval_per_class", width="stretch"
+        )

@@ -1,0 +1,61 @@
+"""Search page: one query item, its k neighbours as a grid, on the map, and its precision@k."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.ui import loaders, plots, widgets
+from pipelines import explore
+
+cfg = loaders.config()
+settings = widgets.sidebar(cfg)
+st.title("Search")
+widgets.require(cfg, ("catalog", "embeddings", "maps"), [settings.extractor])
+
+with widgets.user_errors():
+    catalog = loaders.catalog(cfg)
+    index = loaders.index(cfg, settings.extractor)
+    points = loaders.map_points(cfg, settings.extractor)
+
+
+chart_key = f"search_map_{settings.extractor}"
+# A point clicked on the map (last run's chart state) becomes the query, once per new click:
+# the chart keeps its selection, so an older click must not override a later pick.
+clicked = explore.selection_to_item_ids(
+    st.session_state.get(chart_key), st.session_state.get(f"{chart_key}_traces")
+)
+if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
+    st.session_state[f"{chart_key}_seen"] = clicked
+    if clicked[0] in set(catalog["item_id"]):
+        widgets.set_query(clicked[0])
+
+query_id = widgets.query_picker(catalog, "search", ("Random", "Item id", "Browse", "Map"))
+strategy, note = explore.resolve_strategy(index, settings.strategy)
+with widgets.user_errors():
+    neighbours = explore.item_neighbours(index, catalog, query_id, settings.k, strategy)
+query = catalog.set_index("item_id").loc[query_id]
+query["item_id"] = query_id
+precision = explore.query_precision(neighbours, query.get("label"), settings.k)
+
+if note:
+    st.warning(note)
+left, right = st.columns([1, 4])
+with left:
+    widgets.query_card(query, precision, settings.k, len(neighbours))
+with right:
+    st.subheader(f"{len(neighbours)} nearest items · {settings.extractor} · {strategy}")
+    widgets.neighbour_grid(neighbours, key="search")
+
+st.subheader("On the map")
+figure, trace_ids = plots.map_figure(
+    points, "label", query=query_id, neighbours=neighbours["item_id"].tolist()
+)
+st.session_state[f"{chart_key}_traces"] = trace_ids
+st.plotly_chart(
+    figure,
+    on_select="rerun",
+    selection_mode="points",
+    key=chart_key,
+    width="stretch",
+)
+st.caption("★ query · red rings: its neighbours. Click any point to search from it.")

@@ -1,0 +1,92 @@
+"""Upload page: photos embedded live by both extractors, with neighbours, category and map place.
+
+Several photos also get the three most common predicted categories.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.ui import loaders, plots, widgets
+from pipelines import explore
+from pipelines.config import EXTRACTORS
+
+cfg = loaders.config()
+settings = widgets.sidebar(cfg)
+st.title("Upload photos")
+widgets.require(cfg, ("catalog", "embeddings", "maps", "models"))
+
+with widgets.user_errors():
+    catalog = loaders.catalog(cfg)
+    indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
+    maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
+
+files = st.file_uploader(
+    f"Photos of clothing: JPG, PNG or WebP, up to {explore.MAX_UPLOAD_MB} MB each",
+    # MIME types (not extensions): the browser filters the file picker, and anything else that
+    # arrives is checked by explore.embed_upload, which names the file and the problem.
+    type=["image/jpeg", "image/png", "image/webp"],
+    accept_multiple_files=True,
+    max_upload_size=explore.MAX_UPLOAD_MB,
+    key="uploads",
+)
+if not files:
+    st.info("Upload one or several photos to find the most similar catalog items.")
+    st.stop()
+
+results = []
+with widgets.user_errors():
+    for file in files:
+        embedding = loaders.upload_embedding(cfg, file.name, file.getvalue())
+        results.append(
+            explore.analyse_upload(embedding, indexes, catalog, maps, settings.k, settings.strategy)
+        )
+
+for result in results:
+    if result.error:
+        st.error(f"Could not use {result.error}")
+good = [r for r in results if r.error is None]
+if not good:
+    st.stop()
+
+if len(good) > 1:
+    st.subheader(f"Top categories across {len(good)} photos")
+    summary = explore.category_summary(good, top=3)
+    for cell, (_, row) in zip(st.columns(3), summary.iterrows(), strict=False):
+        cell.metric(row["category"], f"{row['count']} photo(s)")
+    # One map per extractor with every photo on it: one chart per photo would slow the page.
+    map_tabs = st.tabs([f"All photos on the {widgets.EXTRACTOR_NAMES[n]} map" for n in EXTRACTORS])
+    for tab, name in zip(map_tabs, EXTRACTORS, strict=True):
+        placed = [(r.name, *r.positions[name]) for r in good if name in r.positions]
+        figure, _ = plots.map_figure(maps[name], "label", extra=placed, height=460)
+        tab.plotly_chart(figure, key=f"upload_all_{name}", width="stretch")
+
+for i, result in enumerate(good):
+    st.divider()
+    head, body = st.columns([1, 4])
+    with head:
+        st.image(result.preview, caption=result.name, width=200)
+        if result.category is not None:
+            st.metric(
+                "Predicted category",
+                result.category,
+                f"{result.confidence:.0%} confidence",
+                delta_color="off",
+            )
+        for note in result.notes:
+            st.caption(note)
+    with body:
+        tabs = st.tabs([widgets.EXTRACTOR_NAMES[name] for name in result.neighbours])
+        for tab, (name, table) in zip(tabs, result.neighbours.items(), strict=True):
+            with tab:
+                widgets.neighbour_grid(table, key=f"upload_{i}_{name}")
+                if len(good) == 1:
+                    x, y = result.positions.get(name, (float("nan"), float("nan")))
+                    figure, _ = plots.map_figure(
+                        maps[name],
+                        "label",
+                        neighbours=table["item_id"].tolist(),
+                        extra=[(result.name, x, y)],
+                        height=420,
+                    )
+                    st.plotly_chart(figure, key=f"upload_map_{i}_{name}", width="stretch")

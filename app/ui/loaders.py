@@ -1,0 +1,225 @@
+"""Reads artifacts for the pages: tables (st.cache_data), models and indexes (st.cache_resource).
+
+Every loader is keyed on its artifacts' manifest sha256, so a rebuilt artifact is read again;
+the artifacts folder comes from `Config()` (which honours $LOOKALIKE_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pipelines import explore
+from pipelines.artifacts import read_manifest
+from pipelines.cluster import summary_path
+from pipelines.config import EXTRACTORS, Config
+from pipelines.evaluate import per_class_path
+from pipelines.search import Index, centroids_path, load_index, read_catalog
+
+sha = explore.manifest_sha
+
+
+def config() -> Config:
+    """The app's settings: `Config()` (honours $LOOKALIKE_ARTIFACTS), with the custom CNN's
+    input size from its trained model. Cheap: a few small JSON reads per rerun."""
+    return explore.app_config(Config())
+
+
+def _config(artifacts_dir: str, cnn: tuple[int, int] | None = None) -> Config:
+    base = Config(artifacts_dir=Path(artifacts_dir))
+    if cnn is None:
+        return base
+    return base.replace(cnn_image_size=cnn[0], cnn_embedding_dim=cnn[1])
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _catalog(artifacts_dir: str, catalog_sha: str) -> pd.DataFrame:
+    cfg = _config(artifacts_dir)
+    table, _ = read_catalog(cfg)
+    return explore.with_thumb_files(table, cfg.artifacts_dir)
+
+
+def catalog(cfg: Config) -> pd.DataFrame:
+    """The catalog with absolute thumbnail paths (`thumb_file`)."""
+    return _catalog(str(cfg.artifacts_dir), sha(cfg.catalog_path))
+
+
+def _table(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _points(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> pd.DataFrame:
+    cfg = _config(artifacts_dir)
+    table = _catalog(artifacts_dir, key[0])
+    return explore.map_points(
+        table,
+        pd.read_parquet(cfg.map_path(extractor)),
+        _table(cfg.clusters_path(extractor)),
+        _table(cfg.categories_path),
+    )
+
+
+def map_points(cfg: Config, extractor: str) -> pd.DataFrame:
+    """One extractor's map: item_id, x, y, label, split, cluster, predicted, thumb_file."""
+    key = (
+        sha(cfg.catalog_path),
+        sha(cfg.map_path(extractor)),
+        sha(cfg.clusters_path(extractor)),
+        sha(cfg.categories_path),
+    )
+    return _points(str(cfg.artifacts_dir), extractor, key)
+
+
+def map_trustworthiness(cfg: Config, extractor: str) -> float | None:
+    """The map's trustworthiness@10 from its manifest (None when not measured)."""
+    value = (read_manifest(cfg.map_path(extractor)) or {}).get("trustworthiness")
+    return None if value is None else float(value)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _clusters(artifacts_dir: str, extractor: str, key: tuple[str, str]) -> pd.DataFrame:
+    table = pd.read_parquet(_config(artifacts_dir).clusters_path(extractor))
+    return table.assign(item_id=table["item_id"].astype(str))
+
+
+def clusters(cfg: Config, extractor: str) -> pd.DataFrame:
+    """item_id, cluster of every catalog item for one extractor."""
+    key = (sha(cfg.clusters_path(extractor)), sha(cfg.catalog_path))
+    return _clusters(str(cfg.artifacts_dir), extractor, key)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cluster_summary(artifacts_dir: str, extractor: str, summary_sha: str) -> pd.DataFrame:
+    return pd.read_parquet(summary_path(_config(artifacts_dir), extractor))
+
+
+def cluster_summary(cfg: Config, extractor: str) -> pd.DataFrame:
+    """cluster, size, n_labelled, top_label, purity, composition (see pipelines.cluster)."""
+    path = summary_path(cfg, extractor)
+    return _cluster_summary(str(cfg.artifacts_dir), extractor, sha(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _metrics(artifacts_dir: str, metrics_sha: str) -> dict[str, Any] | None:
+    path = _config(artifacts_dir).metrics_path
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def metrics(cfg: Config) -> dict[str, Any] | None:
+    """metrics.json (None before the evaluate stage ran)."""
+    return _metrics(str(cfg.artifacts_dir), sha(cfg.metrics_path))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _per_class(artifacts_dir: str, table_sha: str) -> pd.DataFrame | None:
+    return _table(per_class_path(_config(artifacts_dir)))
+
+
+def per_class(cfg: Config) -> pd.DataFrame | None:
+    """extractor, strategy, label, n_queries, p@10 (None before the evaluate stage ran)."""
+    return _per_class(str(cfg.artifacts_dir), sha(per_class_path(cfg)))
+
+
+# --------------------------------------------------------------------------- indexes and models
+
+
+@st.cache_resource(show_spinner="Building the search index…", max_entries=4)
+def _index(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> Index:
+    return load_index(_config(artifacts_dir), extractor)
+
+
+def index(cfg: Config, extractor: str) -> Index:
+    """The extractor's search index (shared by every session; never mutated)."""
+    key = (
+        sha(cfg.catalog_path),
+        sha(cfg.embeddings_path(extractor)),
+        sha(cfg.clusters_path(extractor)),
+        sha(centroids_path(cfg, extractor)),
+        sha(cfg.categories_path),
+    )
+    return _index(str(cfg.artifacts_dir), extractor, key)
+
+
+def _model_file(cfg: Config, extractor: str) -> Path:
+    if extractor == "custom_cnn":
+        return cfg.models_dir / "custom_cnn.keras"
+    return cfg.models_dir / "inception_v3.weights.h5"
+
+
+def _keep_kernels_across_reruns() -> None:
+    """Stop Streamlit's end-of-run `keras.backend.clear_session()` from clearing TensorFlow's
+    kernel cache.
+
+    Streamlit calls it after every script run (for apps that build models per run); ours
+    keeps its models in st.cache_resource, and the cleared cache made the next upload's
+    InceptionV3 pass ~0.8 s slower (every rerun runs on a new thread with cold kernels).
+    Only calls made from Streamlit's script runner are skipped; any other caller still clears.
+    """
+    import keras
+
+    backend = keras.backend
+    original = backend.clear_session
+    if getattr(original, "_lookalike_guard", False):
+        return
+
+    def clear_session(*args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller == "streamlit.runtime.scriptrunner.script_runner":
+            return None
+        return original(*args, **kwargs)
+
+    clear_session._lookalike_guard = True  # type: ignore[attr-defined]
+    backend.clear_session = clear_session
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _extractor(artifacts_dir: str, name: str, cnn: tuple[int, int], weights_sha: str) -> Any:
+    from pipelines.extractors import get_extractor
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    extractor = get_extractor(name, _config(artifacts_dir, cnn))
+    # One call on a blank image builds and traces the model, so the first upload is fast.
+    size = extractor.input_size
+    blank = np.zeros((1, size, size, 3), np.uint8)
+    if hasattr(extractor, "embed_and_classify") and extractor.class_names:
+        extractor.embed_and_classify(blank)
+    else:
+        extractor.embed_arrays(blank)
+    _keep_kernels_across_reruns()
+    return extractor
+
+
+def extractors(cfg: Config) -> dict[str, Any]:
+    """Both extractors, loaded once and warmed up: {name: Extractor}."""
+    cnn = (cfg.cnn_image_size, cfg.cnn_embedding_dim)
+    return {
+        name: _extractor(str(cfg.artifacts_dir), name, cnn, sha(_model_file(cfg, name)))
+        for name in EXTRACTORS
+    }
+
+
+@st.cache_data(show_spinner="Embedding the photo…", max_entries=64)
+def _upload(name: str, data: bytes, artifacts_dir: str, key: tuple[Any, ...]) -> Any:
+    cfg = _config(artifacts_dir, key[0])
+    return explore.embed_upload(name, data, extractors(cfg), max_pixels=cfg.max_pixels)
+
+
+def upload_embedding(cfg: Config, name: str, data: bytes) -> explore.UploadEmbedding:
+    """One uploaded photo embedded by both extractors (cached on its name and bytes, so a
+    widget change does not embed it again)."""
+    key = (
+        (cfg.cnn_image_size, cfg.cnn_embedding_dim),
+        *(sha(_model_file(cfg, name)) for name in EXTRACTORS),
+    )
+    return _upload(name, data, str(cfg.artifacts_dir), key)

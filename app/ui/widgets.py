@@ -1,0 +1,295 @@
+"""Widgets the pages share: settings sidebar, artifact guard, thumbnail grids, query picker.
+
+Shared values live under plain st.session_state keys so they persist across pages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pipelines import explore
+from pipelines.config import EXTRACTORS, STRATEGIES, Config
+from pipelines.errors import LookalikeError
+
+# Settings shared by every page: session key -> default. The router sets these once.
+DEFAULTS = {"extractor": EXTRACTORS[0], "k": 10, "strategy": STRATEGIES[0], "query_id": None}
+EXTRACTOR_NAMES = {"inception_v3": "InceptionV3 (ImageNet)", "custom_cnn": "Custom CNN (trained)"}
+STRATEGY_NAMES = {
+    "exact": "exact (whole catalog)",
+    "cluster": "cluster (query's k-means cluster)",
+    "category": "category (predicted category)",
+}
+GRID_COLUMNS = 6
+# Thumbnails a grid shows at most; a larger selection says how many it left out.
+GRID_LIMIT = 60
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sidebar's choices."""
+
+    extractor: str
+    k: int
+    strategy: str
+
+
+def init_session() -> None:
+    """Put every shared setting into st.session_state once (called by the router)."""
+    for key, value in DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+
+
+def _keep(name: str) -> None:
+    # Widget state is dropped on pages that do not draw the widget; the plain key survives.
+    st.session_state[name] = st.session_state[f"sidebar_{name}"]
+
+
+def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
+    """Draw the settings (extractor, k, strategy) and the artifacts' status in the sidebar.
+
+    Parameters
+    ----------
+    cfg : the app's settings (artifacts dir, max_k).
+    max_k : the largest k offered; default `cfg.max_k`.
+
+    Returns
+    -------
+    Settings, also kept in st.session_state["extractor" | "k" | "strategy"].
+    """
+    init_session()
+    top = max_k or cfg.max_k
+    st.session_state["k"] = int(min(max(1, st.session_state["k"]), top))
+    for name in ("extractor", "k", "strategy"):
+        st.session_state[f"sidebar_{name}"] = st.session_state[name]
+    with st.sidebar:
+        st.header("Settings")
+        st.selectbox(
+            "Extractor",
+            EXTRACTORS,
+            format_func=lambda n: EXTRACTOR_NAMES.get(n, n),
+            key="sidebar_extractor",
+            on_change=_keep,
+            args=("extractor",),
+        )
+        st.slider(
+            "Neighbours (k)",
+            1,
+            top,
+            key="sidebar_k",
+            on_change=_keep,
+            args=("k",),
+            help=f"How many similar items to show, 1–{top}.",
+        )
+        st.selectbox(
+            "Search strategy",
+            STRATEGIES,
+            format_func=lambda s: STRATEGY_NAMES.get(s, s),
+            key="sidebar_strategy",
+            on_change=_keep,
+            args=("strategy",),
+        )
+        status = explore.artifacts_summary(cfg)
+        st.divider()
+        st.subheader("Artifacts")
+        if status["built"]:
+            built = str(status["catalog_created"] or "?").replace("T", " ")[:16]
+            st.caption(
+                f"Catalog: **{status['items']:,}** items  \nBuilt: {built}  \n"
+                f"Folder: `{status['dir']}`"
+            )
+        else:
+            st.caption(f"Not built yet in `{status['dir']}`.")
+    return Settings(
+        st.session_state["extractor"], int(st.session_state["k"]), st.session_state["strategy"]
+    )
+
+
+def require(cfg: Config, parts: Sequence[str], extractors: Sequence[str] = EXTRACTORS) -> None:
+    """Stop the page with guidance when artifacts it needs are missing (never a traceback).
+
+    Parameters
+    ----------
+    parts : see `pipelines.explore.required_paths`.
+    extractors : extractors whose artifacts the page needs.
+    """
+    missing = explore.missing_artifacts(cfg, parts, extractors)
+    if not missing:
+        return
+    shown = "\n".join(f"- `{p}`" for p in missing[:8])
+    more = f"\n- … and {len(missing) - 8} more" if len(missing) > 8 else ""
+    st.info(
+        f"**The pipeline has not built what this page needs yet.** Run\n\n"
+        f"```\n{explore.RUN_COMMAND}\n```\n\n"
+        f"from the repository root (it takes a few minutes on 2 CPU cores; set "
+        f"`LOOKALIKE_ARTIFACTS` to use another artifacts folder), then reload this page.\n\n"
+        f"Missing:\n{shown}{more}"
+    )
+    st.stop()
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Show a LookalikeError (problem and fix) as st.error and stop the page."""
+    try:
+        yield
+    except LookalikeError as err:
+        st.error(str(err))
+        st.stop()
+
+
+def caption(row: pd.Series | dict, rank: int | None = None, similarity: float | None = None) -> str:
+    """A thumbnail caption: "#rank · label · similarity" (parts that exist)."""
+    parts = []
+    if rank is not None:
+        parts.append(f"#{rank}")
+    label = row.get("label")
+    parts.append(str(label) if label is not None and not pd.isna(label) else "(no label)")
+    if similarity is not None and not np.isnan(similarity):
+        parts.append(f"{similarity:.3f}")
+    return " · ".join(parts)
+
+
+def thumbnail_grid(
+    items: pd.DataFrame,
+    captions: Sequence[str],
+    *,
+    path_column: str = "thumb_file",
+    columns: int = GRID_COLUMNS,
+    limit: int = GRID_LIMIT,
+    pick: Callable[[str], None] | None = None,
+    key: str = "grid",
+) -> None:
+    """Thumbnails in rows of `columns`, each with its caption (and a pick button).
+
+    Parameters
+    ----------
+    items : rows with item_id and the thumbnail path column.
+    captions : one caption per row.
+    path_column : column holding the thumbnail path.
+    columns : thumbnails per row.
+    limit : at most this many are drawn; a note says how many were left out.
+    pick : when given, a "Use as query" button under each thumbnail calls pick(item_id).
+    key : prefix of the buttons' keys.
+    """
+    if items.empty:
+        st.caption("Nothing to show.")
+        return
+    shown = items.head(limit)
+    paths = shown[path_column].tolist()
+    ids = shown["item_id"].astype(str).tolist()
+    for start in range(0, len(shown), columns):
+        cells = st.columns(columns)
+        for cell, i in zip(cells, range(start, min(start + columns, len(shown))), strict=False):
+            with cell:
+                st.image(paths[i], caption=captions[i], width="stretch")
+                if pick is not None:
+                    st.button(
+                        "Use as query",
+                        key=f"{key}_pick_{ids[i]}",
+                        on_click=pick,
+                        args=(ids[i],),
+                        width="stretch",
+                    )
+    if len(items) > limit:
+        st.caption(f"Showing {limit} of {len(items)}.")
+
+
+def neighbour_grid(neighbours: pd.DataFrame, key: str = "neighbours", columns: int = 5) -> None:
+    """A neighbour table (`explore.neighbours_table`) as a grid captioned "#rank · label ·
+    similarity", with the table itself (ids included) in an expander."""
+    captions = [
+        caption(row, int(row["rank"]), float(row["similarity"])) for _, row in neighbours.iterrows()
+    ]
+    # Every neighbour is drawn: k is at most max_k (50), so no "showing n of m" cut.
+    thumbnail_grid(
+        neighbours, captions, path_column="thumb", columns=columns, limit=len(neighbours), key=key
+    )
+    with st.expander("As a table"):
+        st.dataframe(
+            neighbours[["rank", "item_id", "label", "similarity"]],
+            hide_index=True,
+            width="stretch",
+        )
+
+
+def set_query(item_id: str) -> None:
+    """Make `item_id` the query of the Search and Compare pages."""
+    st.session_state["query_id"] = str(item_id)
+
+
+def _random_query(catalog: pd.DataFrame) -> None:
+    set_query(explore.random_item(catalog))
+
+
+def _query_from_id() -> None:
+    text = (st.session_state.get("query_id_text") or "").strip()
+    if text:
+        st.session_state["query_id_pending"] = text
+
+
+def query_picker(
+    catalog: pd.DataFrame, key: str, modes: Sequence[str] = ("Random", "Item id", "Browse")
+) -> str:
+    """Let the user choose the query item; returns its id (kept in session "query_id").
+
+    Parameters
+    ----------
+    catalog : the catalog (item_id, label, thumb_file).
+    key : prefix of this picker's widget keys (one picker per page).
+    modes : the ways offered: "Random", "Item id", "Browse", and "Map" (the page handles
+        map clicks itself; this only explains it).
+    """
+    ids = set(catalog["item_id"])
+    if st.session_state.get("query_id") not in ids:
+        # Deterministic first query, so a fresh session always opens on the same item.
+        set_query(explore.random_item(catalog, np.random.default_rng(0)))
+    pending = st.session_state.pop("query_id_pending", None)
+    if pending is not None:
+        if pending in ids:
+            set_query(pending)
+        else:
+            st.error(f"item {pending!r} is not in the catalog ({len(ids):,} items); pick another")
+
+    mode = st.radio("Pick the query", modes, horizontal=True, key=f"{key}_mode")
+    if mode == "Random":
+        st.button(
+            "🎲 Another random item", key=f"{key}_random", on_click=_random_query, args=(catalog,)
+        )
+    elif mode == "Item id":
+        st.text_input(
+            "Item id (16 hex digits, as shown in tables and hovers)",
+            key="query_id_text",
+            on_change=_query_from_id,
+        )
+    elif mode == "Browse":
+        labels = sorted(catalog["label"].dropna().astype(str).unique())
+        c1, c2 = st.columns([3, 1])
+        chosen = c1.multiselect("Labels", labels, key=f"{key}_browse_labels", placeholder="all")
+        _, pages = explore.browse_page(catalog, chosen, 0, 18)
+        page = c2.number_input("Page", 1, pages, 1, key=f"{key}_browse_page") - 1
+        rows, _ = explore.browse_page(catalog, chosen, page, 18)
+        thumbnail_grid(
+            rows,
+            [caption(r) for _, r in rows.iterrows()],
+            pick=set_query,
+            key=f"{key}_browse",
+        )
+    elif mode == "Map":
+        st.caption("Click a point on the map below to make it the query.")
+    return str(st.session_state["query_id"])
+
+
+def query_card(row: pd.Series, precision: float | None, k: int, found: int) -> None:
+    """The query's thumbnail, label, id and precision@k against its own label."""
+    st.image(row["thumb_file"], caption=f"Query · {caption(row)}", width=200)
+    st.caption(f"`{row['item_id']}`")
+    value = "n/a" if precision is None or np.isnan(precision) else f"{precision:.2f}"
+    st.metric(f"Precision@{k}", value, help="Share of the k neighbours with the query's label.")
+    if found < k:
+        st.caption(f"Only {found} items in this strategy's pool.")

@@ -1,0 +1,324 @@
+"""Every page of the app through the router with AppTest, on artifacts the real pipeline builds."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from pipelines.config import REPO_ROOT, Config
+from pipelines.explore import jaccard_at_k
+from tests.conftest import copy_subset
+
+APP = str(REPO_ROOT / "app" / "streamlit_app.py")
+PAGES = ["map", "search", "compare", "clusters", "upload"]
+# Model loading (InceptionV3 weights) on a busy 2-core machine takes tens of seconds.
+TIMEOUT = 240
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """Artifacts of the whole pipeline (`run_all`) on 36 real photos: 4 classes x 3 per split.
+
+    Small settings keep it to about a minute on 2 cores: a 32 px custom CNN trained for 2
+    epochs, 4 clusters, 5-neighbour maps.
+    """
+    from pipelines.run import run_all
+
+    root = tmp_path_factory.mktemp("app")
+    source = copy_subset(root / "src", {"dress": 3, "hat": 3, "pants": 3, "shoes": 3})
+    config = Config(
+        artifacts_dir=root / "artifacts",
+        source=source,
+        batch_size=8,
+        chunk_size=16,
+        cnn_image_size=32,
+        cnn_epochs=2,
+        cnn_patience=1,
+        n_clusters=4,
+        map_neighbors=5,
+    )
+    run_all(config)
+    return config
+
+
+@pytest.fixture
+def clear_caches() -> Iterator[None]:
+    """Each AppTest starts with empty Streamlit caches, and leaves none behind."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def app(built: Config, monkeypatch: pytest.MonkeyPatch, clear_caches: None) -> AppTest:
+    """The app pointed at the built artifacts, run once (on its default page, Map)."""
+    monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(built.artifacts_dir))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+@pytest.fixture
+def catalog(built: Config) -> pd.DataFrame:
+    return pd.read_parquet(built.catalog_path)
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def neighbour_captions(at: AppTest) -> list[str]:
+    """Captions of the neighbour thumbnails ("#rank · label · similarity")."""
+    return [c for image in at.image for c in image.captions if c.startswith("#")]
+
+
+def shown_tables(at: AppTest) -> list[pd.DataFrame]:
+    """The neighbour tables under each grid (rank, item_id, label, similarity)."""
+    return [d.value for d in at.dataframe if "item_id" in d.value.columns]
+
+
+def metric(at: AppTest, label_start: str) -> str:
+    (value,) = [m.value for m in at.metric if m.label.startswith(label_start)]
+    return value
+
+
+# --------------------------------------------------------------------------- every page
+
+
+def test_every_page_renders_concrete_values(app: AppTest, catalog: pd.DataFrame) -> None:
+    at = app
+    # Map (the default page): the trustworthiness metric and the selection prompt.
+    assert 0 < float(metric(at, "Trustworthiness")) <= 1
+    assert any("Selection: 0 item(s)" in h.value for h in at.subheader)
+    assert f"**{len(catalog):,}** items" in " ".join(c.value for c in at.sidebar.caption)
+
+    open_page(at, "search")
+    assert len(neighbour_captions(at)) == 10  # the default k
+    assert metric(at, "Precision@10") not in ("", "n/a")
+
+    open_page(at, "compare")
+    assert 0 <= float(metric(at, "Jaccard@10")) <= 1
+    assert len(neighbour_captions(at)) == 20
+
+    open_page(at, "clusters")
+    overview = [m.value for m in at.markdown if m.value.startswith("**Cluster ")]
+    assert len(overview) == 4
+    assert any(h.value.startswith("Cluster 0: ") for h in at.subheader)
+
+    open_page(at, "upload")
+    assert len(at.file_uploader) == 1
+    assert "Upload one or several photos" in at.info[0].value
+
+
+def test_map_page_colours_and_filters(app: AppTest) -> None:
+    at = app
+    at.radio(key="map_color").set_value("cluster").run()
+    assert not at.exception
+    at.multiselect(key="map_labels").set_value(["hat"]).run()
+    assert not at.exception
+    # The sidebar's extractor applies here too (and its map has its own trustworthiness).
+    at.selectbox(key="sidebar_extractor").set_value("custom_cnn").run()
+    assert not at.exception and 0 < float(metric(at, "Trustworthiness")) <= 1
+
+
+def selection_event(item_ids: list[str]) -> dict:
+    """What st.plotly_chart(on_select="rerun") holds after a box selection of these items.
+
+    AppTest cannot drag a box on a chart, but it can set the chart's state by its key, which
+    the page reads on the next run exactly as after a real selection.
+    """
+    points = [
+        {"curve_number": 0, "point_index": i, "point_number": i, "customdata": item, "x": 0.0}
+        for i, item in enumerate(item_ids)
+    ]
+    return {
+        "selection": {
+            "points": points,
+            "point_indices": list(range(len(points))),
+            "box": [{"x": [0, 1], "y": [0, 1]}],
+            "lasso": [],
+        }
+    }
+
+
+def test_a_map_selection_fills_the_thumbnail_grid(app: AppTest, catalog: pd.DataFrame) -> None:
+    at = app
+    picked = catalog["item_id"].iloc[[1, 4, 9]].tolist()
+    at.session_state["map_chart_inception_v3"] = selection_event(picked)
+    at.run()
+    assert not at.exception
+    assert any(h.value == "Selection: 3 item(s)" for h in at.subheader)
+    labels = catalog.set_index("item_id").loc[picked, "label"].tolist()
+    captions = [c for image in at.image for c in image.captions]
+    assert sorted(captions) == sorted(labels)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_search_shows_exactly_k_neighbours(app: AppTest) -> None:
+    at = open_page(app, "search")
+    at.slider(key="sidebar_k").set_value(5).run()
+    assert len(neighbour_captions(at)) == 5
+    assert len(shown_tables(at)[0]) == 5
+    assert metric(at, "Precision@5")
+    at.slider(key="sidebar_k").set_value(8).run()
+    assert len(neighbour_captions(at)) == 8
+    # The setting persists across pages (session state, not the widget's own state).
+    open_page(at, "compare")
+    assert len(neighbour_captions(at)) == 16
+
+
+def test_switching_extractor_changes_the_neighbours(app: AppTest) -> None:
+    at = open_page(app, "search")
+    query = at.session_state["query_id"]
+    inception = shown_tables(at)[0]["item_id"].tolist()
+    at.selectbox(key="sidebar_extractor").set_value("custom_cnn").run()
+    assert not at.exception
+    custom = shown_tables(at)[0]["item_id"].tolist()
+    assert at.session_state["query_id"] == query
+    assert len(custom) == len(inception) == 10
+    assert custom != inception
+    assert query not in custom and query not in inception
+
+
+def test_search_query_by_item_id_and_strategies(app: AppTest, catalog: pd.DataFrame) -> None:
+    at = open_page(app, "search")
+    target = catalog["item_id"].iloc[7]
+    at.radio(key="search_mode").set_value("Item id").run()
+    at.text_input(key="query_id_text").set_value(target).run()
+    assert at.session_state["query_id"] == target
+    assert any(target in c.value for c in at.caption)
+    for strategy in ("cluster", "category"):
+        at.selectbox(key="sidebar_strategy").set_value(strategy).run()
+        assert not at.exception
+        assert target not in shown_tables(at)[0]["item_id"].tolist()
+    at.text_input(key="query_id_text").set_value("not-an-item").run()
+    assert not at.exception
+    assert "'not-an-item' is not in the catalog" in at.error[0].value
+    assert at.session_state["query_id"] == target
+
+
+def test_search_query_from_a_click_on_the_map(app: AppTest, catalog: pd.DataFrame) -> None:
+    at = open_page(app, "search")
+    target = catalog["item_id"].iloc[11]
+    assert at.session_state["query_id"] != target
+    at.session_state["search_map_inception_v3"] = selection_event([target])
+    at.run()
+    assert not at.exception
+    assert at.session_state["query_id"] == target
+    assert target not in shown_tables(at)[0]["item_id"].tolist()
+    # The chart keeps its selection; a later pick is not overridden by it.
+    other = catalog["item_id"].iloc[3]
+    at.radio(key="search_mode").set_value("Item id").run()
+    at.text_input(key="query_id_text").set_value(other).run()
+    assert at.session_state["query_id"] == other
+    at.run()
+    assert at.session_state["query_id"] == other
+
+
+def test_search_browse_picks_a_query(app: AppTest, catalog: pd.DataFrame) -> None:
+    at = open_page(app, "search")
+    at.radio(key="search_mode").set_value("Browse").run()
+    at.multiselect(key="search_browse_labels").set_value(["shoes"]).run()
+    buttons = [b for b in at.button if b.key and b.key.startswith("search_browse_pick_")]
+    assert buttons
+    picked = buttons[-1].key.removeprefix("search_browse_pick_")
+    buttons[-1].click().run()
+    assert at.session_state["query_id"] == picked
+    assert catalog.set_index("item_id").loc[picked, "label"] == "shoes"
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_jaccard_matches_the_sets_shown(app: AppTest) -> None:
+    at = open_page(app, "compare")
+    for k in (3, 10):
+        at.slider(key="sidebar_k").set_value(k).run()
+        tables = shown_tables(at)
+        assert len(tables) == 2 and all(len(t) == k for t in tables)
+        assert len(neighbour_captions(at)) == 2 * k
+        expected = jaccard_at_k(tables[0]["item_id"], tables[1]["item_id"])
+        assert metric(at, f"Jaccard@{k}") == f"{expected:.3f}"
+    # Evaluation results are charted (P@k, mAP, per-class P@10).
+    assert "Protocol:" in " ".join(c.value for c in at.caption)
+
+
+# --------------------------------------------------------------------------- upload
+
+
+def test_uploading_a_catalog_photo_returns_that_item_first(
+    app: AppTest, catalog: pd.DataFrame
+) -> None:
+    at = open_page(app, "upload")
+    row = catalog.iloc[5]
+    data = Path(row["path"]).read_bytes()
+    at.file_uploader(key="uploads").set_value(("mine.jpg", data, "image/jpeg")).run()
+    assert not at.exception and not at.error
+    tables = shown_tables(at)
+    assert len(tables) == 2  # one per extractor
+    for table in tables:
+        assert table["item_id"].iloc[0] == row["item_id"]
+        assert table["similarity"].iloc[0] >= 0.999
+        assert len(table) == 10
+    assert metric(at, "Predicted category") in {"dress", "hat", "pants", "shoes"}
+
+
+def test_bad_uploads_show_an_error_and_the_page_keeps_working(
+    app: AppTest, catalog: pd.DataFrame
+) -> None:
+    at = open_page(app, "upload")
+    photos = [Path(p).read_bytes() for p in catalog["path"].iloc[[2, 20]]]
+    at.file_uploader(key="uploads").set_value(
+        [
+            ("notes.txt", b"a shopping list, not a photo", "text/plain"),
+            ("a.jpg", photos[0], "image/jpeg"),
+            ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png"),
+            ("b.jpg", photos[1], "image/jpeg"),
+            ("huge.jpg", photos[1] + b"\0" * (20 * 2**20), "image/jpeg"),
+        ]
+    ).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 3
+    assert "notes.txt" in errors[0] and "not a recognised image" in errors[0]
+    assert "broken.png" in errors[1]
+    assert "huge.jpg" in errors[2] and "over the 20.0 MB upload limit" in errors[2]
+    # The two good photos still get their neighbours and a category summary.
+    assert len(shown_tables(at)) == 4
+    assert any(h.value == "Top categories across 2 photos" for h in at.subheader)
+    assert sum(int(m.value.split()[0]) for m in at.metric if m.value.endswith("photo(s)")) == 2
+
+
+# --------------------------------------------------------------------------- no artifacts
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_each_page_without_artifacts_shows_guidance(
+    page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clear_caches: None
+) -> None:
+    monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(tmp_path / "nothing-yet"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    if page != "map":
+        at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    (info,) = at.info
+    assert "python -m pipelines run" in info.value
+    assert str(tmp_path / "nothing-yet") in info.value
+    assert "Not built yet" in " ".join(c.value for c in at.sidebar.caption)
+    assert os.environ["LOOKALIKE_ARTIFACTS"].endswith("nothing-yet")
