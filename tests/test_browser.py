@@ -1,0 +1,297 @@
+"""A user's path through the running app in a real browser (Debian's Chromium via Playwright).
+
+Builds artifacts with the real pipeline on 36 real photos, starts `streamlit run` on them and
+checks what the pages show: the Map's WebGL scatter, the Search grid following the extractor and
+k, and the Upload page's neighbours and error messages. Screenshots go to test-output/browser/.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # require_browser() fails each test with the fix
+    expect = sync_playwright = None
+
+from pipelines.config import Config
+from tests.browser_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    IMAGES_LOADED_JS,
+    NEIGHBOUR_CAPTION,
+    OUTPUT,
+    PAINTED_PIXELS_JS,
+    TRACES_JS,
+    VIEWPORT,
+    WEBGL_JS,
+    clear_screenshots,
+    require_browser,
+    settle,
+    step,
+    streamlit_server,
+    wait_until,
+)
+from tests.conftest import copy_subset
+
+pytestmark = pytest.mark.slow
+
+LABELS = ["dress", "hat", "pants", "shoes"]
+# A script run that loads a model (InceptionV3 for an upload) can take a minute on 2 busy cores.
+RUN_TIMEOUT_MS = 150_000
+# Ordinary reruns (a widget change, a page switch) on cached data.
+UI_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """Artifacts of the whole pipeline (`run_all`) on 36 real photos, as in tests/test_app.py:
+    4 classes x 3 per split, a 32 px custom CNN trained for 2 epochs, 4 clusters."""
+    from pipelines.run import run_all
+
+    root = tmp_path_factory.mktemp("browser")
+    source = copy_subset(root / "src", {label: 3 for label in LABELS})
+    config = Config(
+        artifacts_dir=root / "artifacts",
+        source=source,
+        batch_size=8,
+        chunk_size=16,
+        cnn_image_size=32,
+        cnn_epochs=2,
+        cnn_patience=1,
+        n_clusters=4,
+        map_neighbors=5,
+    )
+    run_all(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def catalog(built: Config) -> pd.DataFrame:
+    return pd.read_parquet(built.catalog_path)
+
+
+@pytest.fixture(scope="session")
+def app_url(built: Config) -> Iterator[str]:
+    """The app served from the repository root on the built artifacts; stopped afterwards."""
+    require_browser()
+    clear_screenshots()
+    with streamlit_server(built.artifacts_dir, OUTPUT / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium. `launch` (not a persistent context) gives each run a fresh
+    temporary profile, which Playwright deletes when the browser closes."""
+    require_browser()
+    # Rerun-driven pages need more than Playwright's default 5 s per assertion.
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, app_url: str) -> Iterator[object]:
+    """A page in its own browser context (own cookies, so its own Streamlit session), opened on
+    the app's default page. Uncaught JavaScript errors fail the test."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    js_errors: list[str] = []
+    page.on("pageerror", lambda error: js_errors.append(str(error)))
+    try:
+        page.goto(app_url, wait_until="domcontentloaded")
+        yield page
+    finally:
+        context.close()
+    assert not js_errors, f"uncaught JavaScript errors on the page: {js_errors}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sidebar(page):
+    return page.locator('[data-testid="stSidebar"]')
+
+
+def open_page(page, title: str, heading: str) -> None:
+    """Click a page's link in the sidebar navigation and wait for its title."""
+    page.locator('[data-testid="stSidebarNavLink"]').filter(has_text=title).click()
+    expect(page.get_by_role("heading", name=heading, level=1)).to_be_visible(timeout=UI_TIMEOUT_MS)
+
+
+def neighbour_images(page):
+    """The <img> of every visible neighbour thumbnail (captioned "#rank · label · similarity");
+    thumbnails in a hidden tab do not count."""
+    thumbnails = page.locator('[data-testid="stImage"]:visible').filter(
+        has=page.locator('[data-testid="stImageCaption"]', has_text=NEIGHBOUR_CAPTION)
+    )
+    return thumbnails.locator("img")
+
+
+def neighbour_captions(page) -> list[str]:
+    return (
+        page.locator('[data-testid="stImageCaption"]:visible')
+        .filter(has_text=NEIGHBOUR_CAPTION)
+        .all_inner_texts()
+    )
+
+
+def expect_neighbours(page, k: int, timeout_ms: int = UI_TIMEOUT_MS) -> list[str]:
+    """Wait until the visible grid shows exactly k loaded neighbour images ranked #1..#k, and
+    the script run is over; return their captions."""
+    images = neighbour_images(page)
+    expect(images).to_have_count(k, timeout=timeout_ms)
+    settle(page, timeout_ms)
+    expect(images).to_have_count(k, timeout=timeout_ms)
+    wait_until(
+        lambda: images.evaluate_all(IMAGES_LOADED_JS),
+        bool,
+        timeout_ms / 1000,
+        f"the {k} neighbour images did not all load",
+    )
+    captions = neighbour_captions(page)
+    assert [int(c.split(" · ")[0][1:]) for c in captions] == list(range(1, k + 1)), captions
+    return captions
+
+
+# --------------------------------------------------------------------------- the user's path
+
+
+def test_map_draws_the_scatter(page, catalog: pd.DataFrame) -> None:
+    assert page.evaluate(WEBGL_JS), (
+        "this Chromium has no WebGL (not even SwiftShader's software GL), so plotly's "
+        "Scattergl map cannot draw; check the chromium package (libGLESv2/SwiftShader)"
+    )
+    with step(page, "01-map-scatter"):
+        expect(page.get_by_role("heading", name="Map", level=1)).to_be_visible(
+            timeout=UI_TIMEOUT_MS
+        )
+        plot = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first
+        expect(plot.locator("canvas.gl-canvas-context")).to_be_attached(timeout=UI_TIMEOUT_MS)
+        settle(page)
+        # One WebGL trace per label, holding every catalog item between them.
+        traces = wait_until(
+            lambda: plot.evaluate(TRACES_JS),
+            lambda t: sum(n for _, n in t) == len(catalog),
+            60,
+            f"the map did not get its {len(catalog)} points",
+        )
+        assert {kind for kind, _ in traces} == {"scattergl"}
+        assert len(traces) == len(LABELS)
+        # SVG <text> has no innerText: read textContent.
+        legend = [t.strip() for t in plot.locator(".legendtext").all_text_contents()]
+        assert sorted(legend) == LABELS, legend
+        # The points are really drawn: a few hundred opaque pixels on a transparent canvas.
+        canvas = wait_until(
+            lambda: plot.evaluate(PAINTED_PIXELS_JS),
+            lambda c: c["painted"] >= 20 * len(catalog),
+            60,
+            "the map's WebGL canvas stayed (nearly) empty",
+        )
+        assert canvas["width"] > 0 and canvas["height"] > 0
+        assert canvas["painted"] < 0.5 * canvas["width"] * canvas["height"], canvas
+        # The page around it: trustworthiness, item count, and the empty selection.
+        trust = page.locator('[data-testid="stMetric"]').filter(has_text="Trustworthiness@10")
+        value = float(trust.locator('[data-testid="stMetricValue"]').inner_text())
+        assert 0 < value <= 1
+        expect(page.get_by_text(f"{len(catalog)} items · InceptionV3")).to_be_visible()
+        expect(page.get_by_role("heading", name="Selection: 0 item(s)")).to_be_visible()
+
+
+def test_search_grid_follows_extractor_and_k(page) -> None:
+    with step(page, "02-search-default-inception-k10"):
+        open_page(page, "Search", "Search")
+        inception = expect_neighbours(page, 10)
+        expect(
+            page.get_by_role("heading", name="10 nearest items · inception_v3 · exact")
+        ).to_be_visible()
+
+    with step(page, "03-search-custom-cnn-k10"):
+        sidebar(page).locator('[data-testid="stSelectbox"]').filter(has_text="Extractor").click()
+        page.get_by_role("option", name="Custom CNN (trained)").click()
+        expect(
+            page.get_by_role("heading", name="10 nearest items · custom_cnn · exact")
+        ).to_be_visible()
+        custom = expect_neighbours(page, 10)
+        # Same query, another embedding: other neighbours or at least other similarities.
+        assert custom != inception
+
+    slider = sidebar(page).locator('[data-testid="stSlider"]').filter(has_text="Neighbours (k)")
+    thumb = slider.locator('input[type="range"]')
+    for k, key, presses, name in ((5, "ArrowLeft", 5, "04"), (8, "ArrowRight", 3, "05")):
+        with step(page, f"{name}-search-custom-cnn-k{k}"):
+            thumb.focus()
+            for _ in range(presses):
+                thumb.press(key)
+            expect(thumb).to_have_attribute("aria-valuetext", str(k))
+            expect(
+                page.get_by_role("heading", name=f"{k} nearest items · custom_cnn")
+            ).to_be_visible()
+            captions = expect_neighbours(page, k)
+            assert captions == custom[:k]  # the same ranking, cut at k
+            expect(page.get_by_text(f"Precision@{k}", exact=True)).to_be_visible()
+
+
+def test_upload_a_photo_then_files_that_are_not_photos(
+    page, catalog: pd.DataFrame, tmp_path: Path
+) -> None:
+    row = catalog[(catalog["label"] == "dress") & (catalog["split"] == "test")].iloc[0]
+    uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+
+    with step(page, "06-upload-empty"):
+        open_page(page, "Upload", "Upload photos")
+        expect(page.get_by_text("Upload one or several photos")).to_be_visible()
+
+    with step(page, "07-upload-photo-inception-neighbours"):
+        started = time.monotonic()
+        uploader.set_input_files(row["path"])
+        # A catalog photo finds itself first (similarity 1), in both extractors' tabs.
+        captions = expect_neighbours(page, 10, RUN_TIMEOUT_MS)
+        assert re.fullmatch(r"#1 · dress · (1\.000|0\.999)", captions[0]), captions
+        print(f"upload to neighbours: {time.monotonic() - started:.1f} s")
+        expect(page.get_by_text("Predicted category")).to_be_visible()
+        expect(page.get_by_role("tab", name="InceptionV3 (ImageNet)")).to_have_attribute(
+            "aria-selected", "true"
+        )
+
+    with step(page, "08-upload-photo-custom-cnn-neighbours"):
+        page.get_by_role("tab", name="Custom CNN (trained)").click()
+        captions = expect_neighbours(page, 10)
+        assert re.fullmatch(r"#1 · dress · (1\.000|0\.999)", captions[0]), captions
+
+    with step(page, "09-upload-text-file-rejected-by-browser"):
+        notes = tmp_path / "notes.txt"
+        notes.write_text("a shopping list, not a photo\n")
+        uploader.set_input_files(notes)
+        # The uploader refuses it by type before it reaches the app: a red chip whose message
+        # shows on hover (and is read out as an alert).
+        chip = page.locator('[data-testid="stFileChip"]').filter(has_text="notes.txt")
+        expect(chip.locator('[data-testid="stFileChipIconError"]')).to_be_visible()
+        expect(chip.get_by_role("alert")).to_have_text("Error: text/plain files are not allowed.")
+        chip.hover()
+        expect(page.get_by_text("text/plain files are not allowed.", exact=True)).to_be_visible()
+        expect_neighbours(page, 10)  # the photo's results stay
+
+    with step(page, "10-upload-text-named-jpg-error-message"):
+        # Text sent as a JPEG passes the browser's type check; the app names it and the problem.
+        uploader.set_input_files(
+            {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"a shopping list"}
+        )
+        error = page.locator('[data-testid="stAlert"]')
+        expect(error).to_have_text(
+            "Could not use notes.jpg: not a recognised image (jpg, png or webp expected)",
+            timeout=UI_TIMEOUT_MS,
+        )
+        expect_neighbours(page, 10)
