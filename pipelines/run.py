@@ -33,6 +33,9 @@ def _stages(config: Config, extractors: Sequence[str], force: bool) -> list[tupl
 
 def _wrote(result: Any) -> str:
     """A short description of what a stage wrote, from its summary."""
+    if isinstance(result, dict) and result.get("stage") == "train":
+        acc = result.get("best_val_accuracy")
+        return f"{result.get('kind')}" + (f", val accuracy {acc:.3f}" if acc is not None else "")
     if isinstance(result, dict) and "skipped" in result:
         return "up to date" if result["skipped"] else f"{result.get('rows', '')} rows".strip()
     if isinstance(result, dict) and result and all(isinstance(v, dict) for v in result.values()):
@@ -71,6 +74,7 @@ def run_all(
     print(f"{'total':<22} {seconds:>7.1f}")
     _print_report(config)
     print(f"\nArtifacts are in {config.artifacts_dir}.")
+    print("Open the explorer with: python -m streamlit run app/streamlit_app.py")
     return rows
 
 
