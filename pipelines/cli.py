@@ -57,6 +57,12 @@ def _run(config: Config, args: argparse.Namespace) -> Any:
     return run_all(config, args.extractor, force=args.force)
 
 
+def _bench(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.bench import run_bench
+
+    return run_bench(config, quick=args.quick)
+
+
 def _extractors(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extractor",
@@ -103,6 +109,14 @@ def _source(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _quick(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and few repetitions: under 2 minutes (the full run takes ~20 on 2 cores)",
+    )
+
+
 Handler = Callable[[Config, argparse.Namespace], Any]
 STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], None]]]] = {
     "catalog": (
@@ -140,6 +154,12 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "itself when nothing changed",
         _run,
         [_source, _extractors],
+    ),
+    "bench": (
+        "speed, memory and scale of every stage against the memory floor and peers, into "
+        "artifacts/bench/results.json (prints a table)",
+        _bench,
+        [_quick],
     ),
 }
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipelines import ann
 from pipelines.artifacts import artifact_hash, read_manifest
 from pipelines.catalog import catalog_hash, load_catalog
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
@@ -21,6 +25,13 @@ CLUSTER_COMMAND = "python -m pipelines clusters"
 CATEGORIES_COMMAND = "python -m pipelines train && python -m pipelines embed --extractor custom_cnn"
 # Rows of the (queries x pool) similarity block computed at once: bounds memory to ~64 MB.
 BLOCK_CELLS = 16_000_000
+# A single query's matrix-vector product runs on one BLAS thread up to this matrix size
+# (see `_one_blas_thread`); above it the pass is long enough for a second thread to pay off.
+ONE_THREAD_MAX_BYTES = 128 * 2**20
+# From this many rows, a top-k first drops every similarity below a bound taken from a
+# strided sample of PREFILTER_SAMPLE of them (see `_best_first`); below, it partitions all.
+PREFILTER_MIN_ITEMS = 16_384
+PREFILTER_SAMPLE = 4096
 
 
 def embed_command(extractor: str) -> str:
@@ -48,18 +59,22 @@ class SearchResult:
 
 
 class Index:
-    """Exact cosine nearest-neighbour search over unit vectors, optionally within a pool.
+    """Cosine nearest-neighbour search over unit vectors, optionally within a pool.
 
     Strategies
     ----------
-    exact : the whole catalog, one matrix product.
+    exact : the whole catalog: one matrix product, or, from `ann_min_items` rows, an
+        approximate `ann.AnnIndex` (it may miss a few true neighbours; the similarities it
+        returns are exact cosines; `python -m pipelines bench` measures its recall@10).
     cluster : only items in the query's k-means cluster (the given one, or the nearest
         centroid).
     category : only items whose predicted category equals the query's.
 
     Everything a strategy needs (each pool's rows and its contiguous sub-matrix) is built
-    once here, so a query only does matrix products and a partial sort. The index is never
-    changed after it is built, so one instance can be shared across threads.
+    once here, so a query only does matrix products and a partial sort. The one exception is
+    the approximate index, built under a lock on the first "exact" search that needs it (a
+    large catalog's app start does not wait for it). Nothing else changes after the build, so
+    one instance can be shared across threads.
 
     Parameters
     ----------
@@ -71,6 +86,8 @@ class Index:
         omitted, the normalised mean of each cluster's members is used.
     categories : (n,) predicted category of each row (None/NA for none); enables "category".
     unavailable : {strategy: reason} shown when a strategy is used without its data.
+    ann_min_items : catalog size from which "exact" uses the approximate index; default
+        `ann.ANN_MIN_ITEMS`. 0 always uses it; a value above the size never does.
     """
 
     def __init__(
@@ -83,6 +100,7 @@ class Index:
         centroids: np.ndarray | None = None,
         categories: Sequence[str | None] | np.ndarray | None = None,
         unavailable: dict[str, str] | None = None,
+        ann_min_items: int | None = None,
     ) -> None:
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or len(vectors) == 0:
@@ -104,6 +122,11 @@ class Index:
         self._row_of = {item: row for row, item in enumerate(self.item_ids)}
         # Why a strategy lacks its data (for example "categories.parquet is missing").
         self.unavailable: dict[str, str] = dict(unavailable or {})
+        self.ann_min_items = ann.ANN_MIN_ITEMS if ann_min_items is None else int(ann_min_items)
+        if self.ann_min_items < 0:
+            raise LookalikeError(f"ann_min_items must be >= 0, got {self.ann_min_items}")
+        self._ann: ann.AnnIndex | None = None
+        self._ann_lock = threading.Lock()
 
         self.clusters: np.ndarray | None = None
         self.centroids: np.ndarray | None = None
@@ -173,6 +196,18 @@ class Index:
         return int(self.vectors.shape[1])
 
     @property
+    def approximate(self) -> bool:
+        """Whether the "exact" strategy goes through the approximate index (large catalogs)."""
+        return self.size >= self.ann_min_items
+
+    def ann_index(self) -> ann.AnnIndex:
+        """The approximate index over every row, built on first use (seconds at 100k rows)."""
+        with self._ann_lock:
+            if self._ann is None:
+                self._ann = ann.AnnIndex.build(self.vectors)
+            return self._ann
+
+    @property
     def strategies(self) -> tuple[str, ...]:
         """The strategies this index has the data for."""
         have = {
@@ -202,6 +237,7 @@ class Index:
             centroids=self.centroids,
             categories=None if self.categories is None else self.categories[rows],
             unavailable=self.unavailable,
+            ann_min_items=self.ann_min_items,
         )
 
     # --- queries ---
@@ -220,7 +256,8 @@ class Index:
         ----------
         queries : (m, d) or (d,) vectors from the same extractor; normalised here.
         k : neighbours per query, 1 <= k <= catalog size.
-        strategy : "exact", "cluster" or "category" (see the class docstring).
+        strategy : "exact", "cluster" or "category" (see the class docstring; "exact" is
+            approximate from `ann_min_items` catalog items).
         exclude_rows : (m,) catalog row of each query when the query is a catalog item (-1 when
             not), so an item never returns itself.
         query_clusters : (m,) k-means cluster of each query for "cluster"; default: the
@@ -271,6 +308,8 @@ class Index:
         exclude = self._prepare_exclude(exclude_rows, m)
 
         if strategy == "exact":
+            if self.approximate:
+                return self.ann_index().search(q, k, exclude_rows=exclude)
             return _top_k(q, self.vectors, k, exclude)
 
         keys = self._query_keys(strategy, q, exclude, query_clusters, query_categories)
@@ -386,64 +425,116 @@ def _top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best-first (rows, similarities) of each query among `matrix`'s rows, padded to k.
 
-    One BLAS product per block of queries, an O(n) `argpartition` for the top k, and a sort of
-    those k only. Padding (row -1, similarity NaN) fills the slots a small pool cannot.
+    One BLAS product per block of queries, then `_best_first` on each row of similarities.
+    Ties go to the lower row, so results do not depend on the partial sort's internals.
+    Padding (row -1, similarity NaN) fills the slots a small pool cannot.
     """
     m, n = len(q), len(matrix)
     width = min(k, n)
-    if m == 1 and width > 0:
-        return _top_k_one(q[0], matrix, k, width, None if exclude is None else int(exclude[0]))
     out_rows = np.full((m, k), -1, dtype=np.int64)
     out_sims = np.full((m, k), np.nan, dtype=np.float32)
     if width == 0:
         return out_rows, out_sims
-    step = max(1, BLOCK_CELLS // n)
-    for start in range(0, m, step):
-        block = slice(start, min(m, start + step))
-        sims = q[block] @ matrix.T  # (b, n) float32
+    if m == 1:
+        # The app's case: a matrix-vector product, on one BLAS thread while the matrix is
+        # small enough (see ONE_THREAD_MAX_BYTES).
+        with _one_blas_thread() if matrix.nbytes <= ONE_THREAD_MAX_BYTES else nullcontext():
+            sims = (matrix @ q[0])[None]
+        blocks = [(slice(0, 1), sims)]
+    else:
+        step = max(1, BLOCK_CELLS // n)
+        blocks = (
+            (block, q[block] @ matrix.T)
+            for block in (slice(start, min(m, start + step)) for start in range(0, m, step))
+        )
+    for block, sims in blocks:  # sims: (b, n) float32
         if exclude is not None:
             ex = exclude[block]
             hit = np.flatnonzero(ex >= 0)
             sims[hit, ex[hit]] = -np.inf
-        if width < n:
-            top = np.argpartition(sims, n - width, axis=1)[:, n - width :]
-        else:
-            top = np.broadcast_to(np.arange(n), sims.shape)
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
-        rows = np.take_along_axis(top, order, axis=1)
-        values = np.take_along_axis(top_sims, order, axis=1)
-        # The excluded item (similarity -inf) sorts last; drop it rather than return it.
-        dropped = np.isneginf(values)
-        rows[dropped] = -1
-        values[dropped] = np.nan
-        out_rows[block, :width] = rows
-        out_sims[block, :width] = values
+        for i, row_sims in zip(range(block.start, block.stop), sims, strict=True):
+            top = _best_first(row_sims, width)
+            values = row_sims[top]
+            # The excluded item (similarity -inf) sorts last; drop it rather than return it.
+            keep = ~np.isneginf(values)
+            found = int(keep.sum())
+            out_rows[i, :found] = top[keep]
+            out_sims[i, :found] = values[keep]
     return out_rows, out_sims
 
 
-def _top_k_one(
-    query: np.ndarray, matrix: np.ndarray, k: int, width: int, exclude: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """`_top_k` for one query: a matrix-vector product and 1-D partial sort, so the fixed
-    per-call cost stays a few microseconds beside the one pass over the matrix."""
-    n = len(matrix)
-    sims = matrix @ query  # (n,) float32
-    if exclude is not None and exclude >= 0:
-        sims[exclude] = -np.inf
-    top = np.argpartition(sims, n - width)[n - width :] if width < n else np.arange(n)
-    top_sims = sims[top]
-    order = np.argsort(-top_sims, kind="stable")
-    rows, values = top[order].astype(np.int64, copy=False), top_sims[order]
-    # The excluded row (-inf) can only reach the top when the pool is no larger than k.
-    if width == k and values[-1] != -np.inf:
-        return rows[None], values[None]
-    out_rows = np.full((1, k), -1, dtype=np.int64)
-    out_sims = np.full((1, k), np.nan, dtype=np.float32)
-    keep = ~np.isneginf(values)
-    out_rows[0, : keep.sum()] = rows[keep]
-    out_sims[0, : keep.sum()] = values[keep]
-    return out_rows, out_sims
+def _best_first(sims: np.ndarray, width: int) -> np.ndarray:
+    """Indices (int64) of the `width` largest entries of 1-D `sims`, best first, ties to the
+    lower index: what `np.argsort(-sims, kind="stable")[:width]` gives, in O(n).
+
+    Above PREFILTER_MIN_ITEMS a strided sample's width-th largest value is a lower bound of
+    the true width-th largest (a sample cannot hold more entries above a value than the whole),
+    so one vectorised comparison keeps every true top entry (and every tie with it) while
+    leaving about width * n / PREFILTER_SAMPLE candidates for the partial sort instead of n.
+    """
+    n = len(sims)
+    candidates = None  # None: all of 0..n-1
+    values = sims
+    if n >= PREFILTER_MIN_ITEMS and width * 8 <= PREFILTER_SAMPLE:
+        sample = sims[:: n // PREFILTER_SAMPLE]
+        bound = np.partition(sample, len(sample) - width)[len(sample) - width]
+        if bound == bound:  # a NaN bound (NaN similarities) bounds nothing: scan everything
+            candidates = np.flatnonzero(sims >= bound)
+            values = sims[candidates]
+    if width < len(values):
+        # Every entry tied with the width-th largest stays, so the stable sort below can
+        # hand the ties to the lower rows.
+        kth = np.partition(values, len(values) - width)[len(values) - width]
+        keep = np.flatnonzero(values >= kth)
+        candidates = keep if candidates is None else candidates[keep]
+        values = values[keep]
+    order = np.argsort(-values, kind="stable")[:width]
+    return order.astype(np.int64, copy=False) if candidates is None else candidates[order]
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter: Any = None
+_blas_controller: Any = None
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread for the block (a no-op without threadpoolctl).
+
+    Why: waking a second BLAS thread for one pass over a few tens of MB costs more than it
+    saves, and on a shared machine a busy second core makes it far slower (tens of ms
+    instead of one or two; `python -m pipelines bench`, section exact_search). BLAS's thread
+    count is process-wide, so overlapping blocks from several threads share one limit: the
+    first sets it, the last restores it (a product elsewhere may run on one thread meanwhile).
+    """
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            controller = _blas()
+            _blas_limiter = None if controller is None else controller.limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+def _blas() -> Any:
+    """threadpoolctl's handle on the loaded BLAS libraries, found once (a scan of the
+    process's shared libraries takes about a millisecond); None without threadpoolctl."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+            return None
+        _blas_controller = ThreadpoolController().select(user_api="blas")
+    return _blas_controller
 
 
 def precision_at_k(

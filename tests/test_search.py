@@ -10,8 +10,11 @@ from pipelines.artifacts import write_manifest, write_npy, write_parquet
 from pipelines.config import STRATEGIES, Config
 from pipelines.errors import LookalikeError
 from pipelines.search import (
+    PREFILTER_MIN_ITEMS,
     Index,
     SearchResult,
+    _best_first,
+    _top_k,
     categories_path,
     centroids_path,
     load_index,
@@ -140,6 +143,43 @@ def test_subset_and_rows_of(data):
     np.testing.assert_array_equal(index.rows_of(["item003", "item039"]), [3, 39])
     with pytest.raises(LookalikeError, match="'nope' is not in the index"):
         index.rows_of(["nope"])
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 11, 300, PREFILTER_MIN_ITEMS, 50_000])
+@pytest.mark.parametrize("kind", ["random", "ties", "constant"])
+def test_prefiltered_top_k_equals_the_full_sort(n, kind):
+    """`_best_first` (sampled bound + partial sort) is exactly the first k of a stable sort,
+    ties going to the lower row, on sizes below and above the prefilter's threshold."""
+    rng = np.random.default_rng(n)
+    sims = rng.normal(size=n).astype(np.float32)
+    if kind == "ties":  # few distinct values: many ties at the k-th place
+        sims = np.round(sims * 2) / 2
+    elif kind == "constant":
+        sims = np.zeros(n, dtype=np.float32)
+    for k in (1, 10, 100, n):
+        width = min(k, n)
+        expected = np.argsort(-sims, kind="stable")[:width]
+        np.testing.assert_array_equal(_best_first(sims, width), expected)
+        if kind == "random" and width < n:  # no ties: the same set as plain argpartition
+            plain = np.argpartition(sims, n - width)[n - width :]
+            assert set(_best_first(sims, width).tolist()) == set(plain.tolist())
+
+
+def test_top_k_excludes_rows_above_the_prefilter_threshold():
+    rng = np.random.default_rng(3)
+    matrix = unit(rng.normal(size=(PREFILTER_MIN_ITEMS * 2, 16)))
+    queries = matrix[[5, 700, 30_000]]
+    exclude = np.array([5, -1, 30_000])
+    rows, sims = _top_k(queries, matrix, 10, exclude)
+    full = queries @ matrix.T
+    for i, row in enumerate(exclude):
+        if row >= 0:
+            full[i, row] = -np.inf
+        expected = np.argsort(-full[i], kind="stable")[:10]
+        np.testing.assert_array_equal(rows[i], expected)
+        np.testing.assert_allclose(sims[i], full[i, expected], rtol=1e-6)
+        (single_rows,), _ = _top_k(queries[i : i + 1], matrix, 10, exclude[i : i + 1])
+        np.testing.assert_array_equal(single_rows, expected)  # the one-query path agrees
 
 
 # --- one invalid input per test, checking the message ---

@@ -1,0 +1,287 @@
+"""Approximate cosine nearest-neighbour index (faiss) over unit vectors; reads and writes nothing.
+
+Exact search (`pipelines.search`) streams the whole (n, d) matrix once per query, so its latency
+grows with n * d. Above `ANN_MIN_ITEMS` items an inverted-file index (faiss `IndexIVFFlat`)
+scans only the few lists nearest the query instead, and returns the same result convention:
+(rows, cosine similarities), best first.
+
+Why IVF-Flat rather than a graph (HNSW): on this 2-core machine both meet the latency and
+recall targets at 1M x 128-d, but HNSW takes ~7 minutes to build at 1M while IVF builds in
+well under a minute, and the style rule is to rebuild neighbour indexes at load time
+(`python -m pipelines bench` measures both). Wide vectors (2048-d InceptionV3) are reduced by
+PCA before indexing; the candidates are then re-ranked with the full vectors, so similarities
+are exact and the PCA only affects which candidates are found.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from pipelines.errors import LookalikeError
+
+# Below this many items exact search is fast enough and ANN would only lose recall; see
+# `python -m pipelines bench` (results.json, section "ann") for the numbers behind it.
+ANN_MIN_ITEMS = 100_000
+# Vectors wider than this are PCA-reduced to it before indexing (candidates are re-ranked with
+# the full vectors): at 100k x 2048-d, 128 dims keep recall@10 >= 0.95 after re-ranking.
+ANN_PCA_DIMS = 128
+# Candidates per requested neighbour that are re-ranked exactly when PCA is used.
+RERANK_FACTOR = 10
+# Points per k-means centroid sampled to train the coarse quantiser (faiss wants >= 39).
+TRAIN_POINTS_PER_LIST = 50
+# IVF lists per sqrt(n): more lists make each probe cheaper but training slower.
+LISTS_PER_SQRT_N = 2
+# The share of the lists one query scans by default (nprobe = share * nlist).
+DEFAULT_SCAN_SHARE = 0.02
+METHODS = ("ivf", "hnsw")
+
+
+def _faiss():  # noqa: ANN202 - the faiss module
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise LookalikeError(
+            "approximate search needs faiss — install it with `pip install faiss-cpu==1.15.1` "
+            "(it is in requirements.txt)"
+        ) from err
+    return faiss
+
+
+class AnnIndex:
+    """Approximate top-k cosine search over (n, d) unit rows.
+
+    Build with `AnnIndex.build`; query with `search`. The index is not changed by queries
+    (search-time settings are arguments), so one instance can be shared across threads.
+
+    Attributes
+    ----------
+    size, dim : rows and width of the indexed vectors (dim before any PCA).
+    method : "ivf" (inverted lists; default) or "hnsw" (graph).
+    reduced_dim : width inside the index (dim, or the PCA width).
+    build_seconds : wall time of `build`.
+    """
+
+    def __init__(
+        self,
+        index: object,
+        *,
+        method: str,
+        vectors: np.ndarray | None,
+        projection: np.ndarray | None,
+        size: int,
+        dim: int,
+        nprobe: int,
+        ef_search: int,
+        rerank: int,
+        build_seconds: float,
+    ) -> None:
+        self._index = index
+        self.method = method
+        # Full vectors, kept (not copied) only when PCA is used, to re-rank candidates exactly.
+        self._vectors = vectors
+        self._projection = projection
+        self.size = size
+        self.dim = dim
+        self.reduced_dim = dim if projection is None else int(projection.shape[1])
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.rerank = rerank
+        self.build_seconds = build_seconds
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        *,
+        method: str = "ivf",
+        pca_dims: int | None = ANN_PCA_DIMS,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        hnsw_m: int = 16,
+        ef_construction: int = 100,
+        ef_search: int = 128,
+        rerank: int = RERANK_FACTOR,
+        seed: int = 0,
+        threads: int | None = None,
+    ) -> AnnIndex:
+        """Index (n, d) unit rows (float32; row i is returned as row i).
+
+        Parameters
+        ----------
+        vectors : (n, d) unit rows; not copied when PCA is used (kept for exact re-ranking),
+            so do not modify them afterwards.
+        method : "ivf" (default; fast to build) or "hnsw" (slow to build, fast to query).
+        pca_dims : reduce wider vectors to this many dims before indexing (only when there are
+            more rows than that); None never reduces.
+        nlist : IVF lists; default 2 * sqrt(n) (2000 at 1M), a balance of scan and training.
+        nprobe : IVF lists scanned per query; default 2% of the lists (40 at 1M).
+        hnsw_m, ef_construction, ef_search : HNSW graph degree, build beam and query beam.
+        rerank : with PCA, fetch rerank * k candidates and re-rank them with the full vectors.
+        seed : fixes the training sample and k-means.
+        threads : OpenMP threads for building (default: all cores).
+        """
+        faiss = _faiss()
+        if method not in METHODS:
+            raise LookalikeError(f"unknown ANN method {method!r}; valid: {', '.join(METHODS)}")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) == 0:
+            raise LookalikeError(
+                f"an ANN index needs a non-empty (n, d) matrix, got shape {vectors.shape}"
+            )
+        start = time.perf_counter()
+        n, d = vectors.shape
+        if threads is not None:
+            faiss.omp_set_num_threads(threads)
+        rng = np.random.default_rng(seed)
+
+        projection = None
+        data = vectors
+        # Too few rows to pin down pca_dims directions: index the full vectors.
+        if pca_dims is not None and pca_dims < min(d, n):
+            projection = _pca_projection(vectors, pca_dims, rng)
+            data = _project(vectors, projection)
+
+        dim = data.shape[1]
+        if method == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
+            index.add(data)
+            lists = 0
+        else:
+            lists = nlist or round(LISTS_PER_SQRT_N * math.sqrt(n))
+            lists = max(1, min(lists, n // TRAIN_POINTS_PER_LIST or 1))
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            sample = min(n, lists * TRAIN_POINTS_PER_LIST)
+            train = data if sample == n else data[np.sort(rng.choice(n, sample, replace=False))]
+            index.train(train)
+            index.add(data)
+        # nprobe only means something for IVF; HNSW keeps 0.
+        default_probes = max(1, math.ceil(DEFAULT_SCAN_SHARE * lists))
+        probes = min(lists, nprobe or default_probes) if lists else 0
+        return cls(
+            index,
+            method=method,
+            vectors=vectors if projection is not None else None,
+            projection=projection,
+            size=n,
+            dim=d,
+            nprobe=probes,
+            ef_search=ef_search,
+            rerank=max(1, int(rerank)),
+            build_seconds=time.perf_counter() - start,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the faiss index holds (its serialised size), plus the PCA matrix."""
+        faiss = _faiss()
+        extra = 0 if self._projection is None else self._projection.nbytes
+        return int(faiss.serialize_index(self._index).nbytes) + extra
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude_rows: np.ndarray | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate k nearest rows of each query by cosine similarity, best first.
+
+        Parameters
+        ----------
+        queries : (m, d) or (d,) float vectors; normalised here.
+        k : neighbours per query, 1 <= k <= size.
+        exclude_rows : (m,) row to leave out of each query's result (-1: none), as in
+            `search.Index.search_rows`.
+        nprobe, ef_search, rerank : override the build-time search effort for this call.
+
+        Returns
+        -------
+        rows : (m, k) int64, -1 where fewer than k were found.
+        sims : (m, k) float32 cosine similarities (exact when PCA is used: re-ranked with the
+            full vectors), NaN where rows is -1.
+        """
+        faiss = _faiss()
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.size:
+            raise LookalikeError(f"k must be between 1 and {self.size}, got {k}")
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise LookalikeError(
+                f"queries must be (m, {self.dim}) or ({self.dim},), got shape {q.shape}"
+            )
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise LookalikeError("queries need a non-zero finite length for cosine search")
+        q = q / norms
+        m = len(q)
+        exclude = None
+        if exclude_rows is not None:
+            exclude = np.asarray(exclude_rows, dtype=np.int64).reshape(-1)
+            if len(exclude) != m:
+                raise LookalikeError(
+                    f"exclude_rows needs one row per query ({m}), got {len(exclude)}"
+                )
+
+        # One extra candidate covers the excluded row; re-ranking widens the net under PCA.
+        want = k + (exclude is not None)
+        factor = max(1, int(rerank or self.rerank)) if self._projection is not None else 1
+        fetch = min(self.size, want * factor)
+        if self.method == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or self.ef_search, fetch))
+        else:
+            params = faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe)
+        searched = q if self._projection is None else _project(q, self._projection)
+        sims, rows = self._index.search(searched, fetch, params=params)
+        rows = rows.astype(np.int64, copy=False)
+        if exclude is not None:
+            rows[rows == exclude[:, None]] = -1
+        if self._projection is not None:
+            sims = _exact_sims(q, self._vectors, rows)
+        sims = np.where(rows >= 0, sims, -np.inf).astype(np.float32)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        rows = np.take_along_axis(rows, order, axis=1)
+        sims = np.take_along_axis(sims, order, axis=1)
+        missing = np.isneginf(sims) | (rows < 0)
+        rows[missing] = -1
+        sims[missing] = np.nan
+        return rows, sims
+
+
+def _pca_projection(vectors: np.ndarray, dims: int, rng: np.random.Generator) -> np.ndarray:
+    """(d, dims) top right singular vectors of an (uncentred) sample of the rows.
+
+    Uncentred, so x @ P @ P.T @ y is the best rank-`dims` approximation of the inner product
+    x @ y that cosine search ranks by. A 10k-row sample and a randomised SVD pin the
+    directions down in about a second, where an exact eigendecomposition takes tens.
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    n = len(vectors)
+    sample = vectors if n <= 10_000 else vectors[np.sort(rng.choice(n, 10_000, replace=False))]
+    _, _, vt = randomized_svd(sample, dims, n_iter=3, random_state=int(rng.integers(2**31)))
+    return np.ascontiguousarray(vt.T, dtype=np.float32)
+
+
+def _project(x: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """Project onto the PCA directions and re-normalise (the index ranks by inner product)."""
+    out = np.ascontiguousarray(x @ projection, dtype=np.float32)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def _exact_sims(q: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(m, c) exact cosine of each query with its candidate rows (-1 -> -inf)."""
+    safe = np.maximum(rows, 0)
+    sims = np.einsum("md,mcd->mc", q, vectors[safe], optimize=False).astype(np.float32)
+    sims[rows < 0] = -np.inf
+    return sims

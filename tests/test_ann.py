@@ -1,0 +1,139 @@
+"""Approximate search: recall against exact search, self-exclusion, validation, and the switch
+in `search.Index` above the catalog-size threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.ann import AnnIndex
+from pipelines.errors import LookalikeError
+from pipelines.search import Index, _top_k
+
+pytest.importorskip("faiss")
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, d: int, clusters: int = 40, spread: float = 0.8, seed: int = 0):
+    """n unit vectors around `clusters` centres, noise norm ~ spread x the centre's.
+
+    Centres and noise have a decaying spectrum (a few strong directions), as real embeddings
+    do; isotropic noise in hundreds of dims has no neighbourhood structure to find."""
+    rng = np.random.default_rng(seed)
+    scales = np.arange(1, d + 1) ** -0.5
+    centres = unit(rng.normal(size=(clusters, d)) * scales)
+    noise = unit(rng.normal(size=(n, d)) * scales) * spread
+    return unit(centres[rng.integers(0, clusters, n)] + noise)
+
+
+def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+
+
+@pytest.mark.parametrize(("d", "pca"), [(64, False), (512, True)])
+def test_recall_at_10_against_exact_search(d, pca):
+    vectors = clustered(4000 + 100, d)
+    catalog, queries = vectors[:4000], vectors[4000:]  # held-out queries, same distribution
+    index = AnnIndex.build(catalog)
+    assert (index.reduced_dim < d) is pca  # wide vectors are PCA-reduced, then re-ranked
+
+    rows, sims = index.search(queries, 10)
+    truth, exact_sims = _top_k(queries, catalog, 10, None)
+    assert rows.shape == sims.shape == (100, 10) and rows.dtype == np.int64
+    assert recall_at_10(rows, truth) >= 0.95
+    assert np.all(np.diff(sims, axis=1) <= 0)  # best first
+    # Similarities are the exact cosines of the rows returned.
+    np.testing.assert_allclose(sims, np.einsum("md,mkd->mk", queries, catalog[rows]), atol=1e-5)
+
+
+def test_a_catalog_item_never_returns_itself():
+    vectors = clustered(2000, 32)
+    index = AnnIndex.build(vectors)
+    queries = np.arange(0, 2000, 50)
+    rows, _ = index.search(vectors[queries], 10, exclude_rows=queries)
+    assert not (rows == queries[:, None]).any()
+    assert (rows >= 0).all()  # the extra candidate fetched makes up for the excluded one
+    # Without exclusion the item is its own best match.
+    rows, sims = index.search(vectors[queries], 10)
+    np.testing.assert_array_equal(rows[:, 0], queries)
+    np.testing.assert_allclose(sims[:, 0], 1.0, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small() -> AnnIndex:
+    return AnnIndex.build(clustered(500, 16))
+
+
+@pytest.mark.parametrize("k", [0, 501, 2.0, True])
+def test_bad_k_is_rejected(small, k):
+    with pytest.raises(LookalikeError, match=f"k must be between 1 and 500, got {k}"):
+        small.search(np.ones(16, dtype=np.float32), k)
+
+
+def test_wrong_dimension_is_rejected(small):
+    with pytest.raises(LookalikeError, match=r"queries must be \(m, 16\) or \(16,\), got shape"):
+        small.search(np.ones(15, dtype=np.float32), 3)
+
+
+def test_zero_query_is_rejected(small):
+    with pytest.raises(LookalikeError, match="non-zero finite length"):
+        small.search(np.zeros(16, dtype=np.float32), 3)
+
+
+def test_exclude_rows_must_match_the_queries(small):
+    with pytest.raises(LookalikeError, match=r"exclude_rows needs one row per query \(2\), got 1"):
+        small.search(np.ones((2, 16), dtype=np.float32), 3, exclude_rows=[0])
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(LookalikeError, match="unknown ANN method 'lsh'; valid: ivf, hnsw"):
+        AnnIndex.build(clustered(100, 8), method="lsh")
+
+
+def test_hnsw_method_also_finds_neighbours():
+    vectors = clustered(1000 + 50, 32)
+    index = AnnIndex.build(vectors[:1000], method="hnsw")
+    rows, _ = index.search(vectors[1000:], 10)
+    assert recall_at_10(rows, _top_k(vectors[1000:], vectors[:1000], 10, None)[0]) >= 0.95
+
+
+# --- search.Index switches to the approximate index above its threshold ---
+def test_index_uses_ann_from_the_threshold_and_keeps_its_conventions():
+    vectors = clustered(3000, 48)
+    ids = [f"item{i}" for i in range(3000)]
+    exact = Index(vectors, ids, ann_min_items=10**9)
+    approx = Index(vectors, ids, ann_min_items=3000)  # forced: the catalog is at the threshold
+    assert not exact.approximate and approx.approximate
+    assert approx._ann is None  # built lazily, on the first search
+
+    queries = np.arange(0, 3000, 30)
+    want_rows, want_sims = exact.search_rows(vectors[queries], 10, exclude_rows=queries)
+    rows, sims = approx.search_rows(vectors[queries], 10, exclude_rows=queries)
+    assert isinstance(approx._ann, AnnIndex)
+    assert rows.shape == (100, 10) and rows.dtype == np.int64 and sims.dtype == np.float32
+    assert not (rows == queries[:, None]).any()  # exclude-self, as in exact search
+    assert recall_at_10(rows, want_rows) >= 0.95
+    same = rows == want_rows  # where both found the same row, the similarity is the same
+    np.testing.assert_allclose(sims[same], want_sims[same], rtol=1e-5)
+
+    (result,) = approx.search(vectors[7] * 3.0, 5, exclude_rows=[7])  # one unnormalised query
+    assert len(result.rows) == 5 and 7 not in result.rows
+    assert list(result.item_ids) == [ids[r] for r in result.rows]
+    # A subset (an evaluation gallery) keeps the threshold.
+    assert approx.subset(np.arange(100)).ann_min_items == 3000
+
+
+def test_index_below_the_threshold_stays_exact():
+    vectors = clustered(200, 16)
+    index = Index(vectors, [str(i) for i in range(200)])
+    assert not index.approximate  # the default threshold is far above 200 items
+    index.search(vectors[0], 5)
+    assert index._ann is None
+
+
+def test_negative_threshold_is_rejected():
+    with pytest.raises(LookalikeError, match="ann_min_items must be >= 0, got -1"):
+        Index(clustered(10, 4), [str(i) for i in range(10)], ann_min_items=-1)
