@@ -188,7 +188,10 @@ class CustomCNNExtractor(Extractor):
 
     @property
     def input_size(self) -> int:  # type: ignore[override]
-        return self.config.cnn_image_size
+        # The saved model's own input side: a model trained at another size than the current
+        # setting (before `train` reruns) must still get the pixels it was built for.
+        saved = artifacts.read_manifest(self.config.models_dir / "custom_cnn.keras") or {}
+        return int(saved.get("image_size") or self.config.cnn_image_size)
 
     @property
     def manifest(self) -> dict[str, Any]:

@@ -131,3 +131,14 @@ def test_wrong_input_shape_is_refused(tmp_path: Path) -> None:
     ext = get_extractor("inception_v3", Config(artifacts_dir=tmp_path))
     with pytest.raises(LookalikeError, match=r"takes \(n, 299, 299, 3\) uint8 images"):
         ext.embed_arrays(np.zeros((1, 128, 128, 3), np.uint8))
+
+
+def test_custom_cnn_input_size_follows_the_saved_model(tmp_path: Path) -> None:
+    # A model trained at 64 px must get 64 px pixels even after cnn_image_size changed.
+    config = Config(artifacts_dir=tmp_path, cnn_image_size=96)
+    model = config.models_dir / "custom_cnn.keras"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"model")
+    assert get_extractor("custom_cnn", config).input_size == 96  # no manifest: the setting
+    artifacts.write_manifest(model, "train", {}, {}, extra={"image_size": 64})
+    assert get_extractor("custom_cnn", config).input_size == 64
