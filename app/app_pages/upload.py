@@ -65,7 +65,7 @@ for i, result in enumerate(good):
     st.divider()
     head, body = st.columns([1, 4])
     with head:
-        st.image(result.preview, caption=result.name, width=200)
+        st.image(result.preview, caption=result.name, width="stretch")
         if result.category is not None:
             st.metric(
                 "Predicted category",

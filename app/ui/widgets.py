@@ -287,7 +287,7 @@ def query_picker(
 
 def query_card(row: pd.Series, precision: float | None, k: int, found: int) -> None:
     """The query's thumbnail, label, id and precision@k against its own label."""
-    st.image(row["thumb_file"], caption=f"Query · {caption(row)}", width=200)
+    st.image(row["thumb_file"], caption=f"Query · {caption(row)}", width="stretch")
     st.caption(f"`{row['item_id']}`")
     value = "n/a" if precision is None or np.isnan(precision) else f"{precision:.2f}"
     st.metric(f"Precision@{k}", value, help="Share of the k neighbours with the query's label.")

@@ -1,0 +1,106 @@
+"""Regenerate the README's screenshots from the real app on built artifacts (not a test).
+
+    python -m tests.make_screenshots [--artifacts artifacts] [--upload PHOTO]
+
+Starts the app on a free localhost port against the artifacts folder, opens each page in
+Debian's Chromium, and writes app/screenshots/<page>.png, downscaled to 1000 px wide and
+palette-quantised so each stays at a few hundred KB.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image
+
+from pipelines.config import DEFAULT_SOURCE, REPO_ROOT
+from tests.browser_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    IMAGES_LOADED_JS,
+    OUTPUT,
+    require_browser,
+    settle,
+    streamlit_server,
+    wait_until,
+)
+
+SCREENSHOTS = REPO_ROOT / "app" / "screenshots"
+VIEWPORT = {"width": 1400, "height": 1200}
+WIDTH = 1000
+COLOURS = 128
+# (nav title, h1 heading, file name)
+PAGES = [
+    ("Map", "Map", "map"),
+    ("Search", "Search", "search"),
+    ("Compare", "Compare extractors", "compare"),
+    ("Clusters", "Clusters", "clusters"),
+    ("Upload", "Upload photos", "upload"),
+]
+RUN_TIMEOUT_MS = 180_000
+
+
+def _save(png: bytes, name: str) -> Path:
+    """Downscale and quantise a screenshot; returns the written path."""
+    import io
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    height = round(image.height * WIDTH / image.width)
+    image = image.resize((WIDTH, height), Image.Resampling.LANCZOS)
+    image = image.quantize(COLOURS, method=Image.Quantize.MEDIANCUT)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    image.save(path, optimize=True)
+    return path
+
+
+def _wait_for_images(page) -> None:
+    images = page.locator('[data-testid="stImage"] img:visible')
+    wait_until(
+        lambda: images.count() == 0 or images.evaluate_all(IMAGES_LOADED_JS),
+        bool,
+        RUN_TIMEOUT_MS / 1000,
+        "the page's images did not load",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=REPO_ROOT / "artifacts")
+    parser.add_argument(
+        "--upload",
+        type=Path,
+        default=sorted((DEFAULT_SOURCE / "test" / "dress").glob("*.jpg"))[0],
+        help="photo to upload on the Upload page",
+    )
+    args = parser.parse_args()
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with (
+        streamlit_server(args.artifacts.resolve(), OUTPUT / "screenshots.log") as url,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(RUN_TIMEOUT_MS)
+        page.goto(url, wait_until="domcontentloaded")
+        for title, heading, name in PAGES:
+            page.locator('[data-testid="stSidebarNavLink"]').filter(has_text=title).click()
+            page.get_by_role("heading", name=heading, level=1).wait_for()
+            if name == "upload":
+                page.locator('input[type="file"]').set_input_files(str(args.upload))
+                page.locator('[data-testid="stImageCaption"]').filter(
+                    has_text="#1 · "
+                ).first.wait_for(timeout=RUN_TIMEOUT_MS)
+            settle(page, RUN_TIMEOUT_MS)
+            _wait_for_images(page)
+            page.wait_for_timeout(1500)  # plotly's WebGL paint after the run ends
+            path = _save(page.screenshot(), name)
+            print(f"{path}: {path.stat().st_size // 1024} KB")
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
