@@ -5,11 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from pipelines.config import DEFAULT_SOURCE
+from pipelines.config import DEFAULT_SOURCE, Config
 
 CLOTHING = DEFAULT_SOURCE
+# Classes of the small real catalog the `built` fixture runs the whole pipeline on.
+SMALL_LABELS = ["dress", "hat", "pants", "shoes"]
 
 
 def real_photos(label: str, n: int, split: str = "train") -> list[Path]:
@@ -41,3 +44,47 @@ def artifacts_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "artifacts"
     monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(path))
     return path
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32."""
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def blobs(
+    sizes: tuple[int, ...] = (10, 10, 10, 10), d: int = 32, noise: float = 0.05, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors in well-separated groups of the given sizes; returns (vectors, labels)."""
+    rng = np.random.default_rng(seed)
+    centers = unit(rng.normal(size=(len(sizes), d)))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return unit(centers[labels] + noise * rng.normal(size=(len(labels), d))), labels
+
+
+def build_small_pipeline(root: Path, labels: list[str]) -> Config:
+    """The whole pipeline (`run_all`) on 3 real photos per label and split, with small settings
+    that keep it to about a minute on 2 cores: a 32 px custom CNN trained for 2 epochs,
+    4 clusters, 5-neighbour maps. Returns the config whose artifacts it built."""
+    from pipelines.run import run_all
+
+    source = copy_subset(root / "src", {label: 3 for label in labels})
+    config = Config(
+        artifacts_dir=root / "artifacts",
+        source=source,
+        batch_size=8,
+        chunk_size=16,
+        cnn_image_size=32,
+        cnn_epochs=2,
+        cnn_patience=1,
+        n_clusters=4,
+        map_neighbors=5,
+    )
+    run_all(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """Artifacts of the whole pipeline on 36 real photos (dress, hat, pants, shoes: 3 per
+    split), built once per session and shared by the app and browser tests (read only)."""
+    return build_small_pipeline(tmp_path_factory.mktemp("pipeline"), SMALL_LABELS)

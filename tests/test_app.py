@@ -13,7 +13,6 @@ from streamlit.testing.v1 import AppTest
 
 from pipelines.config import REPO_ROOT, Config
 from pipelines.explore import jaccard_at_k
-from tests.conftest import copy_subset
 
 APP = str(REPO_ROOT / "app" / "streamlit_app.py")
 PAGES = ["map", "search", "compare", "clusters", "upload"]
@@ -21,32 +20,6 @@ PAGES = ["map", "search", "compare", "clusters", "upload"]
 TIMEOUT = 240
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    """Artifacts of the whole pipeline (`run_all`) on 36 real photos: 4 classes x 3 per split.
-
-    Small settings keep it to about a minute on 2 cores: a 32 px custom CNN trained for 2
-    epochs, 4 clusters, 5-neighbour maps.
-    """
-    from pipelines.run import run_all
-
-    root = tmp_path_factory.mktemp("app")
-    source = copy_subset(root / "src", {"dress": 3, "hat": 3, "pants": 3, "shoes": 3})
-    config = Config(
-        artifacts_dir=root / "artifacts",
-        source=source,
-        batch_size=8,
-        chunk_size=16,
-        cnn_image_size=32,
-        cnn_epochs=2,
-        cnn_patience=1,
-        n_clusters=4,
-        map_neighbors=5,
-    )
-    run_all(config)
-    return config
 
 
 @pytest.fixture

@@ -38,38 +38,15 @@ from tests.browser_helpers import (
     streamlit_server,
     wait_until,
 )
-from tests.conftest import copy_subset
+from tests.conftest import SMALL_LABELS
 
 pytestmark = pytest.mark.slow
 
-LABELS = ["dress", "hat", "pants", "shoes"]
+LABELS = SMALL_LABELS
 # A script run that loads a model (InceptionV3 for an upload) can take a minute on 2 busy cores.
 RUN_TIMEOUT_MS = 150_000
 # Ordinary reruns (a widget change, a page switch) on cached data.
 UI_TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    """Artifacts of the whole pipeline (`run_all`) on 36 real photos, as in tests/test_app.py:
-    4 classes x 3 per split, a 32 px custom CNN trained for 2 epochs, 4 clusters."""
-    from pipelines.run import run_all
-
-    root = tmp_path_factory.mktemp("browser")
-    source = copy_subset(root / "src", {label: 3 for label in LABELS})
-    config = Config(
-        artifacts_dir=root / "artifacts",
-        source=source,
-        batch_size=8,
-        chunk_size=16,
-        cnn_image_size=32,
-        cnn_epochs=2,
-        cnn_patience=1,
-        n_clusters=4,
-        map_neighbors=5,
-    )
-    run_all(config)
-    return config
 
 
 @pytest.fixture(scope="session")

@@ -13,18 +13,12 @@ from pipelines.cluster import cluster_summary, kmeans, overall_purity, run_clust
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.search import centroids_path
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+from tests.conftest import blobs as conftest_blobs
+from tests.conftest import unit
 
 
 def blobs(sizes=(12, 10, 8, 6), d: int = 24, noise: float = 0.05, seed: int = 0):
-    """Unit vectors in well-separated groups of the given sizes; returns (vectors, labels)."""
-    rng = np.random.default_rng(seed)
-    centers = unit(rng.normal(size=(len(sizes), d)))
-    labels = np.repeat(np.arange(len(sizes)), sizes)
-    return unit(centers[labels] + noise * rng.normal(size=(len(labels), d))), labels
+    return conftest_blobs(sizes, d, noise, seed)
 
 
 def test_kmeans_recovers_separable_clusters_with_purity_one():

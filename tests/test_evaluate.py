@@ -25,17 +25,13 @@ from pipelines.evaluate import (
     run_evaluate,
 )
 from pipelines.search import Index, categories_path
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+from tests.conftest import blobs as conftest_blobs
+from tests.conftest import unit
 
 
 def blobs(n_clusters: int = 4, per: int = 12, d: int = 24, noise: float = 0.05, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centers = unit(rng.normal(size=(n_clusters, d)))
-    labels = np.repeat(np.arange(n_clusters), per)
-    return unit(centers[labels] + noise * rng.normal(size=(len(labels), d))), labels
+    """`n_clusters` groups of `per` unit vectors (see tests.conftest.blobs)."""
+    return conftest_blobs((per,) * n_clusters, d, noise, seed)
 
 
 # --- metrics by hand ---

@@ -9,20 +9,16 @@ import pytest
 from pipelines.artifacts import read_manifest, write_manifest, write_npy, write_parquet
 from pipelines.config import Config
 from pipelines.project import align_procrustes, compute_map, map_trustworthiness, run_maps
+from tests.conftest import blobs as conftest_blobs
+from tests.conftest import unit
 
 # Small settings keep each UMAP run about a second once numba has compiled.
 MAP = {"pca_dims": 10, "n_neighbors": 10, "min_dist": 0.1, "seed": 0}
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-
 def blobs(n_clusters: int = 4, per: int = 25, d: int = 32, noise: float = 0.15, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centers = unit(rng.normal(size=(n_clusters, d)))
-    labels = np.repeat(np.arange(n_clusters), per)
-    return unit(centers[labels] + noise * rng.normal(size=(len(labels), d))), labels
+    """`n_clusters` groups of `per` unit vectors (see tests.conftest.blobs)."""
+    return conftest_blobs((per,) * n_clusters, d, noise, seed)
 
 
 @pytest.fixture(scope="module")

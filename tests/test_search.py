@@ -20,18 +20,13 @@ from pipelines.search import (
     load_index,
     precision_at_k,
 )
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+from tests.conftest import blobs as conftest_blobs
+from tests.conftest import unit
 
 
 def blobs(n_clusters: int = 4, per: int = 10, d: int = 32, noise: float = 0.05, seed: int = 0):
-    """Unit vectors in `n_clusters` tight, well-separated groups; returns (vectors, labels)."""
-    rng = np.random.default_rng(seed)
-    centers = unit(rng.normal(size=(n_clusters, d)))
-    labels = np.repeat(np.arange(n_clusters), per)
-    return unit(centers[labels] + noise * rng.normal(size=(len(labels), d))), labels
+    """`n_clusters` groups of `per` unit vectors (see tests.conftest.blobs)."""
+    return conftest_blobs((per,) * n_clusters, d, noise, seed)
 
 
 @pytest.fixture
