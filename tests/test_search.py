@@ -14,6 +14,7 @@ from pipelines.search import (
     Index,
     SearchResult,
     _best_first,
+    _best_first_rows,
     _top_k,
     categories_path,
     centroids_path,
@@ -158,6 +159,25 @@ def test_prefiltered_top_k_equals_the_full_sort(n, kind):
         if kind == "random" and width < n:  # no ties: the same set as plain argpartition
             plain = np.argpartition(sims, n - width)[n - width :]
             assert set(_best_first(sims, width).tolist()) == set(plain.tolist())
+
+
+@pytest.mark.parametrize("n", [3, 40, 3781])
+def test_block_top_k_equals_the_full_sort_row_by_row(n):
+    """The vectorised block path (many queries, small catalog) gives exactly the stable sort's
+    first k per row: rows with ties at the k-th value and -inf (excluded rows) included."""
+    rng = np.random.default_rng(n)
+    sims = rng.normal(size=(64, n)).astype(np.float32)
+    sims[1] = np.round(sims[1])  # many ties
+    sims[2] = 0.0  # all tied
+    sims[3, : n // 2] = -np.inf
+    sims[4, 0] = -np.inf  # an excluded row
+    for k in (1, 10, n):
+        width = min(k, n)
+        got = _best_first_rows(sims, width)
+        for row in range(len(sims)):
+            np.testing.assert_array_equal(got[row], _best_first(sims[row], width))
+        expected = np.argsort(-sims, axis=1, kind="stable")[:, :width]
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_top_k_excludes_rows_above_the_prefilter_threshold():
