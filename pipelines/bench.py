@@ -905,6 +905,9 @@ def _upload_round_trip(artifacts_dir: str, photos: int) -> dict[str, Any]:
     from pipelines.search import load_index
 
     config = explore.app_config(Config(artifacts_dir=Path(artifacts_dir)))
+    missing = explore.missing_artifacts(config, ("catalog", "embeddings", "maps", "models"))
+    if missing:
+        return {"skipped": f"{missing[0]} is missing — run `python -m pipelines run` first"}
     catalog = explore.with_thumb_files(pd.read_parquet(config.catalog_path), config.artifacts_dir)
     extractors = {name: get_extractor(name, config) for name in EXTRACTORS}
     indexes = {name: load_index(config, name) for name in EXTRACTORS}
