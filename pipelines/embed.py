@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from typing import Any
@@ -53,11 +54,20 @@ def _pixel_stream(catalog: pd.DataFrame, rows: np.ndarray, size: int, config: Co
         pixels.set_shape((size, size, 3))
         return index, pixels
 
+    # A fixed number of decoders (one per core) on tf.data's own small thread pool, with
+    # autotuning off: on 2 cores, AUTOTUNE's extra threads and tuning work took CPU from the
+    # model (stream/in-memory throughput ~0.88 against ~1.0 fixed, measured side by side).
+    cores = os.cpu_count() or 2
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = cores
+    options.threading.max_intra_op_parallelism = 1
     dataset = (
         tf.data.Dataset.from_tensor_slices(rows.astype(np.int64))
-        .map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .map(tf_load, num_parallel_calls=cores, deterministic=True)
         .batch(config.batch_size)
         .prefetch(2)
+        .with_options(options)
     )
     for index, pixels in dataset.as_numpy_iterator():
         if failures:
