@@ -29,6 +29,7 @@ from pipelines.artifacts import (
     write_json,
     write_manifest,
 )
+from pipelines.catalog import bbox_of
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.images import ImageError, load_array
@@ -208,13 +209,6 @@ def _training_precision() -> str:
 # --------------------------------------------------------------------------- data
 
 
-def _bbox(row: Any) -> tuple[int, int, int, int] | None:
-    values = [getattr(row, name, None) for name in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
-    if any(v is None or pd.isna(v) for v in values):
-        return None
-    return tuple(int(v) for v in values)  # type: ignore[return-value]
-
-
 def decode_catalog(
     catalog: pd.DataFrame, size: int, max_pixels: int, *, desc: str = "decoding"
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
@@ -231,11 +225,11 @@ def decode_catalog(
     """
     from tqdm.auto import tqdm
 
-    rows = list(catalog.itertuples(index=False))
+    rows = catalog.to_dict("records")
 
-    def load(row: Any) -> np.ndarray | str:
+    def load(row: dict[str, Any]) -> np.ndarray | str:
         try:
-            return load_array(row.path, size, bbox=_bbox(row), max_pixels=max_pixels)
+            return load_array(row["path"], size, bbox=bbox_of(row), max_pixels=max_pixels)
         except ImageError as err:
             return err.reason
 
@@ -243,7 +237,7 @@ def decode_catalog(
         results = list(tqdm(pool.map(load, rows), total=len(rows), desc=desc, unit="img"))
     ok = np.array([not isinstance(r, str) for r in results], dtype=bool)
     skipped = [
-        (str(row.path), r) for row, r in zip(rows, results, strict=True) if isinstance(r, str)
+        (str(row["path"]), r) for row, r in zip(rows, results, strict=True) if isinstance(r, str)
     ]
     for path, reason in skipped:
         print(f"skipped {path}: {reason}")
