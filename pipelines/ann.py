@@ -1,6 +1,6 @@
 """Approximate cosine nearest-neighbour index (faiss) over unit vectors; reads and writes nothing.
 
-Exact search (`pipelines.search`) streams the whole (n, d) matrix once per query, so its latency
+Exact search (`pipelines.index`) streams the whole (n, d) matrix once per query, so its latency
 grows with n * d. Above `ANN_MIN_ITEMS` items an inverted-file index (faiss `IndexIVFFlat`)
 scans only the few lists nearest the query instead, and returns the same result convention:
 (rows, cosine similarities), best first.
@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from pipelines.errors import LookalikeError
+from pipelines.topk import check_k, unit_queries
 
 # Below this many items exact search is fast enough and ANN would only lose recall; see
 # `python -m pipelines bench` (results.json, section "ann") for the numbers behind it.
@@ -210,19 +211,8 @@ class AnnIndex:
             full vectors), NaN where rows is -1.
         """
         faiss = _faiss()
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.size:
-            raise LookalikeError(f"k must be between 1 and {self.size}, got {k}")
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise LookalikeError(
-                f"queries must be (m, {self.dim}) or ({self.dim},), got shape {q.shape}"
-            )
-        norms = np.linalg.norm(q, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise LookalikeError("queries need a non-zero finite length for cosine search")
-        q = q / norms
+        k = check_k(k, self.size)
+        q = unit_queries(queries, self.dim, "approximate")
         m = len(q)
         exclude = None
         if exclude_rows is not None:

@@ -53,11 +53,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     An interrupted or failed write leaves `path` as it was (absent or the previous version),
-    never half-written.
+    never half-written. The temporary name ends in `path`'s own suffixes (`.tmp.weights.h5`,
+    `.tmp.keras`), because Keras picks its file format from them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffixes = "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{suffixes}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

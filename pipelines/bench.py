@@ -36,7 +36,8 @@ import numpy as np
 
 from pipelines import artifacts
 from pipelines.config import EXTRACTORS, REPO_ROOT, Config
-from pipelines.search import Index, _one_blas_thread, _top_k
+from pipelines.index import Index
+from pipelines.topk import one_blas_thread, top_k
 
 K = 10
 BATCH = 64
@@ -332,11 +333,11 @@ def bench_embedding(config: Config, quick: bool) -> dict[str, Any]:
         }
     rows = []
     for name in EXTRACTORS:
-        if name == "custom_cnn" and not (config.models_dir / "custom_cnn.keras").exists():
+        if name == "custom_cnn" and not config.custom_cnn_path.exists():
             rows.append(
                 {
                     "extractor": name,
-                    "skipped": f"{config.models_dir / 'custom_cnn.keras'} is missing — run "
+                    "skipped": f"{config.custom_cnn_path} is missing — run "
                     "`python -m pipelines train`",
                 }
             )
@@ -355,7 +356,7 @@ def bench_embedding(config: Config, quick: bool) -> dict[str, Any]:
 
 def _embedding_throughput(config: Config, name: str, batches: int) -> dict[str, Any]:
     from pipelines.catalog import load_catalog
-    from pipelines.embed import _pixel_stream
+    from pipelines.embed import pixel_stream
     from pipelines.extractors import CustomCNNExtractor, get_extractor
 
     ext = get_extractor(name, config)
@@ -375,7 +376,7 @@ def _embedding_throughput(config: Config, name: str, batches: int) -> dict[str, 
 
     # Warm-up pass: fills the file cache, traces the model, and keeps the decoded batches.
     held = []
-    for _index, pixels in _pixel_stream(catalog, rows, ext.input_size, config):
+    for _index, pixels in pixel_stream(catalog, rows, ext.input_size, config):
         embed(pixels)
         held.append(pixels)
 
@@ -387,7 +388,7 @@ def _embedding_throughput(config: Config, name: str, batches: int) -> dict[str, 
 
     def stream_pass() -> float:
         t = time.perf_counter()
-        for _index, pixels in _pixel_stream(catalog, rows, ext.input_size, config):
+        for _index, pixels in pixel_stream(catalog, rows, ext.input_size, config):
             embed(pixels)
         return n / (time.perf_counter() - t)
 
@@ -467,7 +468,7 @@ def _stream_floor(matrix: np.ndarray, pool: ThreadPoolExecutor) -> tuple[str, Ca
     ones = np.ones(matrix.shape[1], np.float32) / np.sqrt(matrix.shape[1])
 
     def gemv_one_thread() -> np.ndarray:
-        with _one_blas_thread():
+        with one_blas_thread():
             return matrix @ ones
 
     candidates: dict[str, Callable[[], Any]] = {
@@ -507,7 +508,7 @@ def _exact_case(label: str, spec: dict[str, Any], quick: bool) -> dict[str, Any]
         return queries[next(counter) % len(queries)]
 
     def gemv_1thread() -> np.ndarray:
-        with _one_blas_thread():
+        with one_blas_thread():
             return matrix @ queries[0]
 
     with ThreadPoolExecutor(2) as pool:
@@ -646,7 +647,7 @@ def bench_ann(config: Config, quick: bool) -> dict[str, Any]:
 
 
 def _truth(x: np.ndarray, q: np.ndarray) -> np.ndarray:
-    return _top_k(q, x, K, None)[0]
+    return top_k(q, x, K, None)[0]
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -795,7 +796,7 @@ def _child_main() -> None:
 
 
 def _child_map(spec: dict[str, Any], pca_dims: int | None, seed: int = 0) -> dict[str, Any]:
-    from pipelines.project import compute_map
+    from pipelines.maps import compute_map
 
     x = make_vectors(spec)
     before = _peak_rss_mb()
@@ -814,7 +815,7 @@ def _child_vector_stages(
     """Maps, then the search index and k-means on the same vectors, peak RSS after each.
 
     `raw_map` also times a map of the raw vectors (quick mode: saves a second child)."""
-    from pipelines.cluster import kmeans
+    from pipelines.clusters import kmeans
 
     out = _child_map(spec, pca_dims)
     if raw_map:
@@ -847,15 +848,15 @@ def _child_stage(artifacts_dir: str, stage: str, extractors: list[str]) -> dict[
 
         summary = [run_embed(config, name, force=True, progress=False) for name in extractors]
     elif stage == "maps":
-        from pipelines.project import run_maps
+        from pipelines.maps import run_maps
 
         summary = run_maps(config, extractors, force=True)
     elif stage == "clusters":
-        from pipelines.cluster import run_clusters
+        from pipelines.clusters import run_clusters
 
         summary = run_clusters(config, extractors, force=True)
     elif stage == "index":
-        from pipelines.search import load_index
+        from pipelines.readers import load_index
 
         summary = {}
         for name in extractors:
@@ -900,15 +901,15 @@ def _upload_round_trip(artifacts_dir: str, photos: int) -> dict[str, Any]:
     search both indexes, place on both maps. The first photo also builds the models."""
     import pandas as pd
 
-    from pipelines import explore
+    from pipelines import browse, status, upload
     from pipelines.extractors import get_extractor
-    from pipelines.search import load_index
+    from pipelines.readers import load_index
 
-    config = explore.app_config(Config(artifacts_dir=Path(artifacts_dir)))
-    missing = explore.missing_artifacts(config, ("catalog", "embeddings", "maps", "models"))
+    config = status.app_config(Config(artifacts_dir=Path(artifacts_dir)))
+    missing = status.missing_artifacts(config, ("catalog", "embeddings", "maps", "models"))
     if missing:
         return {"skipped": f"{missing[0]} is missing — run `python -m pipelines run` first"}
-    catalog = explore.with_thumb_files(pd.read_parquet(config.catalog_path), config.artifacts_dir)
+    catalog = browse.with_thumb_files(pd.read_parquet(config.catalog_path), config.artifacts_dir)
     extractors = {name: get_extractor(name, config) for name in EXTRACTORS}
     indexes = {name: load_index(config, name) for name in EXTRACTORS}
     maps = {name: pd.read_parquet(config.map_path(name)) for name in EXTRACTORS}
@@ -916,7 +917,7 @@ def _upload_round_trip(artifacts_dir: str, photos: int) -> dict[str, Any]:
     for path in catalog["path"].head(photos + 1):
         data = Path(path).read_bytes()
         t0 = time.perf_counter()
-        (result,) = explore.analyse_uploads(
+        (result,) = upload.analyse_uploads(
             [(Path(path).name, data)], extractors, indexes, catalog, maps, k=10
         )
         times.append(time.perf_counter() - t0)

@@ -12,12 +12,13 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from pipelines import artifacts
+from pipelines import artifacts, commands
 from pipelines.config import Config
-from pipelines.dataset import resolve_source
+from pipelines.download import resolve_source
 from pipelines.errors import LookalikeError
 from pipelines.images import BBox, ImageError, load_image, thumbnail
 from pipelines.sources import BBOX_COLUMNS, read_source
+from pipelines.stage import StageResult
 
 STAGE = "catalog"
 # Hex digits of the content hash kept as item_id: 64 bits, collision-free at catalog scale.
@@ -44,11 +45,6 @@ def bbox_of(row: pd.Series | dict[str, Any]) -> BBox | None:
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
-def thumb_path(config: Config, item_id: str) -> Path:
-    """Where the thumbnail of `item_id` lives."""
-    return config.thumbs_dir / f"{item_id}.jpg"
-
-
 def _inspect(row: dict[str, Any], config: Config) -> _Inspected:
     """Hash, fully decode (catching truncation) and thumbnail one file."""
     path = row["path"]
@@ -65,7 +61,7 @@ def _inspect(row: dict[str, Any], config: Config) -> _Inspected:
         img = load_image(data, bbox=bbox_of(row), max_pixels=config.max_pixels)
     except ImageError as err:
         return _Inspected(path, reason=err.reason)
-    thumb = thumb_path(config, item_id)
+    thumb = config.thumb_path(item_id)
     if not thumb.exists():
         with artifacts.atomic_path(thumb) as tmp:
             thumbnail(img, config.thumb_size).save(tmp, format="JPEG", quality=85)
@@ -116,7 +112,8 @@ def build_catalog(
     catalog["width"] = [results[i].width for i in good]
     catalog["height"] = [results[i].height for i in good]
     catalog["bytes"] = [results[i].size for i in good]
-    catalog["thumb"] = [f"thumbs/{item_id}.jpg" for item_id in catalog["item_id"]]
+    thumbs = [config.thumb_path(i) for i in catalog["item_id"]]
+    catalog["thumb"] = [t.relative_to(config.artifacts_dir).as_posix() for t in thumbs]
     catalog = catalog.sort_values("path", kind="stable").reset_index(drop=True)
     repeated = catalog.duplicated("item_id", keep="first")
     kept = catalog.loc[~repeated].set_index("item_id")["path"]
@@ -131,10 +128,11 @@ def build_catalog(
     return catalog, rejects, duplicates
 
 
-def run_catalog(config: Config, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_catalog(config: Config, force: bool = False, progress: bool = True) -> StageResult:
     """The catalog stage. Skips itself when the source and settings are unchanged.
 
-    Returns a summary: rows, rejects, duplicates, seconds and whether it was skipped.
+    Writes catalog.parquet, rejects.parquet, duplicates.parquet and the thumbnails; the
+    result's details hold the counts of rows, rejects and duplicates.
     """
     start = time.perf_counter()
     source = resolve_source(config)
@@ -149,13 +147,13 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> d
     if not force and artifacts.is_fresh(config.catalog_path, STAGE, params, inputs):
         manifest = artifacts.read_manifest(config.catalog_path) or {}
         catalog = pd.read_parquet(config.catalog_path, columns=["item_id"])
-        if all(thumb_path(config, i).exists() for i in catalog["item_id"]):
+        if all(config.thumb_path(i).exists() for i in catalog["item_id"]):
             seconds = time.perf_counter() - start
             print(
                 f"catalog: up to date ({manifest.get('rows')} rows from {source}); "
                 f"nothing to do ({seconds:.1f} s). Use --force to rebuild."
             )
-            return {"skipped": True, "rows": manifest.get("rows"), "seconds": seconds}
+            return StageResult(STAGE, rows=manifest.get("rows"), seconds=seconds, skipped=True)
 
     catalog, rejects, duplicates = build_catalog(table, config, progress=progress)
     if catalog.empty:
@@ -188,7 +186,14 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> d
         },
     )
     _print_summary(catalog, rejects, duplicates, seconds)
-    return {"skipped": False, **summary}
+    return StageResult(
+        STAGE,
+        wrote=(config.catalog_path, config.rejects_path, config.duplicates_path),
+        rows=len(catalog),
+        seconds=seconds,
+        note=f"{len(rejects)} rejected, {len(duplicates)} duplicates",
+        details=summary,
+    )
 
 
 def _print_summary(
@@ -208,12 +213,10 @@ def _print_summary(
 def load_catalog(config: Config) -> pd.DataFrame:
     """The catalog table, or a clear error saying which command makes it."""
     if not config.catalog_path.exists():
-        raise LookalikeError(
-            f"{config.catalog_path} is missing — run `python -m pipelines catalog` first"
-        )
+        raise LookalikeError(f"{config.catalog_path} is missing — run `{commands.CATALOG}` first")
     return pd.read_parquet(config.catalog_path)
 
 
 def catalog_hash(config: Config) -> str:
     """The catalog's content hash, the input key of every later stage."""
-    return artifacts.artifact_hash(config.catalog_path, "python -m pipelines catalog")
+    return artifacts.artifact_hash(config.catalog_path, commands.CATALOG)

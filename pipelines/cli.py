@@ -32,13 +32,13 @@ def _train(config: Config, args: argparse.Namespace) -> Any:
 
 
 def _maps(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.project import run_maps
+    from pipelines.maps import run_maps
 
     return run_maps(config, args.extractor, force=args.force)
 
 
 def _clusters(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.cluster import run_clusters
+    from pipelines.clusters import run_clusters
 
     return run_clusters(config, args.extractor, force=args.force)
 
@@ -46,9 +46,9 @@ def _clusters(config: Config, args: argparse.Namespace) -> Any:
 def _evaluate(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.evaluate import format_report, run_evaluate
 
-    metrics = run_evaluate(config, args.extractor, force=args.force)
-    print(format_report(metrics))
-    return metrics
+    result = run_evaluate(config, args.extractor, force=args.force)
+    print(format_report(result.details))
+    return result
 
 
 def _run(config: Config, args: argparse.Namespace) -> Any:

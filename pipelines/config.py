@@ -124,7 +124,8 @@ class Config:
             raise LookalikeError(f"unknown setting(s) {unknown}; valid: {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
-    # Paths of the artifacts, so no module spells them twice.
+    # Paths of the artifacts: the only place they are spelled (stages, app, bench and tests
+    # all ask here).
     @property
     def catalog_path(self) -> Path:
         return self.artifacts_dir / "catalog.parquet"
@@ -141,9 +142,30 @@ class Config:
     def thumbs_dir(self) -> Path:
         return self.artifacts_dir / "thumbs"
 
+    def thumb_path(self, item_id: str) -> Path:
+        """The thumbnail of one catalog item (JPEG, long side `thumb_size`)."""
+        return self.thumbs_dir / f"{item_id}.jpg"
+
     @property
     def models_dir(self) -> Path:
         return self.artifacts_dir / "models"
+
+    @property
+    def custom_cnn_path(self) -> Path:
+        """The trained custom CNN (Keras v3 file), written by the train stage."""
+        return self.models_dir / "custom_cnn.keras"
+
+    @property
+    def custom_cnn_history_path(self) -> Path:
+        """Per-epoch training history of the custom CNN (JSON)."""
+        return self.models_dir / "custom_cnn.history.json"
+
+    @property
+    def inception_weights_path(self) -> Path:
+        """InceptionV3's converted weights; one file per weights source, so switching
+        `inception_weights` never reads the other source's file."""
+        suffix = "" if self.inception_weights == "fid" else f"_{self.inception_weights}"
+        return self.models_dir / f"inception_v3{suffix}.weights.h5"
 
     def embeddings_path(self, extractor: str) -> Path:
         return self.artifacts_dir / "embeddings" / f"{extractor}.npy"
@@ -154,6 +176,14 @@ class Config:
     def clusters_path(self, extractor: str) -> Path:
         return self.artifacts_dir / "clusters" / f"{extractor}.parquet"
 
+    def centroids_path(self, extractor: str) -> Path:
+        """Unit k-means centroids (n_clusters, d) float32, read by the search index."""
+        return self.artifacts_dir / "clusters" / f"{extractor}_centroids.npy"
+
+    def cluster_summary_path(self, extractor: str) -> Path:
+        """One row per cluster: size, top label, purity, composition."""
+        return self.artifacts_dir / "clusters" / f"{extractor}_summary.parquet"
+
     @property
     def categories_path(self) -> Path:
         """The custom CNN's predicted category per catalog item (written by its embed stage)."""
@@ -162,6 +192,15 @@ class Config:
     @property
     def metrics_path(self) -> Path:
         return self.artifacts_dir / "metrics.json"
+
+    @property
+    def per_class_path(self) -> Path:
+        """Per-class precision@10 of every extractor and strategy."""
+        return self.artifacts_dir / "metrics_per_class.parquet"
+
+    @property
+    def bench_dir(self) -> Path:
+        return self.artifacts_dir / "bench"
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -5,24 +5,26 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipelines import artifacts
+from pipelines import artifacts, commands
 from pipelines.catalog import catalog_hash, load_catalog
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.extractors import CustomCNNExtractor, get_extractor
+from pipelines.extractors import CustomCNNExtractor, Extractor, get_extractor
 from pipelines.images import ImageError, load_array
 from pipelines.sources import BBOX_COLUMNS
+from pipelines.stage import StageResult
 
 STAGE = "embed"
 
 
-def _pixel_stream(catalog: pd.DataFrame, rows: np.ndarray, size: int, config: Config):  # noqa: ANN202
+def pixel_stream(catalog: pd.DataFrame, rows: np.ndarray, size: int, config: Config):  # noqa: ANN202
     """A tf.data pipeline over `rows`: parallel decode + crop + resize, batching, prefetch.
 
     Yields (row indices, (b, size, size, 3) uint8) batches in catalog order. Decoding goes
@@ -73,20 +75,87 @@ def _pixel_stream(catalog: pd.DataFrame, rows: np.ndarray, size: int, config: Co
         if failures:
             raise LookalikeError(
                 f"{len(failures)} catalog file(s) changed or vanished since the catalog was built "
-                f"(first: {failures[0]}) — run `python -m pipelines catalog` again, then embed"
+                f"(first: {failures[0]}) — run `{commands.CATALOG}` again, then embed"
             )
         yield index, pixels
 
 
+def _model_step(ext: Extractor, wants_categories: bool):  # noqa: ANN202 - a function
+    """The model step: (b, S, S, 3) uint8 -> (unit embeddings, class probabilities or None)."""
+    if wants_categories:
+        return ext.embed_and_classify  # type: ignore[attr-defined]
+    return lambda pixels: (ext.embed_arrays(pixels), None)
+
+
+class ChunkWriter:
+    """Writes embeddings (and class probabilities) in fixed chunks of catalog rows, so a
+    killed run resumes from the last complete chunk.
+
+    Chunks live in a hidden parts folder keyed on the stage's inputs; parts of other inputs
+    (or all, with `force`) are removed first, so they are never mixed in.
+    """
+
+    def __init__(self, out: Path, key: str, n: int, chunk_size: int, force: bool) -> None:
+        self.parts_root = out.parent / f".{out.stem}.parts"
+        self.parts = self.parts_root / key
+        for stale in self.parts_root.glob("*"):
+            if stale != self.parts or force:
+                shutil.rmtree(stale)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self.bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+        self.done = [i for i in range(len(self.bounds)) if self._file(i).exists()]
+        self.todo = [i for i in range(len(self.bounds)) if i not in set(self.done)]
+        self._pending = iter(self.todo)
+        self._current = next(self._pending, None)
+        self._emb: list[np.ndarray] = []
+        self._probs: list[np.ndarray] = []
+
+    def _file(self, chunk: int, kind: str = "") -> Path:
+        return self.parts / f"{chunk:05d}{kind}.npy"
+
+    def rows_todo(self) -> np.ndarray:
+        """Catalog rows of the chunks still to embed, in order."""
+        if not self.todo:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(*self.bounds[i]) for i in self.todo])
+
+    def add(self, emb: np.ndarray, probs: np.ndarray | None) -> None:
+        """Buffer one batch; write every chunk the buffer now covers (a batch may straddle
+        a chunk boundary)."""
+        self._emb.append(emb)
+        if probs is not None:
+            self._probs.append(probs)
+        while self._current is not None:
+            lo, hi = self.bounds[self._current]
+            if sum(len(b) for b in self._emb) < hi - lo:
+                return
+            self._emb = self._flush(self._emb, hi - lo, "")
+            if self._probs:
+                self._probs = self._flush(self._probs, hi - lo, ".probs")
+            self._current = next(self._pending, None)
+
+    def _flush(self, buffer: list[np.ndarray], size: int, kind: str) -> list[np.ndarray]:
+        whole = np.concatenate(buffer)
+        artifacts.write_npy(whole[:size], self._file(self._current, kind))  # type: ignore[arg-type]
+        return [whole[size:]]
+
+    def assemble(self, kind: str = "") -> np.ndarray:
+        """Every chunk of `kind` ("" embeddings, ".probs" probabilities) in row order."""
+        return np.concatenate([np.load(self._file(i, kind)) for i in range(len(self.bounds))])
+
+    def remove(self) -> None:
+        shutil.rmtree(self.parts_root, ignore_errors=True)
+
+
 def run_embed(
     config: Config, extractor: str, force: bool = False, progress: bool = True
-) -> dict[str, Any]:
+) -> StageResult:
     """Embed every catalog row with one extractor; resumable chunk by chunk.
 
     Writes `config.embeddings_path(extractor)` ((n, d) float32, unit rows, row i = catalog row
     i) and its manifest; for the custom CNN also `categories.parquet` (predicted category per
-    item). Finished chunks live in a hidden parts folder keyed on the inputs, so a killed run
-    resumes from the last complete chunk; the parts are removed once the array is written.
+    item). Reading (`pixel_stream`), the model step and writing (`ChunkWriter`) are separate
+    parts; the parts folder is removed once the array is written.
     """
     start = time.perf_counter()
     ext = get_extractor(extractor, config)
@@ -100,77 +169,46 @@ def run_embed(
     )
     if fresh and not force:
         print(f"embed {extractor}: up to date ({len(catalog)} rows); nothing to do.")
-        return {"skipped": True, "rows": len(catalog), "seconds": time.perf_counter() - start}
+        return StageResult(
+            STAGE,
+            rows=len(catalog),
+            seconds=time.perf_counter() - start,
+            skipped=True,
+            details={"extractor": extractor},
+        )
 
+    n = len(catalog)
     key = artifacts.stage_key(STAGE, params, inputs)[:16]
-    parts_root = out.parent / f".{extractor}.parts"
-    parts = parts_root / key
-    for stale in parts_root.glob("*"):
-        if stale != parts or force:
-            shutil.rmtree(stale)  # from other inputs or a forced rebuild: never mixed in
-    parts.mkdir(parents=True, exist_ok=True)
-
-    n, size = len(catalog), ext.input_size
-    bounds = [(s, min(s + config.chunk_size, n)) for s in range(0, n, config.chunk_size)]
-    done = [i for i in range(len(bounds)) if (parts / f"{i:05d}.npy").exists()]
-    todo = [i for i in range(len(bounds)) if i not in set(done)]
-    if done:
-        print(f"embed {extractor}: resuming, {len(done)} of {len(bounds)} chunks already done")
-    rows = np.concatenate([np.arange(*bounds[i]) for i in todo]) if todo else np.zeros(0, int)
-
+    writer = ChunkWriter(out, key, n, config.chunk_size, force)
+    if writer.done:
+        print(
+            f"embed {extractor}: resuming, {len(writer.done)} of {len(writer.bounds)} chunks done"
+        )
+    rows = writer.rows_todo()
+    step = _model_step(ext, wants_categories)
     forward_s = 0.0
-    buffer_emb: list[np.ndarray] = []
-    buffer_prob: list[np.ndarray] = []
-    chunk_iter = iter(todo)
-    current = next(chunk_iter, None)
     bar = tqdm(
         total=n, initial=n - len(rows), desc=f"embed {extractor}", unit="img", disable=not progress
     )
     with bar:
-        for _index, pixels in _pixel_stream(catalog, rows, size, config):
+        for _index, pixels in pixel_stream(catalog, rows, ext.input_size, config):
             t0 = time.perf_counter()
-            if wants_categories:
-                emb, probs = ext.embed_and_classify(pixels)  # type: ignore[attr-defined]
-                buffer_prob.append(probs)
-            else:
-                emb = ext.embed_arrays(pixels)
+            emb, probs = step(pixels)
             forward_s += time.perf_counter() - t0
-            buffer_emb.append(emb)
+            writer.add(emb, probs)
             bar.update(len(pixels))
-            # Flush every chunk the buffer now covers (a batch may straddle a boundary).
-            while current is not None:
-                lo, hi = bounds[current]
-                have = sum(len(b) for b in buffer_emb)
-                if have < hi - lo:
-                    break
-                emb_all = np.concatenate(buffer_emb)
-                artifacts.write_npy(emb_all[: hi - lo], parts / f"{current:05d}.npy")
-                buffer_emb = [emb_all[hi - lo :]]
-                if wants_categories:
-                    prob_all = np.concatenate(buffer_prob)
-                    artifacts.write_npy(prob_all[: hi - lo], parts / f"{current:05d}.probs.npy")
-                    buffer_prob = [prob_all[hi - lo :]]
-                current = next(chunk_iter, None)
 
-    embeddings = np.concatenate([np.load(parts / f"{i:05d}.npy") for i in range(len(bounds))])
+    embeddings = writer.assemble()
     if embeddings.shape != (n, ext.dim):
         raise LookalikeError(
-            f"embedding chunks in {parts} add up to {embeddings.shape}, expected {(n, ext.dim)}; "
-            f"run `python -m pipelines embed --extractor {extractor} --force`"
+            f"embedding chunks in {writer.parts} add up to {embeddings.shape}, expected "
+            f"{(n, ext.dim)}; run `{commands.embed(extractor, force=True)}`"
         )
     artifacts.write_npy(embeddings.astype(np.float32), out)
+    wrote = [out]
     if wants_categories:
-        probs = np.concatenate([np.load(parts / f"{i:05d}.probs.npy") for i in range(len(bounds))])
-        classes = np.asarray(ext.class_names)  # type: ignore[attr-defined]
-        table = pd.DataFrame(
-            {
-                "item_id": catalog["item_id"].to_numpy(),
-                "predicted": classes[probs.argmax(axis=1)],
-                "confidence": probs.max(axis=1).astype(np.float32),
-            }
-        )
-        artifacts.write_parquet(table, config.categories_path)
-        artifacts.write_manifest(config.categories_path, STAGE, params, inputs)
+        _write_categories(config, catalog, writer.assemble(".probs"), ext, params, inputs)
+        wrote.append(config.categories_path)
     seconds = time.perf_counter() - start
     embedded = len(rows)
     summary = {
@@ -182,17 +220,35 @@ def run_embed(
         "forward_share": round(forward_s / seconds, 3) if embedded else None,
     }
     artifacts.write_manifest(out, STAGE, params, inputs, extra={"run": summary, "dim": ext.dim})
-    shutil.rmtree(parts_root, ignore_errors=True)
+    writer.remove()
     rate = f"{summary['images_per_s']} img/s" if embedded else "all chunks were done"
     print(f"embed {extractor}: {n} rows x {ext.dim} dims, {rate}, {seconds:.1f} s")
-    return summary
+    return StageResult(
+        STAGE,
+        wrote=tuple(wrote),
+        rows=n,
+        seconds=seconds,
+        note=rate,
+        details={"extractor": extractor, **summary},
+    )
 
 
-def load_embeddings(config: Config, extractor: str) -> np.ndarray:
-    """The stored (n, d) embeddings, or an error naming the command that makes them."""
-    path = config.embeddings_path(extractor)
-    if not path.exists():
-        raise LookalikeError(
-            f"{path} is missing — run `python -m pipelines embed --extractor {extractor}`"
-        )
-    return np.load(path)
+def _write_categories(
+    config: Config,
+    catalog: pd.DataFrame,
+    probs: np.ndarray,
+    ext: Extractor,
+    params: dict[str, Any],
+    inputs: dict[str, str],
+) -> None:
+    """categories.parquet: the classifier head's top class and its probability per item."""
+    classes = np.asarray(ext.class_names)  # type: ignore[attr-defined]
+    table = pd.DataFrame(
+        {
+            "item_id": catalog["item_id"].to_numpy(),
+            "predicted": classes[probs.argmax(axis=1)],
+            "confidence": probs.max(axis=1).astype(np.float32),
+        }
+    )
+    artifacts.write_parquet(table, config.categories_path)
+    artifacts.write_manifest(config.categories_path, STAGE, params, inputs)

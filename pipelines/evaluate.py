@@ -7,13 +7,13 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipelines import commands
 from pipelines.artifacts import (
     artifact_hash,
     is_fresh,
@@ -25,45 +25,24 @@ from pipelines.artifacts import (
 )
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
-from pipelines.search import (
-    Index,
-    categories_path,
-    centroids_path,
-    embed_command,
-    load_index,
-    precision_at_k,
-    read_catalog,
+from pipelines.index import Index
+from pipelines.metrics import (
+    MAP_K,
+    PER_CLASS_K,
+    average_precision,
+    latency_stats,
+    per_class_precision,
+    precision_at,
+    recall_at,
 )
-
-__all__ = [
-    "Protocol",
-    "average_precision",
-    "evaluate_index",
-    "format_report",
-    "latency_context",
-    "latency_stats",
-    "make_protocol",
-    "no_labels_message",
-    "per_class_precision",
-    "per_class_path",
-    "precision_at",
-    "precision_at_k",
-    "recall_at",
-    "run_evaluate",
-]
+from pipelines.readers import load_index, read_catalog
+from pipelines.stage import StageResult
 
 STAGE = "evaluate"
 # Single queries timed per extractor x strategy: enough for a stable p95, about a second.
 LATENCY_QUERIES = 100
 # The k the latency is measured at (the app's default page of neighbours).
 LATENCY_K = 10
-MAP_K = 10
-PER_CLASS_K = 10
-
-
-def per_class_path(config: Config) -> Path:
-    """The per-class precision table written beside metrics.json."""
-    return config.artifacts_dir / "metrics_per_class.parquet"
 
 
 def no_labels_message(config: Config) -> str:
@@ -73,56 +52,6 @@ def no_labels_message(config: Config) -> str:
         f"label per image (class folders or a 'label' column) to measure retrieval; search, "
         f"maps and clusters work without them"
     )
-
-
-# --- metrics on a relevance matrix: relevant[i, j] = result j of query i has its label ---
-def precision_at(relevant: np.ndarray, k: int) -> np.ndarray:
-    """(m,) precision@k: share of the first k results that are relevant (missing = miss)."""
-    return relevant[:, :k].sum(axis=1) / k
-
-
-def recall_at(relevant: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
-    """(m,) recall@k: relevant results in the first k over all relevant gallery items.
-
-    `n_relevant` is (m,) the number of gallery items sharing each query's label (> 0).
-    """
-    return relevant[:, :k].sum(axis=1) / np.asarray(n_relevant, dtype=np.float64)
-
-
-def average_precision(relevant: np.ndarray, n_relevant: np.ndarray, k: int = MAP_K) -> np.ndarray:
-    """(m,) AP@k: mean of precision@i over the relevant ranks i <= k, over min(k, n_relevant).
-
-    The denominator min(k, n_relevant) makes a perfect top-k score 1.0 even for classes with
-    fewer than k gallery items. Its mean over queries is mAP@k.
-    """
-    top = relevant[:, :k].astype(np.float64)
-    ranks = np.arange(1, top.shape[1] + 1)
-    precision_at_rank = np.cumsum(top, axis=1) / ranks
-    denominator = np.minimum(k, np.asarray(n_relevant, dtype=np.float64))
-    return (precision_at_rank * top).sum(axis=1) / denominator
-
-
-def per_class_precision(
-    relevant: np.ndarray, query_labels: Sequence[str] | np.ndarray, k: int = PER_CLASS_K
-) -> pd.DataFrame:
-    """Precision@k averaged over the queries of each label: columns label, n_queries, p@k."""
-    frame = pd.DataFrame(
-        {"label": np.asarray(query_labels, dtype=object), f"p@{k}": precision_at(relevant, k)}
-    )
-    grouped = frame.groupby("label", sort=True)[f"p@{k}"]
-    table = pd.DataFrame({"n_queries": grouped.size(), f"p@{k}": grouped.mean()})
-    return table.reset_index()
-
-
-def latency_stats(seconds: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Median and 95th percentile of per-query times, in milliseconds."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-    if len(ms) == 0:
-        return {"latency_ms_median": float("nan"), "latency_ms_p95": float("nan")}
-    return {
-        "latency_ms_median": float(np.median(ms)),
-        "latency_ms_p95": float(np.percentile(ms, 95)),
-    }
 
 
 # --- protocol ---
@@ -280,13 +209,13 @@ def _input_hashes(config: Config, catalog_hash: str, extractors: Sequence[str]) 
     inputs = {"catalog": catalog_hash}
     for name in extractors:
         path = config.embeddings_path(name)
-        inputs[f"embeddings/{name}"] = artifact_hash(path, embed_command(name))
+        inputs[f"embeddings/{name}"] = artifact_hash(path, commands.embed(name))
         for key, path in (
             (f"clusters/{name}", config.clusters_path(name)),
-            (f"centroids/{name}", centroids_path(config, name)),
+            (f"centroids/{name}", config.centroids_path(name)),
         ):
             inputs[key] = (read_manifest(path) or {}).get("sha256") or "absent"
-    path = categories_path(config)
+    path = config.categories_path
     manifest = read_manifest(path) or {}
     inputs["categories"] = manifest.get("sha256") or (
         sha256_file(path) if path.exists() else "absent"
@@ -299,7 +228,7 @@ def run_evaluate(
     extractors: Sequence[str] = EXTRACTORS,
     strategies: Sequence[str] = STRATEGIES,
     force: bool = False,
-) -> dict[str, Any]:
+) -> StageResult:
     """Stage: precision, recall, mAP and latency per extractor x strategy.
 
     Writes `config.metrics_path` (JSON, see below) and `metrics_per_class.parquet` (extractor,
@@ -310,7 +239,8 @@ def run_evaluate(
 
     Returns
     -------
-    The metrics: {"labels": bool, "protocol": str, "ks": [...], "message": str (no labels),
+    StageResult whose details are the metrics: {"labels": bool, "protocol": str,
+    "ks": [...], "message": str (no labels),
     "results": {extractor: {strategy: {"p@1", ..., "r@1", ..., "map@10",
     "latency_ms_median", "latency_ms_p95", "n_queries", "n_gallery"} or {"skipped": reason}}}}
     """
@@ -332,14 +262,22 @@ def run_evaluate(
         "latency_queries": LATENCY_QUERIES,
         "latency_k": LATENCY_K,
     }
-    table_path = per_class_path(config)
+    table_path = config.per_class_path
     if (
         not force
         and is_fresh(config.metrics_path, STAGE, params, inputs)
         and is_fresh(table_path, STAGE, params, inputs)
     ):
         print(f"evaluate: up to date, skipped ({config.metrics_path})")
-        return json.loads(config.metrics_path.read_text())
+        metrics = json.loads(config.metrics_path.read_text())
+        return StageResult(
+            STAGE,
+            rows=len(catalog),
+            seconds=time.perf_counter() - start,
+            skipped=True,
+            note=_best_note(metrics),
+            details=metrics,
+        )
 
     protocol = make_protocol(catalog)
     metrics: dict[str, Any] = {"ks": list(config.eval_ks), "results": {}}
@@ -383,20 +321,33 @@ def run_evaluate(
     write_manifest(config.metrics_path, STAGE, params, inputs)
 
     if protocol is not None:
-        scored = [
-            (values[f"p@{MAP_K}"], f"{name}/{strategy}")
-            for name, by_strategy in metrics["results"].items()
-            for strategy, values in by_strategy.items()
-            if f"p@{MAP_K}" in values
-        ]
-        best = max(scored, default=None)
-        best_text = f"best P@10 {best[0]:.3f} ({best[1]})" if best else "nothing evaluated"
         print(
             f"evaluate: {len(extractors)} extractor(s) x {len(strategies)} strategies, "
-            f"{protocol.description}; {best_text}; {time.perf_counter() - start:.1f}s "
-            f"-> {config.metrics_path}"
+            f"{protocol.description}; {_best_note(metrics)}; "
+            f"{time.perf_counter() - start:.1f}s -> {config.metrics_path}"
         )
-    return metrics
+    return StageResult(
+        STAGE,
+        wrote=(config.metrics_path, table_path),
+        rows=len(catalog),
+        seconds=time.perf_counter() - start,
+        note=_best_note(metrics),
+        details=metrics,
+    )
+
+
+def _best_note(metrics: dict[str, Any]) -> str:
+    """ "best P@10 0.795 (inception_v3/category)", or why there is none."""
+    if not metrics.get("labels", True):
+        return "no labels: not evaluated"
+    scored = [
+        (values[f"p@{MAP_K}"], f"{name}/{strategy}")
+        for name, by_strategy in (metrics.get("results") or {}).items()
+        for strategy, values in by_strategy.items()
+        if f"p@{MAP_K}" in values
+    ]
+    best = max(scored, default=None)
+    return f"best P@10 {best[0]:.3f} ({best[1]})" if best else "nothing evaluated"
 
 
 def format_report(metrics: dict[str, Any]) -> str:

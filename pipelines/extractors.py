@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from pipelines import artifacts
+from pipelines import artifacts, commands
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.images import BBox, ImageSource, load_array
@@ -104,13 +105,12 @@ class InceptionV3Extractor(Extractor):
     dim = 2048
 
     @property
-    def weights_path(self):  # noqa: ANN201 - a Path
-        suffix = "" if self.config.inception_weights == "fid" else "_keras"
-        return self.config.models_dir / f"inception_v3{suffix}.weights.h5"
+    def weights_path(self) -> Path:
+        return self.config.inception_weights_path
 
     def weights_id(self) -> str:
         self.ensure_weights()
-        return artifacts.artifact_hash(self.weights_path, "python -m pipelines embed")
+        return artifacts.artifact_hash(self.weights_path, commands.embed(self.name))
 
     def ensure_weights(self) -> None:
         """Convert the weights once into a Keras weights file under artifacts/models/."""
@@ -140,11 +140,8 @@ class InceptionV3Extractor(Extractor):
                     f"offline weights (inception_weights='fid')"
                 ) from err
             extra = {"converted_from": "keras.applications imagenet"}
-        # Keras insists on the .weights.h5 suffix, so the temp name keeps it.
-        tmp = self.weights_path.with_name(f".tmp-{self.weights_path.name}")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        model.save_weights(tmp)
-        tmp.replace(self.weights_path)
+        with artifacts.atomic_path(self.weights_path) as tmp:
+            model.save_weights(tmp)
         artifacts.write_manifest(
             self.weights_path,
             "weights",
@@ -167,9 +164,13 @@ class InceptionV3Extractor(Extractor):
         return model
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
+        from pipelines import inception_weights as iw
+
+        # Google's 2015 graph scales by 128, Keras's port by 127.5: each weights source keeps
+        # the scale it was trained with (one function each, both tested).
         if self.config.inception_weights == "fid":
-            return images.astype(np.float32) / 128.0 - 1.0
-        return images.astype(np.float32) / 127.5 - 1.0
+            return iw.preprocess(images)
+        return iw.preprocess_keras(images)
 
     def describe(self) -> dict[str, Any]:
         scale = "x/128-1" if self.config.inception_weights == "fid" else "x/127.5-1"
@@ -190,7 +191,7 @@ class CustomCNNExtractor(Extractor):
     def input_size(self) -> int:  # type: ignore[override]
         # The saved model's own input side: a model trained at another size than the current
         # setting (before `train` reruns) must still get the pixels it was built for.
-        saved = artifacts.read_manifest(self.config.models_dir / "custom_cnn.keras") or {}
+        saved = artifacts.read_manifest(self.config.custom_cnn_path) or {}
         return int(saved.get("image_size") or self.config.cnn_image_size)
 
     @property
@@ -202,9 +203,7 @@ class CustomCNNExtractor(Extractor):
         return self._manifest
 
     def weights_id(self) -> str:
-        return artifacts.artifact_hash(
-            self.config.models_dir / "custom_cnn.keras", "python -m pipelines train"
-        )
+        return artifacts.artifact_hash(self.config.custom_cnn_path, commands.TRAIN)
 
     def _load(self) -> Any:
         from pipelines.train import load_custom_cnn

@@ -485,6 +485,25 @@ def load_fid_weights(model: keras.Model, pt_path: str | Path) -> None:
         bn.moving_variance.assign(unit.var)
 
 
+def _check_pixels(images_uint8: np.ndarray) -> np.ndarray:
+    images = np.asarray(images_uint8)
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3)
+    ):
+        raise ValueError(
+            f"images must be (n, {INPUT_SIZE}, {INPUT_SIZE}, 3) uint8 RGB, "
+            f"got {images.shape} {images.dtype}"
+        )
+    return images
+
+
+def preprocess_keras(images_uint8: np.ndarray) -> np.ndarray:
+    """Keras's own InceptionV3 input scaling, ``x / 127.5 - 1`` (its ImageNet download)."""
+    return _check_pixels(images_uint8).astype(np.float32) / np.float32(127.5) - np.float32(1)
+
+
 def preprocess(images_uint8: np.ndarray) -> np.ndarray:
     """Scale RGB images to the network's input range: ``x / 128 - 1``.
 
@@ -500,14 +519,4 @@ def preprocess(images_uint8: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``(n, 299, 299, 3)`` float32.
     """
-    images = np.asarray(images_uint8)
-    if (
-        images.dtype != np.uint8
-        or images.ndim != 4
-        or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3)
-    ):
-        raise ValueError(
-            f"images must be (n, {INPUT_SIZE}, {INPUT_SIZE}, 3) uint8 RGB, "
-            f"got {images.shape} {images.dtype}"
-        )
-    return images.astype(np.float32) / np.float32(128) - np.float32(1)
+    return _check_pixels(images_uint8).astype(np.float32) / np.float32(128) - np.float32(1)

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from pipelines import commands
 from pipelines.config import EXTRACTORS, Config
+from pipelines.stage import StageResult
 
 
-def _stages(config: Config, extractors: Sequence[str], force: bool) -> list[tuple[str, Callable]]:
+def _stages(
+    config: Config, extractors: Sequence[str], force: bool
+) -> list[tuple[str, Callable[[], StageResult]]]:
     """(name, thunk) for every stage; imports stay lazy so `--help` never loads TensorFlow."""
     from pipelines.catalog import run_catalog
-    from pipelines.cluster import run_clusters
+    from pipelines.clusters import run_clusters
     from pipelines.embed import run_embed
     from pipelines.evaluate import run_evaluate
-    from pipelines.project import run_maps
+    from pipelines.maps import run_maps
     from pipelines.train import run_train
 
-    stages: list[tuple[str, Callable]] = [("catalog", lambda: run_catalog(config, force=force))]
+    stages: list[tuple[str, Callable[[], StageResult]]] = [
+        ("catalog", lambda: run_catalog(config, force=force))
+    ]
     if "custom_cnn" in extractors:
         stages.append(("train", lambda: run_train(config, force=force)))
     for name in extractors:
@@ -31,51 +36,29 @@ def _stages(config: Config, extractors: Sequence[str], force: bool) -> list[tupl
     return stages
 
 
-def _wrote(result: Any) -> str:
-    """A short description of what a stage wrote, from its summary."""
-    if isinstance(result, dict) and result.get("stage") == "train":
-        acc = result.get("best_val_accuracy")
-        return f"{result.get('kind')}" + (f", val accuracy {acc:.3f}" if acc is not None else "")
-    if isinstance(result, dict) and "skipped" in result:
-        return "up to date" if result["skipped"] else f"{result.get('rows', '')} rows".strip()
-    if isinstance(result, dict) and result and all(isinstance(v, dict) for v in result.values()):
-        parts = []
-        for name, sub in result.items():
-            if not isinstance(sub, dict):
-                continue
-            state = "up to date" if sub.get("skipped") else "written"
-            parts.append(f"{name}: {state}")
-        return ", ".join(parts)
-    return "done"
-
-
 def run_all(
     config: Config, extractors: Sequence[str] = EXTRACTORS, force: bool = False
-) -> list[dict[str, Any]]:
+) -> list[StageResult]:
     """Run every stage; each skips itself when its inputs and settings are unchanged.
 
-    Returns one row per stage: name, seconds, what it wrote. Prints the table and the
-    evaluation report at the end.
+    Returns each stage's result, in order. Prints a table of them and the evaluation report
+    at the end.
     """
-    rows = []
+    results: list[tuple[str, StageResult]] = []
     total = time.perf_counter()
     stages = _stages(config, list(extractors), force)
     for i, (name, thunk) in enumerate(stages, 1):
         print(f"\n[{i}/{len(stages)}] {name}", flush=True)
-        start = time.perf_counter()
-        result = thunk()
-        rows.append(
-            {"stage": name, "seconds": time.perf_counter() - start, "wrote": _wrote(result)}
-        )
+        results.append((name, thunk()))
     seconds = time.perf_counter() - total
     print("\nstage                  seconds  result")
-    for row in rows:
-        print(f"{row['stage']:<22} {row['seconds']:>7.1f}  {row['wrote']}")
+    for name, result in results:
+        print(f"{name:<22} {result.seconds:>7.1f}  {result.describe()}")
     print(f"{'total':<22} {seconds:>7.1f}")
     _print_report(config)
     print(f"\nArtifacts are in {config.artifacts_dir}.")
-    print("Open the explorer with: python -m streamlit run app/streamlit_app.py")
-    return rows
+    print(f"Open the explorer with: {commands.APP}")
+    return [result for _name, result in results]
 
 
 def _print_report(config: Config) -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from pipelines.ann import AnnIndex
 from pipelines.errors import LookalikeError
-from pipelines.search import Index, _top_k
+from pipelines.index import Index
+from pipelines.topk import top_k
 
 pytest.importorskip("faiss")
 
@@ -41,7 +42,7 @@ def test_recall_at_10_against_exact_search(d, pca):
     assert (index.reduced_dim < d) is pca  # wide vectors are PCA-reduced, then re-ranked
 
     rows, sims = index.search(queries, 10)
-    truth, exact_sims = _top_k(queries, catalog, 10, None)
+    truth, exact_sims = top_k(queries, catalog, 10, None)
     assert rows.shape == sims.shape == (100, 10) and rows.dtype == np.int64
     assert recall_at_10(rows, truth) >= 0.95
     assert np.all(np.diff(sims, axis=1) <= 0)  # best first
@@ -74,7 +75,9 @@ def test_bad_k_is_rejected(small, k):
 
 
 def test_wrong_dimension_is_rejected(small):
-    with pytest.raises(LookalikeError, match=r"queries must be \(m, 16\) or \(16,\), got shape"):
+    with pytest.raises(
+        LookalikeError, match="query vectors have 15 dims; the approximate index has 16"
+    ):
         small.search(np.ones(15, dtype=np.float32), 3)
 
 
@@ -97,7 +100,7 @@ def test_hnsw_method_also_finds_neighbours():
     vectors = clustered(1000 + 50, 32)
     index = AnnIndex.build(vectors[:1000], method="hnsw")
     rows, _ = index.search(vectors[1000:], 10)
-    assert recall_at_10(rows, _top_k(vectors[1000:], vectors[:1000], 10, None)[0]) >= 0.95
+    assert recall_at_10(rows, top_k(vectors[1000:], vectors[:1000], 10, None)[0]) >= 0.95
 
 
 # --- search.Index switches to the approximate index above its threshold ---

@@ -12,7 +12,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from pipelines.config import REPO_ROOT, Config
-from pipelines.explore import jaccard_at_k
+from pipelines.metrics import jaccard_at_k
 
 APP = str(REPO_ROOT / "app" / "streamlit_app.py")
 PAGES = ["map", "search", "compare", "clusters", "upload"]

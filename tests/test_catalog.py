@@ -15,7 +15,7 @@ from PIL import Image
 from pipelines import artifacts
 from pipelines.catalog import bbox_of, load_catalog, run_catalog
 from pipelines.config import DEFAULT_SOURCE, REPO_ROOT, Config
-from pipelines.dataset import DEFAULT_COUNTS
+from pipelines.download import DEFAULT_COUNTS
 from pipelines.errors import LookalikeError
 from pipelines.images import load_image
 from tests.conftest import copy_subset, real_photos
@@ -112,14 +112,14 @@ def test_rerun_is_a_noop_and_force_rebuilds(tmp_path: Path, capsys: pytest.Captu
     first = run_catalog(config, progress=False)
     written = config.catalog_path.stat().st_mtime_ns
     second = run_catalog(config, progress=False)
-    assert not first["skipped"] and second["skipped"]
+    assert not first.skipped and second.skipped
     assert "nothing to do" in capsys.readouterr().out
     assert config.catalog_path.stat().st_mtime_ns == written
-    assert not run_catalog(config, force=True, progress=False)["skipped"]
+    assert not run_catalog(config, force=True, progress=False).skipped
     # A changed source is noticed.
     shutil.copy(real_photos("pants", 1)[0], source / "train" / "hat" / "new.jpg")
     third = run_catalog(config, progress=False)
-    assert not third["skipped"] and third["rows"] == 5
+    assert not third.skipped and third.rows == 5
 
 
 def test_interrupted_write_leaves_no_artifact(tmp_path: Path) -> None:
@@ -148,7 +148,7 @@ def test_csv_source_keeps_metadata_and_reports_missing_files(tmp_path: Path) -> 
         }
     ).to_csv(csv, index=False)
     config = Config(artifacts_dir=tmp_path / "art", source=csv)
-    assert run_catalog(config, progress=False)["rows"] == 2
+    assert run_catalog(config, progress=False).rows == 2
     catalog = load_catalog(config).sort_values("colour")
     assert list(catalog["colour"]) == ["blue", "red"]
     assert list(catalog["split"]) == ["validation", "train"]
@@ -199,7 +199,7 @@ def test_deepfashion_layout_labels_splits_and_crops(tmp_path: Path) -> None:
     root = tmp_path / "deepfashion"
     expected = write_deepfashion(root)
     config = Config(artifacts_dir=tmp_path / "art", source=root)
-    assert run_catalog(config, progress=False)["rows"] == 4
+    assert run_catalog(config, progress=False).rows == 4
     catalog = load_catalog(config)
     assert artifacts.read_manifest(config.catalog_path)["params"]["format"] == "deepfashion"
     for row in catalog.to_dict("records"):
@@ -277,7 +277,9 @@ def test_default_catalog_clothing_small(tmp_path: Path) -> None:
     config = Config(artifacts_dir=tmp_path / "art")
     first = run_catalog(config, progress=False)
     catalog = load_catalog(config)
-    assert len(catalog) == 3781 and first["rejects"] == 0 and first["duplicates"] == 0
+    assert (
+        len(catalog) == 3781 and first.details["rejects"] == 0 and first.details["duplicates"] == 0
+    )
     assert catalog["label"].value_counts().to_dict() == DEFAULT_COUNTS
     assert catalog["split"].value_counts().to_dict() == {
         "train": 3068,
@@ -287,4 +289,4 @@ def test_default_catalog_clothing_small(tmp_path: Path) -> None:
     # Read in place (paths are resolved, so a symlinked ../shared is followed), never copied.
     assert all(str(p).startswith(str(DEFAULT_SOURCE.resolve())) for p in catalog["path"][:5])
     second = run_catalog(config, progress=False)
-    assert second["skipped"] and second["seconds"] < first["seconds"] / 5
+    assert second.skipped and not second.wrote

@@ -55,7 +55,7 @@ def test_inception_embeddings_are_unit_rows_aligned_with_the_catalog(small_catal
     catalog = load_catalog(config)
     assert emb.shape == (len(catalog), 2048) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    assert summary["embedded"] == len(catalog)
+    assert summary.details["embedded"] == len(catalog)
     manifest = artifacts.read_manifest(config.embeddings_path("inception_v3"))
     assert manifest["params"]["scale"] == "x/128-1" and manifest["inputs"]["weights"]
     # Same-class photos are closer than other-class ones on average (real features).
@@ -72,11 +72,11 @@ def test_inception_embeddings_are_unit_rows_aligned_with_the_catalog(small_catal
     assert float(live[0] @ emb[3]) >= 0.9999
 
     # A second run does nothing; a changed catalog makes the embeddings stale.
-    assert run_embed(config, "inception_v3", progress=False)["skipped"]
+    assert run_embed(config, "inception_v3", progress=False).skipped
     (Path(catalog["path"][0])).unlink()
     run_catalog(config, progress=False)
     again = run_embed(config, "inception_v3", progress=False)
-    assert not again["skipped"] and again["rows"] == len(catalog) - 1
+    assert not again.skipped and again.rows == len(catalog) - 1
 
 
 def test_resume_after_kill_recomputes_nothing_finished(small_catalog: Config) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines.artifacts import read_manifest, write_manifest, write_npy, write_parquet
-from pipelines.cluster import run_clusters
+from pipelines.clusters import run_clusters
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.evaluate import (
@@ -18,13 +18,12 @@ from pipelines.evaluate import (
     format_report,
     latency_stats,
     make_protocol,
-    per_class_path,
     per_class_precision,
     precision_at,
     recall_at,
     run_evaluate,
 )
-from pipelines.search import Index, categories_path
+from pipelines.index import Index
 from tests.conftest import blobs as conftest_blobs
 from tests.conftest import unit
 
@@ -153,7 +152,7 @@ def test_run_evaluate_writes_metrics_and_skips_missing_strategies(tmp_path):
     catalog = write_inputs(config)
     run_clusters(config, ["inception_v3"])  # custom_cnn has no clusters: that strategy is skipped
 
-    metrics = run_evaluate(config)
+    metrics = run_evaluate(config).details
     assert metrics["labels"] is True and "12 test queries" in metrics["protocol"]
     exact = metrics["results"]["inception_v3"]["exact"]
     assert {"p@1", "p@5", "p@10", "p@20", "r@20", "map@10", "latency_ms_p95"} <= set(exact)
@@ -168,7 +167,7 @@ def test_run_evaluate_writes_metrics_and_skips_missing_strategies(tmp_path):
     )
     assert json.loads(config.metrics_path.read_text()) == metrics
     assert read_manifest(config.metrics_path)["stage"] == "evaluate"
-    table = pd.read_parquet(per_class_path(config))
+    table = pd.read_parquet(config.per_class_path)
     assert set(table.columns) == {"extractor", "strategy", "label", "n_queries", "p@10"}
     assert len(table) == 3 * 4  # inception exact + cluster, custom_cnn exact; 4 classes each
 
@@ -178,27 +177,28 @@ def test_run_evaluate_writes_metrics_and_skips_missing_strategies(tmp_path):
 
     # Nothing changed: nothing is recomputed.
     before = config.metrics_path.stat().st_mtime_ns
-    assert run_evaluate(config) == metrics
+    again = run_evaluate(config)
+    assert again.skipped and again.details == metrics
     assert config.metrics_path.stat().st_mtime_ns == before
 
     # A categories file appears: the metrics are stale and the category strategy now runs.
     predicted = pd.DataFrame(
         {"item_id": catalog["item_id"], "predicted": catalog["label"], "confidence": 0.9}
     )
-    write_parquet(predicted, categories_path(config))
-    write_manifest(categories_path(config), "embed", {}, {})
-    metrics = run_evaluate(config, ["inception_v3"], ["category"])
+    write_parquet(predicted, config.categories_path)
+    write_manifest(config.categories_path, "embed", {}, {})
+    metrics = run_evaluate(config, ["inception_v3"], ["category"]).details
     assert metrics["results"]["inception_v3"]["category"]["map@10"] == 1.0
 
 
 def test_run_evaluate_on_an_unlabelled_catalog_says_metrics_need_labels(tmp_path):
     config = Config(artifacts_dir=tmp_path)
     write_inputs(config, labelled=False)
-    metrics = run_evaluate(config)
+    metrics = run_evaluate(config).details
     assert metrics["labels"] is False and metrics["results"] == {}
     assert "metrics need labels" in metrics["message"]
     assert format_report(metrics).startswith("metrics need labels")
-    assert per_class_path(config).exists()
+    assert config.per_class_path.exists()
 
 
 def test_run_evaluate_rejects_an_unknown_strategy(tmp_path):

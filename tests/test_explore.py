@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines import explore
+from app.ui import selection
+from pipelines import browse, images, metrics, neighbours, status, upload
 from pipelines.artifacts import write_json, write_manifest
 from pipelines.config import REPO_ROOT, Config
 from pipelines.errors import LookalikeError
 from pipelines.extractors import normalize_rows
 from pipelines.images import load_array
-from pipelines.search import Index
+from pipelines.index import Index
 
 # --------------------------------------------------------------------------- selections
 
@@ -38,9 +39,9 @@ def test_box_selection_uses_customdata() -> None:
             "lasso": [],
         }
     }
-    assert explore.selection_to_item_ids(event, TRACES) == ["b", "d"]
+    assert selection.selection_to_item_ids(event, TRACES) == ["b", "d"]
     # customdata alone is enough when the caller has no trace ids.
-    assert explore.selection_to_item_ids(event) == ["b", "d"]
+    assert selection.selection_to_item_ids(event) == ["b", "d"]
 
 
 def test_lasso_selection_without_customdata_uses_trace_positions() -> None:
@@ -56,7 +57,7 @@ def test_lasso_selection_without_customdata_uses_trace_positions() -> None:
             "lasso": [{"x": [0, 1, 1], "y": [0, 0, 1]}],
         }
     }
-    assert explore.selection_to_item_ids(event, TRACES) == ["e", "c"]
+    assert selection.selection_to_item_ids(event, TRACES) == ["e", "c"]
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_lasso_selection_without_customdata_uses_trace_positions() -> None:
     ],
 )
 def test_empty_selection_gives_no_items(event: object) -> None:
-    assert explore.selection_to_item_ids(event, TRACES) == []
+    assert selection.selection_to_item_ids(event, TRACES) == []
 
 
 def test_highlight_and_unknown_traces_are_ignored() -> None:
@@ -84,7 +85,7 @@ def test_highlight_and_unknown_traces_are_ignored() -> None:
             {"curve_number": 0, "point_index": 0},
         ]
     }
-    assert explore.selection_to_item_ids(event, TRACES) == ["b", "a"]
+    assert selection.selection_to_item_ids(event, TRACES) == ["b", "a"]
 
 
 def test_selection_from_a_filtered_figure_maps_through_its_own_traces() -> None:
@@ -103,7 +104,7 @@ def test_selection_from_a_filtered_figure_maps_through_its_own_traces() -> None:
     assert trace_ids[0] == ["i1", "i3"]
     assert len(figure.data) == len(trace_ids)
     event = {"selection": {"points": [{"curve_number": 0, "point_index": 1}]}}
-    assert explore.selection_to_item_ids(event, trace_ids) == ["i3"]
+    assert selection.selection_to_item_ids(event, trace_ids) == ["i3"]
     # The lines trace (query -> neighbours) is not an item.
     lines = next(i for i, t in enumerate(figure.data) if t.mode == "lines")
     assert trace_ids[lines] is None
@@ -113,10 +114,10 @@ def test_selection_from_a_filtered_figure_maps_through_its_own_traces() -> None:
 
 
 def test_jaccard_at_k() -> None:
-    assert explore.jaccard_at_k(["a", "b"], ["b", "a"]) == 1.0
-    assert explore.jaccard_at_k(["a", "b"], ["c", "d"]) == 0.0
-    assert explore.jaccard_at_k(["a", "b", "c"], ["b", "c", "d"]) == pytest.approx(2 / 4)
-    assert explore.jaccard_at_k([], []) == 1.0
+    assert metrics.jaccard_at_k(["a", "b"], ["b", "a"]) == 1.0
+    assert metrics.jaccard_at_k(["a", "b"], ["c", "d"]) == 0.0
+    assert metrics.jaccard_at_k(["a", "b", "c"], ["b", "c", "d"]) == pytest.approx(2 / 4)
+    assert metrics.jaccard_at_k([], []) == 1.0
 
 
 # --------------------------------------------------------------------------- neighbours
@@ -182,7 +183,7 @@ def tiny() -> dict:
             "thumb": [f"thumbs/id{i}.jpg" for i in range(len(names))],
         }
     )
-    catalog = explore.with_thumb_files(catalog, Path("/art"))
+    catalog = browse.with_thumb_files(catalog, Path("/art"))
     pixels = np.stack([extractors["inception_v3"].load_pixels(d) for d in data])
     vectors = extractors["inception_v3"].embed_arrays(pixels)
     indexes = {
@@ -212,27 +213,27 @@ def tiny() -> dict:
 
 def test_item_neighbours_exclude_the_query_and_clip_k(tiny: dict) -> None:
     index, catalog = tiny["indexes"]["inception_v3"], tiny["catalog"]
-    table = explore.item_neighbours(index, catalog, "id0", k=50)
-    assert list(table.columns) == explore.NEIGHBOUR_COLUMNS
+    table = neighbours.item_neighbours(index, catalog, "id0", k=50)
+    assert list(table.columns) == neighbours.NEIGHBOUR_COLUMNS
     assert len(table) == 4 and "id0" not in set(table["item_id"])
     assert table["rank"].tolist() == [1, 2, 3, 4]
     assert table["similarity"].is_monotonic_decreasing
     assert table["thumb"].iloc[0].startswith("/art/thumbs/")
     # Cluster strategy: only the query's own cluster (id0 is in cluster 0 with id3, id4).
-    cluster = explore.item_neighbours(index, catalog, "id0", k=10, strategy="cluster")
+    cluster = neighbours.item_neighbours(index, catalog, "id0", k=10, strategy="cluster")
     assert set(cluster["item_id"]) == {"id3", "id4"}
     with pytest.raises(LookalikeError, match="k must be a whole number >= 1, got 0"):
-        explore.item_neighbours(index, catalog, "id0", k=0)
+        neighbours.item_neighbours(index, catalog, "id0", k=0)
     with pytest.raises(LookalikeError, match="'nope' is not in the inception_v3 index"):
-        explore.item_neighbours(index, catalog, "nope", k=3)
+        neighbours.item_neighbours(index, catalog, "nope", k=3)
 
 
 def test_query_precision_counts_missing_neighbours_as_misses(tiny: dict) -> None:
-    table = explore.item_neighbours(tiny["indexes"]["inception_v3"], tiny["catalog"], "id1", 4)
+    table = neighbours.item_neighbours(tiny["indexes"]["inception_v3"], tiny["catalog"], "id1", 4)
     labels = table["label"].tolist()
-    assert explore.query_precision(table, "cool", 4) == labels.count("cool") / 4
-    assert explore.query_precision(table.head(1), "cool", 4) == (labels[0] == "cool") / 4
-    assert np.isnan(explore.query_precision(table, None, 4))
+    assert neighbours.query_precision(table, "cool", 4) == labels.count("cool") / 4
+    assert neighbours.query_precision(table.head(1), "cool", 4) == (labels[0] == "cool") / 4
+    assert np.isnan(neighbours.query_precision(table, None, 4))
 
 
 def test_unavailable_strategy_falls_back_to_exact_with_a_reason(tiny: dict) -> None:
@@ -242,41 +243,41 @@ def test_unavailable_strategy_falls_back_to_exact_with_a_reason(tiny: dict) -> N
         name="bare",
         unavailable={"cluster": "clusters/bare.parquet is missing — run `x`"},
     )
-    assert explore.resolve_strategy(bare, "exact") == ("exact", None)
-    strategy, note = explore.resolve_strategy(bare, "cluster")
+    assert neighbours.resolve_strategy(bare, "exact") == ("exact", None)
+    strategy, note = neighbours.resolve_strategy(bare, "cluster")
     assert strategy == "exact" and "clusters/bare.parquet is missing" in note
     with pytest.raises(LookalikeError, match="valid strategies: exact, cluster, category"):
-        explore.resolve_strategy(bare, "fuzzy")
+        neighbours.resolve_strategy(bare, "fuzzy")
 
 
 def test_map_points_align_to_the_catalog_and_report_missing_items(tiny: dict) -> None:
     catalog = tiny["catalog"]
     shuffled = tiny["maps"]["inception_v3"].iloc[::-1]
     clusters = pd.DataFrame({"item_id": catalog["item_id"], "cluster": [0, 1, 1, 0, 0]})
-    points = explore.map_points(catalog, shuffled, clusters=clusters)
+    points = browse.map_points(catalog, shuffled, clusters=clusters)
     assert points["item_id"].tolist() == catalog["item_id"].tolist()
     assert points["x"].tolist() == [0, 1, 2, 3, 4]
     assert points["cluster"].tolist() == ["0", "1", "1", "0", "0"]
     assert points["predicted"].tolist() == [""] * 5
     with pytest.raises(LookalikeError, match="the map lacks 1 catalog item"):
-        explore.map_points(catalog, shuffled.iloc[1:])
+        browse.map_points(catalog, shuffled.iloc[1:])
 
 
 def test_place_on_map_is_the_similarity_weighted_mean() -> None:
     points = pd.DataFrame({"item_id": ["a", "b", "c"], "x": [0.0, 4.0, 9.0], "y": [0.0, 2.0, 9.0]})
     near = pd.DataFrame({"item_id": ["a", "b", "c"], "similarity": [0.75, 0.25, -0.5]})
-    assert explore.place_on_map(near, points) == pytest.approx((1.0, 0.5))
+    assert upload.place_on_map(near, points) == pytest.approx((1.0, 0.5))
     negative = pd.DataFrame({"item_id": ["a", "b"], "similarity": [-0.1, -0.2]})
-    assert explore.place_on_map(negative, points) == pytest.approx((2.0, 1.0))
+    assert upload.place_on_map(negative, points) == pytest.approx((2.0, 1.0))
     nowhere = pd.DataFrame({"item_id": ["zz"], "similarity": [0.9]})
-    assert all(np.isnan(explore.place_on_map(nowhere, points)))
+    assert all(np.isnan(upload.place_on_map(nowhere, points)))
 
 
 # --------------------------------------------------------------------------- uploads
 
 
 def test_an_uploaded_catalog_photo_finds_itself_first(tiny: dict) -> None:
-    results = explore.analyse_uploads(
+    results = upload.analyse_uploads(
         [("blue.png", tiny["data"][2])],
         tiny["extractors"],
         tiny["indexes"],
@@ -294,11 +295,11 @@ def test_an_uploaded_catalog_photo_finds_itself_first(tiny: dict) -> None:
         assert len(table) == 3
         x, y = result.positions[name]
         assert 0 <= x <= 4 and 0 <= y <= 8
-    assert Image.open(io.BytesIO(result.preview)).size[0] <= explore.UPLOAD_PREVIEW_SIZE
+    assert Image.open(io.BytesIO(result.preview)).size[0] <= upload.UPLOAD_PREVIEW_SIZE
 
 
 def test_upload_category_strategy_searches_the_predicted_category(tiny: dict) -> None:
-    (result,) = explore.analyse_uploads(
+    (result,) = upload.analyse_uploads(
         [("red.png", tiny["data"][0])],
         tiny["extractors"],
         tiny["indexes"],
@@ -337,9 +338,9 @@ def bomb_png() -> bytes:
 def test_bad_uploads_get_a_message_naming_the_file(
     tiny: dict, name: str, data: bytes, message: str
 ) -> None:
-    max_bytes = 1024 if name == "huge.jpg" else explore.MAX_UPLOAD_BYTES
+    max_bytes = 1024 if name == "huge.jpg" else upload.MAX_UPLOAD_BYTES
     extractors = tiny["extractors"]  # their Config() caps images at 40 Mpx; bomb.png has 48
-    results = explore.analyse_uploads(
+    results = upload.analyse_uploads(
         [("ok.png", tiny["data"][1]), (name, data)],
         extractors,
         tiny["indexes"],
@@ -364,24 +365,24 @@ def test_shared_decode_gives_the_batch_stage_pixels(fmt: str) -> None:
     buffer = io.BytesIO()
     Image.fromarray(noise).save(buffer, format=fmt, lossless=True)
     data = buffer.getvalue()
-    image = explore.load_image(data)
+    image = images.load_image(data)
     for size in (32, 128, 299):
-        np.testing.assert_array_equal(explore.square_pixels(image, size), load_array(data, size))
+        np.testing.assert_array_equal(upload.square_pixels(image, size), load_array(data, size))
 
 
 def test_category_summary_counts_the_top_three() -> None:
     results = [
-        explore.UploadResult(name=f"p{i}", category=c)
+        upload.UploadResult(name=f"p{i}", category=c)
         for i, c in enumerate(["hat", "dress", "hat", "shoes", "pants", "dress", "hat"])
     ]
-    results.append(explore.UploadResult(name="bad", error="bad: not a recognised image"))
-    table = explore.category_summary(results)
+    results.append(upload.UploadResult(name="bad", error="bad: not a recognised image"))
+    table = upload.category_summary(results)
     assert table.to_dict("records") == [
         {"category": "hat", "count": 3},
         {"category": "dress", "count": 2},
         {"category": "pants", "count": 1},
     ]
-    assert explore.category_summary([]).empty
+    assert upload.category_summary([]).empty
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -389,23 +390,23 @@ def test_category_summary_counts_the_top_three() -> None:
 
 def test_missing_artifacts_and_app_config(tmp_path: Path) -> None:
     config = Config(artifacts_dir=tmp_path)
-    missing = explore.missing_artifacts(config, ["catalog", "maps"], ["custom_cnn"])
+    missing = status.missing_artifacts(config, ["catalog", "maps"], ["custom_cnn"])
     assert missing == [config.catalog_path, config.map_path("custom_cnn")]
     with pytest.raises(LookalikeError, match="valid parts: catalog, embeddings"):
-        explore.missing_artifacts(config, ["thumbs"])
+        status.missing_artifacts(config, ["thumbs"])
     # The app embeds uploads at the trained model's input size, not the default setting.
-    assert explore.app_config(config).cnn_image_size == config.cnn_image_size
+    assert status.app_config(config).cnn_image_size == config.cnn_image_size
     model = config.models_dir / "custom_cnn.keras"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"model")
     write_manifest(model, "train", {}, {}, extra={"image_size": 32, "embedding_dim": 64})
-    tuned = explore.app_config(config)
+    tuned = status.app_config(config)
     assert (tuned.cnn_image_size, tuned.cnn_embedding_dim) == (32, 64)
     assert (
-        explore.manifest_sha(model)
+        status.manifest_sha(model)
         == json.loads((model.parent / "custom_cnn.manifest.json").read_text())["sha256"]
     )
-    assert explore.manifest_sha(tmp_path / "nothing.npy") == "missing"
+    assert status.manifest_sha(tmp_path / "nothing.npy") == "missing"
 
 
 def test_cluster_tables_and_metrics_long() -> None:
@@ -419,22 +420,22 @@ def test_cluster_tables_and_metrics_long() -> None:
             "composition": [json.dumps({"hat": 2, "shoes": 1}), json.dumps({"shoes": 1})],
         }
     )
-    assert explore.cluster_composition(summary, 0).to_dict("records") == [
+    assert browse.cluster_composition(summary, 0).to_dict("records") == [
         {"label": "hat", "count": 2},
         {"label": "shoes", "count": 1},
     ]
     with pytest.raises(LookalikeError, match="cluster 5 does not exist; valid clusters: 0, 1"):
-        explore.cluster_composition(summary, 5)
-    catalog = explore.with_thumb_files(
+        browse.cluster_composition(summary, 5)
+    catalog = browse.with_thumb_files(
         pd.DataFrame(
             {"item_id": list("abcd"), "label": ["hat"] * 4, "thumb": [f"t/{c}" for c in "abcd"]}
         ),
         Path("/art"),
     )
     clusters = pd.DataFrame({"item_id": list("abcd"), "cluster": [0, 1, 0, 0]})
-    overview = explore.cluster_overview(summary, clusters, catalog, n_thumbs=2)
+    overview = browse.cluster_overview(summary, clusters, catalog, n_thumbs=2)
     assert overview["thumbs"].tolist() == [["/art/t/a", "/art/t/c"], ["/art/t/b"]]
-    assert explore.cluster_members(clusters, catalog, 1)["item_id"].tolist() == ["b"]
+    assert browse.cluster_members(clusters, catalog, 1)["item_id"].tolist() == ["b"]
 
     metrics = {
         "results": {
@@ -444,26 +445,26 @@ def test_cluster_tables_and_metrics_long() -> None:
             }
         }
     }
-    long = explore.metrics_long(metrics)
+    long = browse.metrics_long(metrics)
     assert sorted(long["metric"]) == ["map@10", "p@1", "p@10"]
     assert set(long["strategy"]) == {"exact"}
 
 
 def test_browse_page_filters_and_clips() -> None:
     catalog = pd.DataFrame({"item_id": [str(i) for i in range(10)], "label": ["a", "b"] * 5})
-    rows, pages = explore.browse_page(catalog, ["a"], page=9, per_page=2)
+    rows, pages = browse.browse_page(catalog, ["a"], page=9, per_page=2)
     assert pages == 3 and rows["item_id"].tolist() == ["8"]
-    rows, pages = explore.browse_page(catalog, None, page=0, per_page=4)
+    rows, pages = browse.browse_page(catalog, None, page=0, per_page=4)
     assert pages == 3 and len(rows) == 4
 
 
 def test_artifacts_summary(tmp_path: Path) -> None:
     config = Config(artifacts_dir=tmp_path)
-    assert explore.artifacts_summary(config)["built"] is False
+    assert status.artifacts_summary(config)["built"] is False
     pd.DataFrame({"item_id": ["a", "b"]}).to_parquet(config.catalog_path)
     write_json({"note": "x"}, tmp_path / "other.json")
     write_manifest(config.catalog_path, "catalog", {}, {}, extra={"rows": 2})
-    summary = explore.artifacts_summary(config)
+    summary = status.artifacts_summary(config)
     assert summary["built"] and summary["items"] == 2 and summary["catalog_created"]
 
 

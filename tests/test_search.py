@@ -9,18 +9,10 @@ import pytest
 from pipelines.artifacts import write_manifest, write_npy, write_parquet
 from pipelines.config import STRATEGIES, Config
 from pipelines.errors import LookalikeError
-from pipelines.search import (
-    PREFILTER_MIN_ITEMS,
-    Index,
-    SearchResult,
-    _best_first,
-    _best_first_rows,
-    _top_k,
-    categories_path,
-    centroids_path,
-    load_index,
-    precision_at_k,
-)
+from pipelines.index import Index, SearchResult
+from pipelines.metrics import precision_at_k
+from pipelines.readers import load_index
+from pipelines.topk import PREFILTER_MIN_ITEMS, best_first, best_first_rows, top_k
 from tests.conftest import blobs as conftest_blobs
 from tests.conftest import unit
 
@@ -155,10 +147,10 @@ def test_prefiltered_top_k_equals_the_full_sort(n, kind):
     for k in (1, 10, 100, n):
         width = min(k, n)
         expected = np.argsort(-sims, kind="stable")[:width]
-        np.testing.assert_array_equal(_best_first(sims, width), expected)
+        np.testing.assert_array_equal(best_first(sims, width), expected)
         if kind == "random" and width < n:  # no ties: the same set as plain argpartition
             plain = np.argpartition(sims, n - width)[n - width :]
-            assert set(_best_first(sims, width).tolist()) == set(plain.tolist())
+            assert set(best_first(sims, width).tolist()) == set(plain.tolist())
 
 
 @pytest.mark.parametrize("n", [3, 40, 3781])
@@ -173,9 +165,9 @@ def test_block_top_k_equals_the_full_sort_row_by_row(n):
     sims[4, 0] = -np.inf  # an excluded row
     for k in (1, 10, n):
         width = min(k, n)
-        got = _best_first_rows(sims, width)
+        got = best_first_rows(sims, width)
         for row in range(len(sims)):
-            np.testing.assert_array_equal(got[row], _best_first(sims[row], width))
+            np.testing.assert_array_equal(got[row], best_first(sims[row], width))
         expected = np.argsort(-sims, axis=1, kind="stable")[:, :width]
         np.testing.assert_array_equal(got, expected)
 
@@ -185,7 +177,7 @@ def test_top_k_excludes_rows_above_the_prefilter_threshold():
     matrix = unit(rng.normal(size=(PREFILTER_MIN_ITEMS * 2, 16)))
     queries = matrix[[5, 700, 30_000]]
     exclude = np.array([5, -1, 30_000])
-    rows, sims = _top_k(queries, matrix, 10, exclude)
+    rows, sims = top_k(queries, matrix, 10, exclude)
     full = queries @ matrix.T
     for i, row in enumerate(exclude):
         if row >= 0:
@@ -193,7 +185,7 @@ def test_top_k_excludes_rows_above_the_prefilter_threshold():
         expected = np.argsort(-full[i], kind="stable")[:10]
         np.testing.assert_array_equal(rows[i], expected)
         np.testing.assert_allclose(sims[i], full[i, expected], rtol=1e-6)
-        (single_rows,), _ = _top_k(queries[i : i + 1], matrix, 10, exclude[i : i + 1])
+        (single_rows,), _ = top_k(queries[i : i + 1], matrix, 10, exclude[i : i + 1])
         np.testing.assert_array_equal(single_rows, expected)  # the one-query path agrees
 
 
@@ -325,7 +317,7 @@ def test_load_index_rejects_embeddings_of_another_catalog(tmp_path):
 
 
 def test_load_index_reads_clusters_and_categories(tmp_path):
-    from pipelines.cluster import run_clusters
+    from pipelines.clusters import run_clusters
 
     config = Config(artifacts_dir=tmp_path, n_clusters=4)
     vectors, labels = blobs()
@@ -343,10 +335,10 @@ def test_load_index_reads_clusters_and_categories(tmp_path):
     predicted = pd.DataFrame(
         {"item_id": catalog["item_id"], "predicted": [f"c{v}" for v in labels], "confidence": 0.9}
     )
-    write_parquet(predicted, categories_path(config))
+    write_parquet(predicted, config.categories_path)
     index = load_index(config, "inception_v3")
     assert index.strategies == STRATEGIES
-    assert centroids_path(config, "inception_v3").exists()
+    assert config.centroids_path("inception_v3").exists()
     rows = np.arange(len(vectors))
     for strategy in STRATEGIES:
         found, _ = index.search_rows(vectors, 9, strategy, exclude_rows=rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import loaders, plots, widgets
-from pipelines import explore
+from pipelines import browse
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -16,7 +16,7 @@ with widgets.user_errors():
     catalog = loaders.catalog(cfg)
     members = loaders.clusters(cfg, settings.extractor)
     summary = loaders.cluster_summary(cfg, settings.extractor)
-overview = explore.cluster_overview(summary, members, catalog, n_thumbs=5)
+overview = browse.cluster_overview(summary, members, catalog, n_thumbs=5)
 
 st.caption(
     f"{len(overview)} k-means clusters of {widgets.EXTRACTOR_NAMES[settings.extractor]} "
@@ -39,8 +39,8 @@ cluster = st.selectbox(
     format_func=lambda c: f"Cluster {c}",
     key=f"clusters_pick_{settings.extractor}",
 )
-items = explore.cluster_members(members, catalog, cluster)
-composition = explore.cluster_composition(summary, cluster)
+items = browse.cluster_members(members, catalog, cluster)
+composition = browse.cluster_composition(summary, cluster)
 left, right = st.columns([1, 3])
 with left:
     if composition.empty:

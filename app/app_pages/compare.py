@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import loaders, plots, widgets
-from pipelines import explore
+from pipelines import browse, commands, metrics, neighbours
 from pipelines.config import EXTRACTORS, STRATEGIES
 
 cfg = loaders.config()
@@ -26,15 +26,15 @@ results = {}
 notes = []
 with widgets.user_errors():
     for name, index in indexes.items():
-        strategy, note = explore.resolve_strategy(index, settings.strategy)
+        strategy, note = neighbours.resolve_strategy(index, settings.strategy)
         if note:
             notes.append(f"{name}: {note}")
-        results[name] = explore.item_neighbours(index, catalog, query_id, settings.k, strategy)
+        results[name] = neighbours.item_neighbours(index, catalog, query_id, settings.k, strategy)
 for note in notes:
     st.warning(note)
 
 ids = {name: table["item_id"].tolist() for name, table in results.items()}
-jaccard = explore.jaccard_at_k(*ids.values())
+jaccard = metrics.jaccard_at_k(*ids.values())
 shared = set.intersection(*(set(v) for v in ids.values()))
 
 top_left, top_right = st.columns([1, 4])
@@ -55,7 +55,7 @@ columns = st.columns(len(EXTRACTORS))
 for column, name in zip(columns, EXTRACTORS, strict=True):
     with column:
         table = results[name]
-        precision = explore.query_precision(table, query.get("label"), settings.k)
+        precision = neighbours.query_precision(table, query.get("label"), settings.k)
         shown = "n/a" if precision != precision else f"{precision:.2f}"
         st.subheader(widgets.EXTRACTOR_NAMES[name])
         st.caption(f"Precision@{settings.k} against the query's label: **{shown}**")
@@ -68,12 +68,12 @@ for column, name in zip(columns, EXTRACTORS, strict=True):
 st.header("Evaluation")
 metrics = loaders.metrics(cfg)
 if metrics is None:
-    st.info(f"No evaluation yet — run `{explore.RUN_COMMAND}` (its evaluate stage).")
+    st.info(f"No evaluation yet — run `{commands.RUN}` (its evaluate stage).")
 elif not metrics.get("labels", False):
     st.info(str(metrics.get("message", "The catalog has no labels to evaluate against.")))
 else:
     st.caption(f"Protocol: {metrics.get('protocol')}")
-    long = explore.metrics_long(metrics)
+    long = browse.metrics_long(metrics)
     a, b = st.columns(2)
     a.plotly_chart(plots.precision_figure(long), key="eval_precision", width="stretch")
     b.plotly_chart(plots.map_score_figure(long), key="eval_map", width="stretch")

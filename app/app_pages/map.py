@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import loaders, plots, widgets
-from pipelines import explore
+from app.ui import loaders, plots, selection, widgets
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -40,7 +39,7 @@ with chart:
         width="stretch",
     )
 
-selected = explore.selection_to_item_ids(event, trace_ids)
+selected = selection.selection_to_item_ids(event, trace_ids)
 st.subheader(f"Selection: {len(selected)} item(s)")
 if not selected:
     st.caption("Draw a box or lasso on the map to see those items here.")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import loaders, plots, widgets
-from pipelines import explore
+from app.ui import loaders, plots, selection, widgets
+from pipelines import neighbours
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -21,7 +21,7 @@ with widgets.user_errors():
 chart_key = f"search_map_{settings.extractor}"
 # A point clicked on the map (last run's chart state) becomes the query, once per new click:
 # the chart keeps its selection, so an older click must not override a later pick.
-clicked = explore.selection_to_item_ids(
+clicked = selection.selection_to_item_ids(
     st.session_state.get(chart_key), st.session_state.get(f"{chart_key}_traces")
 )
 if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
@@ -30,12 +30,12 @@ if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
         widgets.set_query(clicked[0])
 
 query_id = widgets.query_picker(catalog, "search", ("Random", "Item id", "Browse", "Map"))
-strategy, note = explore.resolve_strategy(index, settings.strategy)
+strategy, note = neighbours.resolve_strategy(index, settings.strategy)
 with widgets.user_errors():
-    neighbours = explore.item_neighbours(index, catalog, query_id, settings.k, strategy)
+    neighbours = neighbours.item_neighbours(index, catalog, query_id, settings.k, strategy)
 query = catalog.set_index("item_id").loc[query_id]
 query["item_id"] = query_id
-precision = explore.query_precision(neighbours, query.get("label"), settings.k)
+precision = neighbours.query_precision(neighbours, query.get("label"), settings.k)
 
 if note:
     st.warning(note)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import loaders, plots, widgets
-from pipelines import explore
+from pipelines import upload
 from pipelines.config import EXTRACTORS
 
 cfg = loaders.config()
@@ -22,12 +22,12 @@ with widgets.user_errors():
     maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
 
 files = st.file_uploader(
-    f"Photos of clothing: JPG, PNG or WebP, up to {explore.MAX_UPLOAD_MB} MB each",
+    f"Photos of clothing: JPG, PNG or WebP, up to {upload.MAX_UPLOAD_MB} MB each",
     # MIME types (not extensions): the browser filters the file picker, and anything else that
-    # arrives is checked by explore.embed_upload, which names the file and the problem.
+    # arrives is checked by upload.embed_upload, which names the file and the problem.
     type=["image/jpeg", "image/png", "image/webp"],
     accept_multiple_files=True,
-    max_upload_size=explore.MAX_UPLOAD_MB,
+    max_upload_size=upload.MAX_UPLOAD_MB,
     key="uploads",
 )
 if not files:
@@ -39,7 +39,7 @@ with widgets.user_errors():
     for file in files:
         embedding = loaders.upload_embedding(cfg, file.name, file.getvalue())
         results.append(
-            explore.analyse_upload(embedding, indexes, catalog, maps, settings.k, settings.strategy)
+            upload.analyse_upload(embedding, indexes, catalog, maps, settings.k, settings.strategy)
         )
 
 for result in results:
@@ -51,7 +51,7 @@ if not good:
 
 if len(good) > 1:
     st.subheader(f"Top categories across {len(good)} photos")
-    summary = explore.category_summary(good, top=3)
+    summary = upload.category_summary(good, top=3)
     for cell, (_, row) in zip(st.columns(3), summary.iterrows(), strict=False):
         cell.metric(row["category"], f"{row['count']} photo(s)")
     # One map per extractor with every photo on it: one chart per photo would slow the page.

@@ -16,20 +16,19 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipelines import explore
+from pipelines import browse, status, upload
 from pipelines.artifacts import read_manifest
-from pipelines.cluster import summary_path
 from pipelines.config import EXTRACTORS, Config
-from pipelines.evaluate import per_class_path
-from pipelines.search import Index, centroids_path, load_index, read_catalog
+from pipelines.index import Index
+from pipelines.readers import load_index, read_catalog
 
-sha = explore.manifest_sha
+sha = status.manifest_sha
 
 
 def config() -> Config:
     """The app's settings: `Config()` (honours $LOOKALIKE_ARTIFACTS), with the custom CNN's
     input size from its trained model. Cheap: a few small JSON reads per rerun."""
-    return explore.app_config(Config())
+    return status.app_config(Config())
 
 
 def _config(artifacts_dir: str, cnn: tuple[int, int] | None = None) -> Config:
@@ -46,7 +45,7 @@ def _config(artifacts_dir: str, cnn: tuple[int, int] | None = None) -> Config:
 def _catalog(artifacts_dir: str, catalog_sha: str) -> pd.DataFrame:
     cfg = _config(artifacts_dir)
     table, _ = read_catalog(cfg)
-    return explore.with_thumb_files(table, cfg.artifacts_dir)
+    return browse.with_thumb_files(table, cfg.artifacts_dir)
 
 
 def catalog(cfg: Config) -> pd.DataFrame:
@@ -62,7 +61,7 @@ def _table(path: Path) -> pd.DataFrame | None:
 def _points(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> pd.DataFrame:
     cfg = _config(artifacts_dir)
     table = _catalog(artifacts_dir, key[0])
-    return explore.map_points(
+    return browse.map_points(
         table,
         pd.read_parquet(cfg.map_path(extractor)),
         _table(cfg.clusters_path(extractor)),
@@ -101,12 +100,12 @@ def clusters(cfg: Config, extractor: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _cluster_summary(artifacts_dir: str, extractor: str, summary_sha: str) -> pd.DataFrame:
-    return pd.read_parquet(summary_path(_config(artifacts_dir), extractor))
+    return pd.read_parquet(_config(artifacts_dir).cluster_summary_path(extractor))
 
 
 def cluster_summary(cfg: Config, extractor: str) -> pd.DataFrame:
-    """cluster, size, n_labelled, top_label, purity, composition (see pipelines.cluster)."""
-    path = summary_path(cfg, extractor)
+    """cluster, size, n_labelled, top_label, purity, composition (see pipelines.clusters)."""
+    path = cfg.cluster_summary_path(extractor)
     return _cluster_summary(str(cfg.artifacts_dir), extractor, sha(path))
 
 
@@ -123,12 +122,12 @@ def metrics(cfg: Config) -> dict[str, Any] | None:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _per_class(artifacts_dir: str, table_sha: str) -> pd.DataFrame | None:
-    return _table(per_class_path(_config(artifacts_dir)))
+    return _table(_config(artifacts_dir).per_class_path)
 
 
 def per_class(cfg: Config) -> pd.DataFrame | None:
     """extractor, strategy, label, n_queries, p@10 (None before the evaluate stage ran)."""
-    return _per_class(str(cfg.artifacts_dir), sha(per_class_path(cfg)))
+    return _per_class(str(cfg.artifacts_dir), sha(cfg.per_class_path))
 
 
 # --------------------------------------------------------------------------- indexes and models
@@ -145,7 +144,7 @@ def index(cfg: Config, extractor: str) -> Index:
         sha(cfg.catalog_path),
         sha(cfg.embeddings_path(extractor)),
         sha(cfg.clusters_path(extractor)),
-        sha(centroids_path(cfg, extractor)),
+        sha(cfg.centroids_path(extractor)),
         sha(cfg.categories_path),
     )
     return _index(str(cfg.artifacts_dir), extractor, key)
@@ -212,10 +211,10 @@ def extractors(cfg: Config) -> dict[str, Any]:
 @st.cache_data(show_spinner="Embedding the photo…", max_entries=64)
 def _upload(name: str, data: bytes, artifacts_dir: str, key: tuple[Any, ...]) -> Any:
     cfg = _config(artifacts_dir, key[0])
-    return explore.embed_upload(name, data, extractors(cfg), max_pixels=cfg.max_pixels)
+    return upload.embed_upload(name, data, extractors(cfg), max_pixels=cfg.max_pixels)
 
 
-def upload_embedding(cfg: Config, name: str, data: bytes) -> explore.UploadEmbedding:
+def upload_embedding(cfg: Config, name: str, data: bytes) -> upload.UploadEmbedding:
     """One uploaded photo embedded by both extractors (cached on its name and bytes, so a
     widget change does not embed it again)."""
     key = (

@@ -47,7 +47,7 @@ def map_figure(
 
     Parameters
     ----------
-    points : item_id, x, y and the `color_by` column (see `pipelines.explore.map_points`).
+    points : item_id, x, y and the `color_by` column (see `pipelines.browse.map_points`).
     color_by : column whose values colour the points ("label", "cluster", "split", ...).
     query : item id drawn as a black star, with lines to each of `neighbours`.
     neighbours : item ids drawn as red rings.
@@ -179,7 +179,7 @@ def map_figure(
 
 
 def precision_figure(metrics_long: pd.DataFrame, height: int = 360) -> go.Figure:
-    """P@k against k, one line per extractor × strategy (from `explore.metrics_long`)."""
+    """P@k against k, one line per extractor × strategy (from `browse.metrics_long`)."""
     fig = go.Figure()
     rows = metrics_long[metrics_long["metric"].str.startswith("p@")].copy()
     rows["k"] = rows["metric"].str[2:].astype(int)

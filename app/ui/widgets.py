@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipelines import explore
+from pipelines import browse, commands, status
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
 
@@ -94,17 +94,17 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
             on_change=_keep,
             args=("strategy",),
         )
-        status = explore.artifacts_summary(cfg)
+        summary = status.artifacts_summary(cfg)
         st.divider()
         st.subheader("Artifacts")
-        if status["built"]:
-            built = str(status["catalog_created"] or "?").replace("T", " ")[:16]
+        if summary["built"]:
+            built = str(summary["catalog_created"] or "?").replace("T", " ")[:16]
             st.caption(
-                f"Catalog: **{status['items']:,}** items  \nBuilt: {built}  \n"
-                f"Folder: `{status['dir']}`"
+                f"Catalog: **{summary['items']:,}** items  \nBuilt: {built}  \n"
+                f"Folder: `{summary['dir']}`"
             )
         else:
-            st.caption(f"Not built yet in `{status['dir']}`.")
+            st.caption(f"Not built yet in `{summary['dir']}`.")
     return Settings(
         st.session_state["extractor"], int(st.session_state["k"]), st.session_state["strategy"]
     )
@@ -115,17 +115,17 @@ def require(cfg: Config, parts: Sequence[str], extractors: Sequence[str] = EXTRA
 
     Parameters
     ----------
-    parts : see `pipelines.explore.required_paths`.
+    parts : see `pipelines.status.required_paths`.
     extractors : extractors whose artifacts the page needs.
     """
-    missing = explore.missing_artifacts(cfg, parts, extractors)
+    missing = status.missing_artifacts(cfg, parts, extractors)
     if not missing:
         return
     shown = "\n".join(f"- `{p}`" for p in missing[:8])
     more = f"\n- … and {len(missing) - 8} more" if len(missing) > 8 else ""
     st.info(
         f"**The pipeline has not built what this page needs yet.** Run\n\n"
-        f"```\n{explore.RUN_COMMAND}\n```\n\n"
+        f"```\n{commands.RUN}\n```\n\n"
         f"from the repository root (it takes a few minutes on 2 CPU cores; set "
         f"`LOOKALIKE_ARTIFACTS` to use another artifacts folder), then reload this page.\n\n"
         f"Missing:\n{shown}{more}"
@@ -201,7 +201,7 @@ def thumbnail_grid(
 
 
 def neighbour_grid(neighbours: pd.DataFrame, key: str = "neighbours", columns: int = 5) -> None:
-    """A neighbour table (`explore.neighbours_table`) as a grid captioned "#rank · label ·
+    """A neighbour table (`neighbours.neighbours_table`) as a grid captioned "#rank · label ·
     similarity", with the table itself (ids included) in an expander."""
     captions = [
         caption(row, int(row["rank"]), float(row["similarity"])) for _, row in neighbours.iterrows()
@@ -224,7 +224,7 @@ def set_query(item_id: str) -> None:
 
 
 def _random_query(catalog: pd.DataFrame) -> None:
-    set_query(explore.random_item(catalog))
+    set_query(browse.random_item(catalog))
 
 
 def _query_from_id() -> None:
@@ -248,7 +248,7 @@ def query_picker(
     ids = set(catalog["item_id"])
     if st.session_state.get("query_id") not in ids:
         # Deterministic first query, so a fresh session always opens on the same item.
-        set_query(explore.random_item(catalog, np.random.default_rng(0)))
+        set_query(browse.random_item(catalog, np.random.default_rng(0)))
     pending = st.session_state.pop("query_id_pending", None)
     if pending is not None:
         if pending in ids:
@@ -271,9 +271,9 @@ def query_picker(
         labels = sorted(catalog["label"].dropna().astype(str).unique())
         c1, c2 = st.columns([3, 1])
         chosen = c1.multiselect("Labels", labels, key=f"{key}_browse_labels", placeholder="all")
-        _, pages = explore.browse_page(catalog, chosen, 0, 18)
+        _, pages = browse.browse_page(catalog, chosen, 0, 18)
         page = c2.number_input("Page", 1, pages, 1, key=f"{key}_browse_page") - 1
-        rows, _ = explore.browse_page(catalog, chosen, page, 18)
+        rows, _ = browse.browse_page(catalog, chosen, page, 18)
         thumbnail_grid(
             rows,
             [caption(r) for _, r in rows.iterrows()],

@@ -20,9 +20,10 @@ from pipelines.artifacts import (
     write_parquet,
 )
 from pipelines.config import EXTRACTORS, Config
-from pipelines.search import centroids_path, read_catalog, read_embeddings
+from pipelines.readers import read_catalog, read_embeddings
+from pipelines.stage import StageResult
 
-STAGE = "cluster"
+STAGE = "clusters"
 # k-means restarts: a few suffice on unit vectors and keep 2 cores busy for seconds, not minutes.
 N_INIT = 3
 SUMMARY_COLUMNS = ["cluster", "size", "n_labelled", "top_label", "purity", "composition"]
@@ -121,7 +122,7 @@ def overall_purity(summary: pd.DataFrame) -> float | None:
 
 def run_clusters(
     config: Config, extractors: Sequence[str] = EXTRACTORS, force: bool = False
-) -> dict[str, dict[str, Any]]:
+) -> StageResult:
     """Stage: k-means per extractor.
 
     Writes, each with a manifest: `config.clusters_path(name)` (item_id, cluster int32, in
@@ -131,8 +132,10 @@ def run_clusters(
 
     Returns
     -------
-    {extractor: {"path", "summary_path", "centroids_path", "skipped", "n_clusters", "purity"}}
+    StageResult; its details are {extractor: {"path", "summary_path", "centroids_path",
+    "skipped", "n_clusters", "purity"}}.
     """
+    began = time.perf_counter()
     catalog, catalog_hash = read_catalog(config)
     item_ids = catalog["item_id"].to_numpy()
     labels = catalog["label"] if "label" in catalog.columns else None
@@ -152,8 +155,8 @@ def run_clusters(
         inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
         paths = {
             "path": config.clusters_path(name),
-            "summary_path": summary_path(config, name),
-            "centroids_path": centroids_path(config, name),
+            "summary_path": config.cluster_summary_path(name),
+            "centroids_path": config.centroids_path(name),
         }
         if not force and all(is_fresh(p, STAGE, params, inputs) for p in paths.values()):
             manifest = read_manifest(paths["path"]) or {}
@@ -190,4 +193,16 @@ def run_clusters(
             "n_clusters": n_clusters,
             "purity": purity,
         }
-    return results
+    return StageResult(
+        STAGE,
+        wrote=tuple(Path(r[k]) for r in results.values() if not r["skipped"] for k in paths),
+        rows=len(item_ids),
+        seconds=time.perf_counter() - began,
+        skipped=all(r["skipped"] for r in results.values()),
+        note=", ".join(
+            f"{name} purity {r['purity']:.3f}"
+            for name, r in results.items()
+            if r["purity"] is not None
+        ),
+        details=results,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ from sklearn.manifold import trustworthiness
 
 from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_parquet
 from pipelines.config import EXTRACTORS, Config
-from pipelines.search import read_catalog, read_embeddings
+from pipelines.readers import read_catalog, read_embeddings
+from pipelines.stage import StageResult
 
-STAGE = "map"
+STAGE = "maps"
 # Every other extractor's map is rotated onto this one so an item sits in a similar place on both.
 REFERENCE = EXTRACTORS[0]
 # Trustworthiness needs two dense n x n distance matrices; a sample keeps it to ~100 MB.
@@ -157,7 +159,7 @@ def _params(config: Config, aligned_to: str | None) -> dict[str, Any]:
 
 def run_maps(
     config: Config, extractors: Sequence[str] = EXTRACTORS, force: bool = False
-) -> dict[str, dict[str, Any]]:
+) -> StageResult:
     """Stage: write `config.map_path(name)` (item_id, x, y) for each extractor, with a manifest.
 
     The reference extractor ("inception_v3") is mapped first; every other map is aligned onto
@@ -173,6 +175,7 @@ def run_maps(
     # The reference goes first so the others can be aligned onto its fresh map.
     ordered = sorted(dict.fromkeys(extractors), key=lambda name: name != REFERENCE)
     results: dict[str, dict[str, Any]] = {}
+    began = time.perf_counter()
     for name in ordered:
         start = time.perf_counter()
         path = config.map_path(name)
@@ -241,4 +244,16 @@ def run_maps(
             "aligned_to": aligned_to,
             "seconds": seconds,
         }
-    return results
+    return StageResult(
+        STAGE,
+        wrote=tuple(Path(r["path"]) for r in results.values() if not r["skipped"]),
+        rows=len(catalog),
+        seconds=time.perf_counter() - began,
+        skipped=all(r["skipped"] for r in results.values()),
+        note=", ".join(
+            f"{name} trust {r['trustworthiness']:.3f}"
+            for name, r in results.items()
+            if r["trustworthiness"] is not None
+        ),
+        details=results,
+    )

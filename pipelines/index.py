@@ -1,54 +1,18 @@
-"""Reads embeddings, clusters and predicted categories into an in-memory index; writes nothing."""
+"""The in-memory cosine index of one extractor: exact, cluster and category strategies."""
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipelines import ann
-from pipelines.artifacts import artifact_hash, read_manifest
-from pipelines.catalog import catalog_hash, load_catalog
-from pipelines.config import EXTRACTORS, STRATEGIES, Config
+from pipelines import ann, commands
+from pipelines.config import STRATEGIES
 from pipelines.errors import LookalikeError
-
-# The commands that make each input, quoted in error messages so the user can act on them.
-CLUSTER_COMMAND = "python -m pipelines clusters"
-# Predicted categories come from the trained custom CNN's classifier head.
-CATEGORIES_COMMAND = "python -m pipelines train && python -m pipelines embed --extractor custom_cnn"
-# Rows of the (queries x pool) similarity block computed at once: bounds memory to ~64 MB.
-BLOCK_CELLS = 16_000_000
-# A single query's matrix-vector product runs on one BLAS thread up to this matrix size
-# (see `_one_blas_thread`); above it the pass is long enough for a second thread to pay off.
-# Measured by `python -m pipelines bench` on 2 cores: at 1.8 MB one thread cut gemv's p95 from
-# 3.9 to 0.2 ms; at 30 MB and up two threads were faster at the median and p95.
-ONE_THREAD_MAX_BYTES = 8 * 2**20
-# From this many rows, a top-k first drops every similarity below a bound taken from a
-# strided sample of PREFILTER_SAMPLE of them (see `_best_first`); below, it partitions all.
-PREFILTER_MIN_ITEMS = 16_384
-PREFILTER_SAMPLE = 4096
-
-
-def embed_command(extractor: str) -> str:
-    """The command that writes `extractor`'s embeddings."""
-    return f"python -m pipelines embed --extractor {extractor}"
-
-
-def categories_path(config: Config) -> Path:
-    """Predicted categories of the custom CNN's classifier head, row-aligned with the catalog."""
-    return config.categories_path
-
-
-def centroids_path(config: Config, extractor: str) -> Path:
-    """Unit k-means centroids (n_clusters, d) float32, beside the cluster assignments."""
-    return config.clusters_path(extractor).with_name(f"{extractor}_centroids.npy")
+from pipelines.topk import check_k, top_k, unit_queries
 
 
 @dataclass(frozen=True)
@@ -302,17 +266,15 @@ class Index:
             raise LookalikeError(
                 f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
             )
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.size:
-            raise LookalikeError(f"k must be between 1 and {self.size}, got {k}")
-        k = int(k)
-        q = self._prepare_queries(queries)
+        k = check_k(k, self.size)
+        q = unit_queries(queries, self.dim, self.name)
         m = len(q)
         exclude = self._prepare_exclude(exclude_rows, m)
 
         if strategy == "exact":
             if self.approximate:
                 return self.ann_index().search(q, k, exclude_rows=exclude)
-            return _top_k(q, self.vectors, k, exclude)
+            return top_k(q, self.vectors, k, exclude)
 
         keys = self._query_keys(strategy, q, exclude, query_clusters, query_categories)
         pools = self._cluster_pools if strategy == "cluster" else self._category_pools
@@ -330,39 +292,11 @@ class Index:
                 pos = np.searchsorted(members, exclude[which])
                 pos = np.minimum(pos, len(members) - 1)
                 local_exclude = np.where(members[pos] == exclude[which], pos, -1)
-            found, sims = _top_k(q[which], matrix, k, local_exclude)
+            found, sims = top_k(q[which], matrix, k, local_exclude)
             width = found.shape[1]
             out_rows[which, :width] = np.where(found >= 0, members[np.maximum(found, 0)], -1)
             out_sims[which, :width] = sims
         return out_rows, out_sims
-
-    def _prepare_queries(self, queries: np.ndarray) -> np.ndarray:
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or len(q) == 0:
-            raise LookalikeError(
-                f"queries must be a (m, d) matrix or one (d,) vector, got shape {q.shape}"
-            )
-        if q.shape[1] != self.dim:
-            raise LookalikeError(
-                f"query vectors have {q.shape[1]} dims; the {self.name} index has {self.dim} — "
-                f"embed queries with the same extractor as the index"
-            )
-        # A NaN or inf anywhere in a row makes its length non-finite, so one check covers both.
-        if len(q) == 1:  # the app's case: skip the batch machinery, it costs microseconds
-            norm = float(np.sqrt(q[0] @ q[0]))
-            if math.isfinite(norm) and norm > 0:
-                return q / norm
-        norms = np.sqrt(np.einsum("ij,ij->i", q, q))
-        bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-        if len(bad):
-            raise LookalikeError(
-                f"query {int(bad[0])} has zero or non-finite length; cosine search needs a "
-                f"non-zero finite vector — check the image and its embedding"
-            )
-        # Only the queries are normalised; the catalog was normalised once at build time.
-        return q / norms[:, None]
 
     def _prepare_exclude(self, exclude_rows: object, m: int) -> np.ndarray | None:
         if exclude_rows is None:
@@ -395,7 +329,7 @@ class Index:
         m = len(q)
         if strategy == "cluster":
             if self.centroids is None:
-                raise self._missing("cluster", "k-means clusters", f"run `{CLUSTER_COMMAND}`")
+                raise self._missing("cluster", "k-means clusters", f"run `{commands.CLUSTERS}`")
             if query_clusters is None:
                 return np.argmax(q @ self.centroids.T, axis=1).astype(np.int64)
             keys = np.asarray(query_clusters).astype(np.int64).reshape(-1)
@@ -406,7 +340,7 @@ class Index:
             return keys
 
         if self.categories is None:
-            raise self._missing("category", "predicted categories", f"run `{CATEGORIES_COMMAND}`")
+            raise self._missing("category", "predicted categories", f"run `{commands.CATEGORIES}`")
         if query_categories is not None:
             keys = np.asarray(query_categories, dtype=object).reshape(-1)
             if len(keys) != m:
@@ -420,254 +354,3 @@ class Index:
                 "items; pass the custom CNN's predicted category of each query"
             )
         return self.categories[exclude]
-
-
-def _top_k(
-    q: np.ndarray, matrix: np.ndarray, k: int, exclude: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best-first (rows, similarities) of each query among `matrix`'s rows, padded to k.
-
-    One BLAS product per block of queries, then `_best_first` on each row of similarities.
-    Ties go to the lower row, so results do not depend on the partial sort's internals.
-    Padding (row -1, similarity NaN) fills the slots a small pool cannot.
-    """
-    m, n = len(q), len(matrix)
-    width = min(k, n)
-    out_rows = np.full((m, k), -1, dtype=np.int64)
-    out_sims = np.full((m, k), np.nan, dtype=np.float32)
-    if width == 0:
-        return out_rows, out_sims
-    if m == 1:
-        # The app's case: a matrix-vector product, on one BLAS thread while the matrix is
-        # small enough (see ONE_THREAD_MAX_BYTES).
-        with _one_blas_thread() if matrix.nbytes <= ONE_THREAD_MAX_BYTES else nullcontext():
-            sims = (matrix @ q[0])[None]
-        blocks = [(slice(0, 1), sims)]
-    else:
-        step = max(1, BLOCK_CELLS // n)
-        blocks = (
-            (block, q[block] @ matrix.T)
-            for block in (slice(start, min(m, start + step)) for start in range(0, m, step))
-        )
-    for block, sims in blocks:  # sims: (b, n) float32
-        if exclude is not None:
-            ex = exclude[block]
-            hit = np.flatnonzero(ex >= 0)
-            sims[hit, ex[hit]] = -np.inf
-        tops = _best_first_rows(sims, width)
-        for i, top, row_sims in zip(range(block.start, block.stop), tops, sims, strict=True):
-            values = row_sims[top]
-            # The excluded item (similarity -inf) sorts last; drop it rather than return it.
-            keep = ~np.isneginf(values)
-            found = int(keep.sum())
-            out_rows[i, :found] = top[keep]
-            out_sims[i, :found] = values[keep]
-    return out_rows, out_sims
-
-
-def _best_first_rows(sims: np.ndarray, width: int) -> np.ndarray:
-    """`_best_first` of every row of (b, n) `sims`: a (b, width) int64 array.
-
-    Below PREFILTER_MIN_ITEMS columns one partition of the whole block replaces b Python-level
-    calls (at 64 queries x 3.8k items the calls cost more than the matrix product). Rows where
-    ties cross the width-th value, or with NaNs, go through `_best_first` one by one.
-    """
-    b, n = sims.shape
-    if b == 1 or n >= PREFILTER_MIN_ITEMS or width >= n:
-        return np.stack([_best_first(row, width) for row in sims])
-    kth = np.partition(sims, n - width, axis=1)[:, n - width]
-    above = sims >= kth[:, None]
-    simple = above.sum(axis=1) == width
-    out = np.empty((b, width), dtype=np.int64)
-    if simple.any():
-        # np.nonzero walks row by row in column order, so each row's candidates are ascending
-        # and the stable sort hands ties to the lower row.
-        cand = np.nonzero(above[simple])[1].reshape(-1, width)
-        order = np.argsort(-np.take_along_axis(sims[simple], cand, axis=1), axis=1, kind="stable")
-        out[simple] = np.take_along_axis(cand, order, axis=1)
-    for i in np.flatnonzero(~simple):
-        out[i] = _best_first(sims[i], width)
-    return out
-
-
-def _best_first(sims: np.ndarray, width: int) -> np.ndarray:
-    """Indices (int64) of the `width` largest entries of 1-D `sims`, best first, ties to the
-    lower index: what `np.argsort(-sims, kind="stable")[:width]` gives, in O(n).
-
-    Above PREFILTER_MIN_ITEMS a strided sample's width-th largest value is a lower bound of
-    the true width-th largest (a sample cannot hold more entries above a value than the whole),
-    so one vectorised comparison keeps every true top entry (and every tie with it) while
-    leaving about width * n / PREFILTER_SAMPLE candidates for the partial sort instead of n.
-    """
-    n = len(sims)
-    candidates = None  # None: all of 0..n-1
-    values = sims
-    if n >= PREFILTER_MIN_ITEMS and width * 8 <= PREFILTER_SAMPLE:
-        sample = sims[:: n // PREFILTER_SAMPLE]
-        bound = np.partition(sample, len(sample) - width)[len(sample) - width]
-        if bound == bound:  # a NaN bound (NaN similarities) bounds nothing: scan everything
-            candidates = np.flatnonzero(sims >= bound)
-            values = sims[candidates]
-    if width < len(values):
-        # Every entry tied with the width-th largest stays, so the stable sort below can
-        # hand the ties to the lower rows.
-        kth = np.partition(values, len(values) - width)[len(values) - width]
-        keep = np.flatnonzero(values >= kth)
-        candidates = keep if candidates is None else candidates[keep]
-        values = values[keep]
-    order = np.argsort(-values, kind="stable")[:width]
-    return order.astype(np.int64, copy=False) if candidates is None else candidates[order]
-
-
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter: Any = None
-_blas_controller: Any = None
-
-
-@contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """BLAS on one thread for the block (a no-op without threadpoolctl).
-
-    Why: waking a second BLAS thread for one pass over a few tens of MB costs more than it
-    saves, and on a shared machine a busy second core makes it far slower (tens of ms
-    instead of one or two; `python -m pipelines bench`, section exact_search). BLAS's thread
-    count is process-wide, so overlapping blocks from several threads share one limit: the
-    first sets it, the last restores it (a product elsewhere may run on one thread meanwhile).
-    """
-    global _blas_users, _blas_limiter
-    with _blas_lock:
-        if _blas_users == 0:
-            controller = _blas()
-            _blas_limiter = None if controller is None else controller.limit(limits=1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_limiter is not None:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
-
-
-def _blas() -> Any:
-    """threadpoolctl's handle on the loaded BLAS libraries, found once (a scan of the
-    process's shared libraries takes about a millisecond); None without threadpoolctl."""
-    global _blas_controller
-    if _blas_controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-            return None
-        _blas_controller = ThreadpoolController().select(user_api="blas")
-    return _blas_controller
-
-
-def precision_at_k(
-    retrieved_labels: Sequence[object], query_label: object, k: int | None = None
-) -> float:
-    """Share of the first k retrieved items whose label is the query's label.
-
-    Missing results (a pool smaller than k) count as misses; k defaults to the number
-    retrieved. Returns NaN when the query has no label or k is 0.
-    """
-    k = len(retrieved_labels) if k is None else k
-    if k == 0 or query_label is None or pd.isna(query_label):
-        return float("nan")
-    hits = sum(1 for label in list(retrieved_labels)[:k] if label == query_label)
-    return hits / k
-
-
-# --- loading artifacts ---
-def read_catalog(config: Config) -> tuple[pd.DataFrame, str]:
-    """The catalog table (item_id as str) and its content hash; a clear error when missing."""
-    digest = catalog_hash(config)
-    catalog = load_catalog(config)
-    catalog["item_id"] = catalog["item_id"].astype(str)
-    return catalog, digest
-
-
-def read_embeddings(
-    config: Config, extractor: str, n_rows: int | None = None
-) -> tuple[np.ndarray, str]:
-    """`extractor`'s (n, d) float32 embeddings and their content hash, without TensorFlow.
-
-    Parameters
-    ----------
-    n_rows : the catalog's row count; a different number of rows is an error (stale file).
-    """
-    if extractor not in EXTRACTORS:
-        raise LookalikeError(
-            f"unknown extractor {extractor!r}; valid extractors: {', '.join(EXTRACTORS)}"
-        )
-    path = config.embeddings_path(extractor)
-    digest = artifact_hash(path, embed_command(extractor))
-    vectors = np.load(path)
-    if vectors.ndim != 2:
-        raise LookalikeError(
-            f"{path} should be an (n, d) matrix, got shape {vectors.shape} — "
-            f"rebuild it with `{embed_command(extractor)} --force`"
-        )
-    if n_rows is not None and len(vectors) != n_rows:
-        raise LookalikeError(
-            f"{path} has {len(vectors)} rows but the catalog has {n_rows} — "
-            f"rerun `{embed_command(extractor)}`"
-        )
-    return np.ascontiguousarray(vectors, dtype=np.float32), digest
-
-
-def load_index(config: Config, extractor: str) -> Index:
-    """Build the `extractor` index from the artifacts: embeddings, and clusters and predicted
-    categories when they exist and match the catalog (otherwise the reason is kept and shown
-    if that strategy is asked for)."""
-    catalog, _ = read_catalog(config)
-    item_ids = catalog["item_id"].to_numpy()
-    vectors, vectors_hash = read_embeddings(config, extractor, n_rows=len(catalog))
-    unavailable: dict[str, str] = {}
-
-    clusters = centroids = None
-    cluster_file, centroid_file = config.clusters_path(extractor), centroids_path(config, extractor)
-    if not (cluster_file.exists() and centroid_file.exists()):
-        unavailable["cluster"] = f"{cluster_file} is missing — run `{CLUSTER_COMMAND}`"
-    else:
-        table = pd.read_parquet(cluster_file)
-        manifest = read_manifest(cluster_file) or {}
-        made_from = manifest.get("inputs", {}).get(f"embeddings/{extractor}")
-        if table["item_id"].astype(str).tolist() != item_ids.tolist():
-            unavailable["cluster"] = (
-                f"{cluster_file} does not match the catalog — rerun `{CLUSTER_COMMAND}`"
-            )
-        elif made_from != vectors_hash:
-            unavailable["cluster"] = (
-                f"{cluster_file} was built from other embeddings — rerun `{CLUSTER_COMMAND}`"
-            )
-        else:
-            clusters = table["cluster"].to_numpy(np.int64)
-            centroids = np.load(centroid_file)
-
-    categories = None
-    category_file = categories_path(config)
-    if not category_file.exists():
-        unavailable["category"] = (
-            f"{category_file} is missing — it comes from the custom CNN, which needs a labelled "
-            f"catalog: run `{CATEGORIES_COMMAND}`"
-        )
-    else:
-        table = pd.read_parquet(category_file)
-        if table["item_id"].astype(str).tolist() != item_ids.tolist():
-            unavailable["category"] = (
-                f"{category_file} does not match the catalog — rerun `{CATEGORIES_COMMAND}`"
-            )
-        else:
-            categories = table["predicted"].to_numpy(dtype=object)
-
-    return Index(
-        vectors,
-        item_ids,
-        name=extractor,
-        clusters=clusters,
-        centroids=centroids,
-        categories=categories,
-        unavailable=unavailable,
-    )

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.artifacts import read_manifest, write_manifest, write_npy, write_parquet
 from pipelines.config import Config
-from pipelines.project import align_procrustes, compute_map, map_trustworthiness, run_maps
+from pipelines.maps import align_procrustes, compute_map, map_trustworthiness, run_maps
 from tests.conftest import blobs as conftest_blobs
 from tests.conftest import unit
 
@@ -101,8 +101,8 @@ def test_run_maps_writes_aligned_maps_and_skips_when_unchanged(tmp_path, mapped)
 
     # Asked in the other order: the reference map is still made first.
     result = run_maps(config, ["custom_cnn", "inception_v3"])
-    assert result["custom_cnn"]["aligned_to"] == "inception_v3"
-    assert result["inception_v3"]["aligned_to"] is None
+    assert result.details["custom_cnn"]["aligned_to"] == "inception_v3"
+    assert result.details["inception_v3"]["aligned_to"] is None
     maps = {}
     for name in ("inception_v3", "custom_cnn"):
         path = config.map_path(name)
@@ -111,7 +111,7 @@ def test_run_maps_writes_aligned_maps_and_skips_when_unchanged(tmp_path, mapped)
         assert table["item_id"].tolist() == catalog["item_id"].tolist()
         assert table["x"].dtype == np.float32
         manifest = read_manifest(path)
-        assert manifest["stage"] == "map" and manifest["rows"] == len(catalog)
+        assert manifest["stage"] == "maps" and manifest["rows"] == len(catalog)
         assert manifest["params"]["pca_dims"] == 10 and manifest["params"]["metric"] == "cosine"
         assert 0.5 < manifest["trustworthiness"] <= 1.0
     assert "maps/inception_v3" in read_manifest(config.map_path("custom_cnn"))["inputs"]
@@ -121,11 +121,12 @@ def test_run_maps_writes_aligned_maps_and_skips_when_unchanged(tmp_path, mapped)
 
     before = config.map_path("custom_cnn").stat().st_mtime_ns
     again = run_maps(config)
-    assert all(r["skipped"] for r in again.values())
+    assert again.skipped and not again.wrote
     assert config.map_path("custom_cnn").stat().st_mtime_ns == before
 
     # New embeddings make the map stale.
     write_npy(unit(vectors[:, 3:15]), config.embeddings_path("custom_cnn"))
     write_manifest(config.embeddings_path("custom_cnn"), "embed", {}, {})
     changed = run_maps(config)
-    assert changed["inception_v3"]["skipped"] and not changed["custom_cnn"]["skipped"]
+    assert changed.details["inception_v3"]["skipped"]
+    assert not changed.details["custom_cnn"]["skipped"]

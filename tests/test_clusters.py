@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 
 from pipelines.artifacts import read_manifest, write_manifest, write_npy, write_parquet
-from pipelines.cluster import cluster_summary, kmeans, overall_purity, run_clusters, summary_path
+from pipelines.clusters import cluster_summary, kmeans, overall_purity, run_clusters, summary_path
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.search import centroids_path
 from tests.conftest import blobs as conftest_blobs
 from tests.conftest import unit
 
@@ -102,25 +101,25 @@ def test_run_clusters_writes_aligned_tables_and_skips_when_unchanged(tmp_path):
 
     result = run_clusters(config)
     for name in ("inception_v3", "custom_cnn"):
-        assert not result[name]["skipped"]
+        assert not result.details[name]["skipped"]
         table = pd.read_parquet(config.clusters_path(name))
         assert table["item_id"].tolist() == catalog["item_id"].tolist()
         assert table["cluster"].dtype == np.int32
-        summary = pd.read_parquet(summary_path(config, name))
+        summary = pd.read_parquet(config.cluster_summary_path(name))
         assert summary["size"].sum() == len(catalog)
-        centroids = np.load(centroids_path(config, name))
+        centroids = np.load(config.centroids_path(name))
         assert centroids.dtype == np.float32 and len(centroids) == 4
         manifest = read_manifest(config.clusters_path(name))
-        assert manifest["stage"] == "cluster" and manifest["params"]["n_clusters"] == 4
+        assert manifest["stage"] == "clusters" and manifest["params"]["n_clusters"] == 4
         assert set(manifest["inputs"]) == {"catalog", f"embeddings/{name}"}
-    assert result["inception_v3"]["purity"] == 1.0
+    assert result.details["inception_v3"]["purity"] == 1.0
 
     before = config.clusters_path("inception_v3").stat().st_mtime_ns
     again = run_clusters(config)
-    assert all(r["skipped"] for r in again.values())
-    assert again["inception_v3"]["purity"] == 1.0
+    assert again.skipped and not again.wrote
+    assert again.details["inception_v3"]["purity"] == 1.0
     assert config.clusters_path("inception_v3").stat().st_mtime_ns == before
-    assert not run_clusters(config, ["inception_v3"], force=True)["inception_v3"]["skipped"]
+    assert not run_clusters(config, ["inception_v3"], force=True).details["inception_v3"]["skipped"]
 
 
 def test_run_clusters_on_an_unlabelled_catalog(tmp_path):
@@ -128,8 +127,8 @@ def test_run_clusters_on_an_unlabelled_catalog(tmp_path):
     vectors, _ = blobs(sizes=(5, 5))
     write_inputs(config, vectors, [None] * 10)
     result = run_clusters(config, ["inception_v3"])
-    assert result["inception_v3"]["purity"] is None
-    assert result["inception_v3"]["n_clusters"] == 10
+    assert result.details["inception_v3"]["purity"] is None
+    assert result.details["inception_v3"]["n_clusters"] == 10
     assert pd.read_parquet(summary_path(config, "inception_v3"))["top_label"].isna().all()
 
 

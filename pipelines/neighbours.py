@@ -1,0 +1,150 @@
+"""Neighbours of a catalog item or an outside vector as tables the app and the service show:
+rank, item, similarity, label, thumbnail. Reads an `Index` and the catalog; writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines import commands
+from pipelines.config import STRATEGIES
+from pipelines.errors import LookalikeError
+from pipelines.index import Index, SearchResult
+from pipelines.metrics import precision_at_k
+from pipelines.topk import check_k
+
+NEIGHBOUR_COLUMNS = ["rank", "item_id", "similarity", "label", "thumb"]
+
+
+def resolve_strategy(index: Index, strategy: str) -> tuple[str, str | None]:
+    """The strategy to use on `index`: `strategy` when the index has its data, otherwise
+    "exact" and a note saying why (for example clusters not built yet)."""
+    if strategy not in STRATEGIES:
+        raise LookalikeError(
+            f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
+        )
+    if strategy in index.strategies:
+        return strategy, None
+    reason = index.unavailable.get(strategy, "its data is missing")
+    return "exact", f"the {strategy} strategy is unavailable ({reason}); showing exact search"
+
+
+def neighbours_table(
+    result: SearchResult, catalog: pd.DataFrame, artifacts_dir: Path | None = None
+) -> pd.DataFrame:
+    """A search result as a table for grids and charts.
+
+    Parameters
+    ----------
+    result : from `Index.search`; its rows are catalog rows.
+    catalog : the catalog the index was built from (same row order).
+    artifacts_dir : to make thumbnail paths absolute; None uses `thumb_file` when present, or
+        the catalog's relative `thumb`.
+
+    Returns
+    -------
+    DataFrame with NEIGHBOUR_COLUMNS: rank (1 = most similar), item_id, similarity (cosine,
+    float), label, thumb (path of the thumbnail).
+    """
+    rows = np.asarray(result.rows, dtype=np.int64)
+    if len(rows) and rows.max() >= len(catalog):
+        raise LookalikeError(
+            f"search returned catalog row {int(rows.max())} but the catalog has {len(catalog)} "
+            f"rows — the index and catalog are out of step; rerun `{commands.RUN}`"
+        )
+    labels = catalog["label"].to_numpy(dtype=object) if "label" in catalog.columns else None
+    if artifacts_dir is not None:
+        thumbs = [str(Path(artifacts_dir) / t) for t in catalog["thumb"].to_numpy()[rows]]
+    elif "thumb_file" in catalog.columns:
+        thumbs = list(catalog["thumb_file"].to_numpy()[rows])
+    else:
+        thumbs = list(catalog["thumb"].to_numpy()[rows])
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(rows) + 1),
+            "item_id": np.asarray(result.item_ids, dtype=object).astype(str),
+            "similarity": np.asarray(result.similarities, dtype=np.float64),
+            "label": [None] * len(rows) if labels is None else labels[rows],
+            "thumb": thumbs,
+        },
+        columns=NEIGHBOUR_COLUMNS,
+    )
+
+
+def item_neighbours(
+    index: Index,
+    catalog: pd.DataFrame,
+    item_id: str,
+    k: int,
+    strategy: str = "exact",
+    artifacts_dir: Path | None = None,
+) -> pd.DataFrame:
+    """The k nearest catalog items of a catalog item (never itself), best first.
+
+    Parameters
+    ----------
+    index : the extractor's index (row i = catalog row i).
+    catalog : the catalog, see `neighbours_table`.
+    item_id : the query item.
+    k : wanted neighbours, clipped to the catalog size minus one.
+    strategy : one of STRATEGIES; the cluster strategy searches the item's own cluster, the
+        category strategy the items with its predicted category.
+    artifacts_dir : see `neighbours_table`.
+
+    Returns
+    -------
+    The `neighbours_table` (fewer than k rows when the strategy's pool is smaller).
+    """
+    row = index.rows_of([item_id])
+    k = clip_k(k, index.size - 1)
+    clusters = None
+    if strategy == "cluster" and index.clusters is not None:
+        clusters = index.clusters[row]
+    result = index.search(
+        index.vectors[row], k, strategy, exclude_rows=row, query_clusters=clusters
+    )[0]
+    return neighbours_table(result, catalog, artifacts_dir)
+
+
+def vector_neighbours(
+    index: Index,
+    catalog: pd.DataFrame,
+    vector: np.ndarray,
+    k: int,
+    strategy: str = "exact",
+    category: str | None = None,
+    artifacts_dir: Path | None = None,
+) -> pd.DataFrame:
+    """The k nearest catalog items of an outside vector (an upload), best first.
+
+    Parameters
+    ----------
+    vector : (d,) embedding from the index's extractor.
+    category : the query's predicted category; needed by the category strategy.
+    Other parameters as in `item_neighbours`.
+    """
+    k = clip_k(k, index.size)
+    if strategy == "category" and category is None:
+        raise LookalikeError(
+            "the category strategy needs the photo's predicted category, and the custom CNN "
+            "gave none (it has no classifier head) — choose the exact or cluster strategy"
+        )
+    categories = [category] if strategy == "category" else None
+    result = index.search(vector, k, strategy, query_categories=categories)[0]
+    return neighbours_table(result, catalog, artifacts_dir)
+
+
+def clip_k(k: int, most: int) -> int:
+    """`k` checked (`check_k`) and clipped to `most`, the items a query can have as
+    neighbours; a catalog too small for any neighbour is an error."""
+    if most < 1:
+        raise LookalikeError("the catalog needs at least two items to find neighbours")
+    return min(check_k(k), most)
+
+
+def query_precision(neighbours: pd.DataFrame, query_label: object, k: int) -> float:
+    """Precision@k of one query against its own label: the share of its first k neighbours
+    with that label (missing neighbours count as misses; NaN when the query has no label)."""
+    return precision_at_k(neighbours["label"].tolist(), query_label, k)

@@ -1,0 +1,43 @@
+"""The one result every stage returns: what it wrote, how many rows, how long, skipped or not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage run did; `run` prints it and tests read it.
+
+    Attributes
+    ----------
+    stage : the CLI name of the stage ("catalog", "train", "embed", "maps", ...).
+    wrote : the artifacts written (empty when skipped).
+    rows : catalog rows covered (None when not meaningful).
+    seconds : wall time of the call.
+    skipped : True when everything was up to date and nothing was written.
+    note : one short line for the run table (e.g. "val accuracy 0.806").
+    details : stage-specific numbers (per extractor, throughput, metrics, ...).
+    """
+
+    stage: str
+    wrote: tuple[Path, ...] = ()
+    rows: int | None = None
+    seconds: float = 0.0
+    skipped: bool = False
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for the run table: 'up to date' or what was written, plus the note."""
+        if self.skipped:
+            state = "up to date"
+        else:
+            names = ", ".join(p.name for p in self.wrote[:3])
+            more = f" (+{len(self.wrote) - 3})" if len(self.wrote) > 3 else ""
+            state = f"wrote {names}{more}" if self.wrote else "done"
+        rows = f", {self.rows:,} rows" if self.rows is not None else ""
+        note = f", {self.note}" if self.note else ""
+        return f"{state}{rows}{note}"
