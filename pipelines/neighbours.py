@@ -10,6 +10,8 @@ import pandas as pd
 
 from pipelines import commands
 from pipelines.config import STRATEGIES
+from pipelines.diversity import diversify_table
+from pipelines.diversity import pool_size as diversity_pool_size
 from pipelines.errors import LookalikeError
 from pipelines.index import Index, SearchResult
 from pipelines.metrics import precision_at_k
@@ -80,6 +82,8 @@ def item_neighbours(
     k: int,
     strategy: str = "exact",
     artifacts_dir: Path | None = None,
+    *,
+    diversity: float = 0.0,
 ) -> pd.DataFrame:
     """The k nearest catalog items of a catalog item (never itself), best first.
 
@@ -92,6 +96,9 @@ def item_neighbours(
     strategy : one of STRATEGIES; the cluster strategy searches the item's own cluster, the
         category strategy the items with its predicted category.
     artifacts_dir : see `neighbours_table`.
+    diversity : 0 (default) gives plain nearest neighbours; above 0 (up to 1) re-ranks the
+        nearest `diversity.pool_size` candidates by maximal marginal relevance
+        (`pipelines.diversity.mmr_order`), so near-duplicates do not fill the list.
 
     Returns
     -------
@@ -99,13 +106,14 @@ def item_neighbours(
     """
     row = index.rows_of([item_id])
     k = clip_k(k, index.size - 1)
+    pool = diversity_pool_size(k, diversity, index.size - 1)
     clusters = None
     if strategy == "cluster" and index.clusters is not None:
         clusters = index.clusters[row]
     result = index.search(
-        index.vectors[row], k, strategy, exclude_rows=row, query_clusters=clusters
+        index.vectors[row], pool, strategy, exclude_rows=row, query_clusters=clusters
     )[0]
-    return neighbours_table(result, catalog, artifacts_dir)
+    return diversify_table(neighbours_table(result, catalog, artifacts_dir), index, k, diversity)
 
 
 def vector_neighbours(
@@ -116,6 +124,8 @@ def vector_neighbours(
     strategy: str = "exact",
     category: str | None = None,
     artifacts_dir: Path | None = None,
+    *,
+    diversity: float = 0.0,
 ) -> pd.DataFrame:
     """The k nearest catalog items of an outside vector (an upload), best first.
 
@@ -123,17 +133,18 @@ def vector_neighbours(
     ----------
     vector : (d,) embedding from the index's extractor.
     category : the query's predicted category; needed by the category strategy.
-    Other parameters as in `item_neighbours`.
+    Other parameters (diversity included) as in `item_neighbours`.
     """
     k = clip_k(k, index.size)
+    pool = diversity_pool_size(k, diversity, index.size)
     if strategy == "category" and category is None:
         raise LookalikeError(
             "the category strategy needs the photo's predicted category, and the custom CNN "
             "gave none (it has no classifier head) — choose the exact or cluster strategy"
         )
     categories = [category] if strategy == "category" else None
-    result = index.search(vector, k, strategy, query_categories=categories)[0]
-    return neighbours_table(result, catalog, artifacts_dir)
+    result = index.search(vector, pool, strategy, query_categories=categories)[0]
+    return diversify_table(neighbours_table(result, catalog, artifacts_dir), index, k, diversity)
 
 
 def clip_k(k: int, most: int) -> int:
