@@ -87,33 +87,23 @@ class Config:
             object.__setattr__(self, "source", Path(self.source))
         _check_choice("source_format", self.source_format, SOURCE_FORMATS)
         _check_choice("inception_weights", self.inception_weights, ("fid", "keras"))
-        for name in (
-            "max_pixels",
-            "thumb_size",
-            "batch_size",
-            "chunk_size",
-            "cnn_image_size",
-            "cnn_embedding_dim",
-            "cnn_epochs",
-            "map_pca_dims",
-            "map_neighbors",
-            "n_clusters",
-            "max_k",
-        ):
+        for name, low in _WHOLE_MINIMUMS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise LookalikeError(f"{name} must be a whole number >= 1, got {value!r}")
-        if self.cnn_patience < 0:
-            raise LookalikeError(f"cnn_patience must be >= 0, got {self.cnn_patience}")
-        if not 0 < self.cnn_learning_rate < 1:
-            raise LookalikeError(
-                f"cnn_learning_rate must be between 0 and 1, got {self.cnn_learning_rate}"
-            )
-        if not 0 <= self.map_min_dist <= 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise LookalikeError(f"{name} must be a whole number >= {low}, got {value!r}")
+        for name, (low, high) in _OPEN_RANGES.items():
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not low < value < high:  # NaN fails too
+                raise LookalikeError(
+                    f"{name} must be a number above {low} and below {high}, got {value!r}"
+                )
+        if not isinstance(self.map_min_dist, int | float) or not 0 <= self.map_min_dist <= 1:
             raise LookalikeError(f"map_min_dist must be between 0 and 1, got {self.map_min_dist}")
-        if self.map_neighbors < 2:
-            raise LookalikeError(f"map_neighbors must be >= 2, got {self.map_neighbors}")
-        if not self.eval_ks or any(k < 1 for k in self.eval_ks):
+        if (
+            not self.eval_ks
+            or not all(isinstance(k, int) and not isinstance(k, bool) for k in self.eval_ks)
+            or min(self.eval_ks) < 1
+        ):
             raise LookalikeError(f"eval_ks must be whole numbers >= 1, got {self.eval_ks}")
 
     def replace(self, **changes: Any) -> Config:
@@ -201,6 +191,30 @@ class Config:
     @property
     def bench_dir(self) -> Path:
         return self.artifacts_dir / "bench"
+
+
+# Whole-number settings and their smallest valid value. The custom CNN's stem and three
+# stride-2 stages need at least 32 px; UMAP needs two neighbours.
+_WHOLE_MINIMUMS = {
+    "max_pixels": 1,
+    "thumb_size": 16,
+    "batch_size": 1,
+    "chunk_size": 1,
+    "cnn_image_size": 32,
+    "cnn_embedding_dim": 2,
+    "cnn_epochs": 1,
+    "cnn_patience": 0,
+    "map_pca_dims": 2,
+    "map_neighbors": 2,
+    "n_clusters": 1,
+    "max_k": 1,
+    "seed": 0,
+}
+# Real-valued settings and their open interval (a NaN or infinity is outside every one).
+_OPEN_RANGES = {
+    "cnn_learning_rate": (0.0, 1.0),
+    "cnn_time_budget_s": (0.0, 7 * 24 * 3600.0),
+}
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -17,7 +17,8 @@ CATALOG_PARTS = ("catalog", "embeddings", "maps", "clusters", "models", "metrics
 def app_config(config: Config | None = None) -> Config:
     """The settings the app runs with: `config` (default `Config()`, which honours
     $LOOKALIKE_ARTIFACTS) with the custom CNN's input size and width taken from the trained
-    model's manifest, so live uploads are embedded exactly as the model was trained.
+    model's manifest, and InceptionV3's weights source from its embeddings' manifest, so live
+    uploads are embedded exactly as the catalog was.
 
     Parameters
     ----------
@@ -34,6 +35,10 @@ def app_config(config: Config | None = None) -> Config:
         changes["cnn_image_size"] = manifest["image_size"]
     if isinstance(manifest.get("embedding_dim"), int):
         changes["cnn_embedding_dim"] = manifest["embedding_dim"]
+    embedded = read_manifest(config.embeddings_path("inception_v3")) or {}
+    weights = (embedded.get("params") or {}).get("weights")
+    if weights in ("fid", "keras"):
+        changes["inception_weights"] = weights
     return config.replace(**changes) if changes else config
 
 

@@ -82,7 +82,7 @@ def test_wrong_dimension_is_rejected(small):
 
 
 def test_zero_query_is_rejected(small):
-    with pytest.raises(LookalikeError, match="non-zero finite length"):
+    with pytest.raises(LookalikeError, match="zero or non-finite length"):
         small.search(np.zeros(16, dtype=np.float32), 3)
 
 

