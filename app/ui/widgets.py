@@ -25,6 +25,9 @@ STRATEGY_NAMES = {
     "cluster": "cluster (query's k-means cluster)",
     "category": "category (predicted category)",
 }
+# Sidebar labels, spelled once: tests and the benchmark find the widgets by them.
+EXTRACTOR_LABEL = "Extractor"
+K_LABEL = "Neighbours (k)"
 GRID_COLUMNS = 6
 # Thumbnails a grid shows at most; a larger selection says how many it left out.
 GRID_LIMIT = 60
@@ -70,7 +73,7 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
     with st.sidebar:
         st.header("Settings")
         st.selectbox(
-            "Extractor",
+            EXTRACTOR_LABEL,
             EXTRACTORS,
             format_func=lambda n: EXTRACTOR_NAMES.get(n, n),
             key="sidebar_extractor",
@@ -78,7 +81,7 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
             args=("extractor",),
         )
         st.slider(
-            "Neighbours (k)",
+            K_LABEL,
             1,
             top,
             key="sidebar_k",
