@@ -58,9 +58,55 @@ def _run(config: Config, args: argparse.Namespace) -> Any:
 
 
 def _bench(config: Config, args: argparse.Namespace) -> Any:
+    if args.api:
+        from pipelines.serve.loadtest import run_loadtest
+
+        return run_loadtest(config, quick=args.quick)
     from pipelines.bench import run_bench
 
     return run_bench(config, quick=args.quick)
+
+
+def _serve(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.serve import run_server
+
+    return run_server(config, host=args.host, port=args.port, embed_mode=args.embed_mode)
+
+
+def _neighbours(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.export import run_neighbours
+
+    return run_neighbours(config, args.extractor, k=args.k, fmt=args.out_format, force=args.force)
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    parser.add_argument(
+        "--embed-mode",
+        choices=("lock", "batch"),
+        default="lock",
+        help="concurrent uploads: one at a time per model (lock) or micro-batched (batch)",
+    )
+
+
+def _neighbours_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k", type=int, default=20, help="neighbours per item (default: 20)")
+    parser.add_argument(
+        "--format",
+        dest="out_format",
+        choices=("parquet", "csv"),
+        default="parquet",
+        help="table format (default: parquet)",
+    )
+
+
+def _api(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api",
+        action="store_true",
+        help="load-test the HTTP API instead (pipelines/serve/loadtest.py; loopback only)",
+    )
 
 
 def _extractors(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +205,17 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "speed, memory and scale of every stage against the memory floor and peers, into "
         "artifacts/bench/results.json (prints a table)",
         _bench,
-        [_quick],
+        [_quick, _api],
+    ),
+    "serve": (
+        "the similar-items HTTP API over the artifacts (FastAPI; OpenAPI docs at /docs)",
+        _serve,
+        [_serve_options],
+    ),
+    "neighbours": (
+        "every catalog item's top-k neighbours into artifacts/neighbours/<extractor>.parquet",
+        _neighbours,
+        [_extractors, _neighbours_options],
     ),
 }
 

@@ -20,6 +20,8 @@ TRAIN = stage("train")
 MAPS = stage("maps")
 CLUSTERS = stage("clusters")
 EVALUATE = stage("evaluate")
+SERVE = stage("serve")
+NEIGHBOURS = stage("neighbours")
 
 
 def embed(extractor: str | None = None, force: bool = False) -> str:

@@ -1,0 +1,25 @@
+"""The similar-items HTTP API: reads the artifacts `run` wrote (through the same engine
+functions as the app) and answers storefront queries; writes nothing."""
+
+from __future__ import annotations
+
+import os
+
+from pipelines.config import Config
+
+API_KEY_ENV = "LOOKALIKE_API_KEY"
+
+
+def run_server(
+    config: Config, host: str = "127.0.0.1", port: int = 8000, embed_mode: str = "lock"
+) -> None:
+    """Serve the API with uvicorn until interrupted (binds loopback unless `host` says
+    otherwise). With $LOOKALIKE_API_KEY set, every endpoint but /health needs
+    `Authorization: Bearer <key>`."""
+    import uvicorn
+
+    from pipelines.serve.app import create_app
+
+    app = create_app(config, api_key=os.environ.get(API_KEY_ENV) or None, embed_mode=embed_mode)
+    print(f"serving {config.artifacts_dir} on http://{host}:{port} (docs at /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

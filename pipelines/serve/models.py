@@ -1,0 +1,98 @@
+"""The API's request and response shapes (pydantic): what /docs shows and what clients get."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Neighbour(BaseModel):
+    """One similar catalog item; the item's public catalog columns (split, width, ...) follow
+    the fixed fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rank: int = Field(description="1 = most similar")
+    item_id: str
+    similarity: float = Field(description="cosine similarity to the query")
+    label: str | None = None
+    thumbnail_url: str = Field(description="GET this for the item's JPEG thumbnail")
+
+
+class Neighbours(BaseModel):
+    """The one response shape of every search: a query and its neighbours, best first."""
+
+    query: str = Field(description="the catalog item id or the photo's file name")
+    extractor: str
+    strategy: str = Field(description="the strategy used (exact when the asked one lacks data)")
+    k: int
+    took_ms: float
+    note: str | None = Field(None, description="why the asked strategy was replaced, if it was")
+    results: list[Neighbour]
+
+
+class Item(BaseModel):
+    """One catalog row (public columns) and its thumbnail URL."""
+
+    model_config = ConfigDict(extra="allow")
+
+    item_id: str
+    label: str | None = None
+    thumbnail_url: str
+
+
+class PhotoResult(BaseModel):
+    """One uploaded photo: its predicted category and its neighbours per extractor."""
+
+    name: str
+    category: str | None = Field(None, description="the custom CNN's predicted category")
+    confidence: float | None = None
+    error: str | None = Field(None, description="why the photo could not be used")
+    searches: list[Neighbours] = Field(default_factory=list)
+
+
+class CategoryCount(BaseModel):
+    """How many of the photos got one predicted category."""
+
+    category: str
+    count: int
+
+
+class SearchResponse(BaseModel):
+    """Every photo's result, and the set's most common predicted categories (at most 3)."""
+
+    took_ms: float
+    photos: list[PhotoResult]
+    top_categories: list[CategoryCount]
+
+
+class ExtractorInfo(BaseModel):
+    """An extractor the service can search with."""
+
+    name: str
+    dim: int = Field(description="embedding width")
+    strategies: list[str] = Field(description="strategies with their data built")
+    unavailable: dict[str, str] = Field(description="strategy -> why it falls back to exact")
+    approximate: bool = Field(description="exact search goes through the ANN index")
+    model_loaded: bool = Field(description="photos can be embedded (POST /search)")
+    model_error: str | None = None
+
+
+class StrategyInfo(BaseModel):
+    """A search strategy and what it searches."""
+
+    name: str
+    description: str
+
+
+class Health(BaseModel):
+    """Whether the service can answer, and from which build."""
+
+    ok: bool
+    artifacts: str
+    artifacts_present: bool
+    catalog_size: int
+    built: str | None = Field(None, description="the catalog's build time (manifest)")
+    extractors_loaded: list[str]
+    reloads: int = Field(description="times new artifacts were swapped in since start")
+    error: str | None = Field(None, description="why the latest (re)load failed, if it did")
+    embed_mode: str
