@@ -6,8 +6,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from pipelines.artifacts import write_manifest, write_npy, write_parquet
 from pipelines.config import DEFAULT_SOURCE, Config
 
 CLOTHING = DEFAULT_SOURCE
@@ -59,6 +61,34 @@ def blobs(
     centers = unit(rng.normal(size=(len(sizes), d)))
     labels = np.repeat(np.arange(len(sizes)), sizes)
     return unit(centers[labels] + noise * rng.normal(size=(len(labels), d))), labels
+
+
+def write_vector_artifacts(
+    config: Config,
+    embeddings: dict[str, np.ndarray],
+    labels=None,
+    splits=None,
+) -> pd.DataFrame:
+    """A catalog of n fake items (item000, ...) and the given (n, d) embeddings per extractor,
+    each with a manifest, as the catalog and embed stages would leave them. `labels` and
+    `splits` default to missing values. Returns the catalog."""
+    n = len(next(iter(embeddings.values())))
+    catalog = pd.DataFrame(
+        {
+            "item_id": [f"item{i:03d}" for i in range(n)],
+            "path": [f"img/{i}.jpg" for i in range(n)],
+            "label": pd.Series([None] * n if labels is None else list(labels), dtype=object),
+            "split": pd.Series([None] * n if splits is None else list(splits), dtype=object),
+            "width": 64,
+            "height": 64,
+        }
+    )
+    write_parquet(catalog, config.catalog_path)
+    write_manifest(config.catalog_path, "catalog", {}, {})
+    for name, vectors in embeddings.items():
+        write_npy(np.asarray(vectors, dtype=np.float32), config.embeddings_path(name))
+        write_manifest(config.embeddings_path(name), "embed", {}, {})
+    return catalog
 
 
 def build_small_pipeline(root: Path, labels: list[str]) -> Config:

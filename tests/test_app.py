@@ -69,6 +69,14 @@ def metric(at: AppTest, label_start: str) -> str:
     return value
 
 
+def shown_precision(at: AppTest, catalog: pd.DataFrame) -> str:
+    """Precision@k recomputed from the neighbour table on screen and the query's label, in
+    the metric's format: what the Precision metric must say."""
+    query_label = catalog.set_index("item_id").loc[at.session_state["query_id"], "label"]
+    (table,) = shown_tables(at)
+    return f"{(table['label'] == query_label).mean():.2f}"
+
+
 # --------------------------------------------------------------------------- every page
 
 
@@ -81,7 +89,7 @@ def test_every_page_renders_concrete_values(app: AppTest, catalog: pd.DataFrame)
 
     open_page(at, "search")
     assert len(neighbour_captions(at)) == 10  # the default k
-    assert metric(at, "Precision@10") not in ("", "n/a")
+    assert metric(at, "Precision@10") == shown_precision(at, catalog)
 
     open_page(at, "compare")
     assert 0 <= float(metric(at, "Jaccard@10")) <= 1
@@ -143,12 +151,12 @@ def test_a_map_selection_fills_the_thumbnail_grid(app: AppTest, catalog: pd.Data
 # --------------------------------------------------------------------------- search
 
 
-def test_search_shows_exactly_k_neighbours(app: AppTest) -> None:
+def test_search_shows_exactly_k_neighbours(app: AppTest, catalog: pd.DataFrame) -> None:
     at = open_page(app, "search")
     at.slider(key="sidebar_k").set_value(5).run()
     assert len(neighbour_captions(at)) == 5
     assert len(shown_tables(at)[0]) == 5
-    assert metric(at, "Precision@5")
+    assert metric(at, "Precision@5") == shown_precision(at, catalog)
     at.slider(key="sidebar_k").set_value(8).run()
     assert len(neighbour_captions(at)) == 8
     # The setting persists across pages (session state, not the widget's own state).

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.artifacts import read_manifest, write_manifest, write_npy, write_parquet
+from pipelines.artifacts import read_manifest
 from pipelines.clusters import cluster_summary, kmeans, overall_purity, run_clusters, summary_path
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from tests.conftest import blobs as conftest_blobs
-from tests.conftest import unit
+from tests.conftest import unit, write_vector_artifacts
 
 
 def blobs(sizes=(12, 10, 8, 6), d: int = 24, noise: float = 0.05, seed: int = 0):
@@ -74,24 +74,9 @@ def test_cluster_summary_without_labels():
 
 # --- the stage ---
 def write_inputs(config: Config, vectors: np.ndarray, labels) -> pd.DataFrame:
-    n = len(vectors)
-    catalog = pd.DataFrame(
-        {
-            "item_id": [f"item{i:03d}" for i in range(n)],
-            "path": [f"img/{i}.jpg" for i in range(n)],
-            "label": pd.Series(labels, dtype=object),
-            "split": pd.NA,
-            "width": 64,
-            "height": 64,
-        }
-    )
-    write_parquet(catalog, config.catalog_path)
-    write_manifest(config.catalog_path, "catalog", {}, {})
-    for name, dims in (("inception_v3", None), ("custom_cnn", 8)):
-        array = vectors if dims is None else unit(vectors[:, :dims])
-        write_npy(array, config.embeddings_path(name))
-        write_manifest(config.embeddings_path(name), "embed", {}, {})
-    return catalog
+    """Both extractors: the blobs, and their first 8 dims (a narrower extractor)."""
+    embeddings = {"inception_v3": vectors, "custom_cnn": unit(vectors[:, :8])}
+    return write_vector_artifacts(config, embeddings, labels=labels)
 
 
 def test_run_clusters_writes_aligned_tables_and_skips_when_unchanged(tmp_path):

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.artifacts import read_manifest, write_manifest, write_npy, write_parquet
+from pipelines.artifacts import read_manifest, write_manifest, write_npy
 from pipelines.config import Config
 from pipelines.maps import align_procrustes, compute_map, map_trustworthiness, run_maps
 from tests.conftest import blobs as conftest_blobs
-from tests.conftest import unit
+from tests.conftest import unit, write_vector_artifacts
 
 # Small settings keep each UMAP run about a second once numba has compiled.
 MAP = {"pca_dims": 10, "n_neighbors": 10, "min_dist": 0.1, "seed": 0}
@@ -75,23 +75,8 @@ def test_procrustes_recovers_a_rotated_scaled_shifted_reflected_copy():
 
 # --- the stage ---
 def write_inputs(config: Config, vectors: np.ndarray) -> pd.DataFrame:
-    n = len(vectors)
-    catalog = pd.DataFrame(
-        {
-            "item_id": [f"item{i:03d}" for i in range(n)],
-            "path": [f"img/{i}.jpg" for i in range(n)],
-            "label": pd.NA,
-            "split": pd.NA,
-            "width": 64,
-            "height": 64,
-        }
-    )
-    write_parquet(catalog, config.catalog_path)
-    write_manifest(config.catalog_path, "catalog", {}, {})
-    for name, array in (("inception_v3", vectors), ("custom_cnn", unit(vectors[:, :12]))):
-        write_npy(array, config.embeddings_path(name))
-        write_manifest(config.embeddings_path(name), "embed", {}, {})
-    return catalog
+    embeddings = {"inception_v3": vectors, "custom_cnn": unit(vectors[:, :12])}
+    return write_vector_artifacts(config, embeddings)
 
 
 def test_run_maps_writes_aligned_maps_and_skips_when_unchanged(tmp_path, mapped):

@@ -14,7 +14,7 @@ from pipelines.metrics import precision_at_k
 from pipelines.readers import load_index
 from pipelines.topk import PREFILTER_MIN_ITEMS, best_first, best_first_rows, top_k
 from tests.conftest import blobs as conftest_blobs
-from tests.conftest import unit
+from tests.conftest import unit, write_vector_artifacts
 
 
 def blobs(n_clusters: int = 4, per: int = 10, d: int = 32, noise: float = 0.05, seed: int = 0):
@@ -261,22 +261,16 @@ def test_precision_at_k_helper():
 
 # --- load_index on an artifacts folder ---
 def write_catalog(config: Config, n: int) -> pd.DataFrame:
-    catalog = pd.DataFrame(
-        {
-            "item_id": [f"item{i:03d}" for i in range(n)],
-            "path": [f"img/{i}.jpg" for i in range(n)],
-            "label": [f"class{i % 4}" for i in range(n)],
-            "split": "train",
-            "width": 64,
-            "height": 64,
-        }
+    """A labelled catalog of n items (labels class0..class3) with no embeddings yet."""
+    catalog = write_vector_artifacts(
+        config, {"none": np.zeros((n, 1))}, labels=[f"class{i % 4}" for i in range(n)]
     )
-    write_parquet(catalog, config.catalog_path)
-    write_manifest(config.catalog_path, "catalog", {}, {})
+    config.embeddings_path("none").unlink()
     return catalog
 
 
 def write_embeddings(config: Config, name: str, vectors: np.ndarray) -> None:
+    """Embeddings beside an existing catalog (possibly of the wrong length, on purpose)."""
     write_npy(vectors, config.embeddings_path(name))
     write_manifest(config.embeddings_path(name), "embed", {}, {})
 
