@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from pipelines.errors import LookalikeError
-from pipelines.images import DEFAULT_MAX_PIXELS, load_image, thumbnail
+from pipelines.images import DEFAULT_MAX_PIXELS, ImageError, load_image, printable, thumbnail
 from pipelines.index import Index
 from pipelines.neighbours import resolve_strategy, vector_neighbours
 
@@ -23,6 +23,10 @@ MAX_UPLOAD_MB = 20
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 # Long side of the preview kept for an uploaded photo: the app never shows full-size photos.
 UPLOAD_PREVIEW_SIZE = 256
+# Memory one upload's decode may take (`images.decode_cost`): a 20 MB file can declare a huge
+# RGBA or 16-bit image; this keeps the decode of any single upload to a few hundred MB of RSS
+# (12-megapixel RGBA PNGs and any JPEG, decoded reduced, still fit).
+UPLOAD_MAX_DECODE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -53,18 +57,69 @@ class UploadResult:
 
 def check_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> str | None:
     """The problem with an upload before decoding it (empty or too large), or None."""
+    shown = printable(name)
     if not data:
-        return f"{name}: empty file (0 bytes)"
+        return f"{shown}: empty file (0 bytes)"
     if len(data) > max_bytes:
+        size, exact = _size_over(len(data), max_bytes)
         return (
-            f"{name}: {_size_text(len(data))} is over the {_size_text(max_bytes)} upload limit "
-            f"— upload a smaller photo"
+            f"{shown}: {size} is over the {_size_text(max_bytes)} upload limit{exact} — upload "
+            f"a smaller photo"
         )
     return None
 
 
-def _size_text(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KB"
+def _size_text(n_bytes: int, decimals: int = 1) -> str:
+    if n_bytes >= 2**20:
+        return f"{n_bytes / 2**20:.{decimals}f} MB"
+    return f"{n_bytes / 2**10:.{decimals}f} KB"
+
+
+def _size_over(n_bytes: int, limit: int) -> tuple[str, str]:
+    """A size over `limit` in words that show it is over: more decimals when one rounds to the
+    limit ("20.03 MB"), exact bytes for both when even three do ("20.0 MB is over the 20.0 MB
+    limit" is not a reason anyone can act on). Returns (size, note after the limit)."""
+    cap = _size_text(limit)
+    for decimals in (1, 2, 3):
+        size = _size_text(n_bytes, decimals)
+        if size != _size_text(limit, decimals) and size != cap:
+            return size, ""
+    return f"{n_bytes:,} bytes", f" ({limit:,} bytes)"
+
+
+def decode_upload(
+    name: str,
+    data: bytes,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = UPLOAD_PREVIEW_SIZE,
+    max_decode_bytes: int = UPLOAD_MAX_DECODE_BYTES,
+) -> Image.Image:
+    """Check and decode one upload into an upright RGB image: the decode every upload takes.
+
+    Parameters
+    ----------
+    name : the file name, used in messages (control characters escaped).
+    data : the file's bytes.
+    max_bytes : larger files are refused before decoding.
+    max_pixels : decompression-bomb cap on the declared size.
+    draft_size : JPEGs decode reduced to at least this many pixels a side.
+    max_decode_bytes : memory budget of the decode (`images.decode_cost`).
+
+    Raises
+    ------
+    ImageError
+        The only exception for a bad upload; its message is "<name>: <problem and fix>".
+    """
+    problem = check_upload(name, data, max_bytes)
+    if problem:
+        raise ImageError(problem.split(": ", 1)[1], name)
+    try:
+        return load_image(
+            data, max_pixels=max_pixels, draft_size=draft_size, max_bytes=max_decode_bytes
+        )
+    except ImageError as err:
+        raise ImageError(err.reason, name) from err
 
 
 def embed_upload(
@@ -90,19 +145,16 @@ def embed_upload(
     UploadEmbedding; `error` names the file and the problem (not an image, corrupt, too
     large) when it cannot be used, and then `vectors` is empty.
     """
-    problem = check_upload(name, data, max_bytes)
-    if problem:
-        return UploadEmbedding(name, error=problem)
     vectors: dict[str, np.ndarray] = {}
     category = confidence = None
     try:
         first = next(iter(extractors.values()), None)
         cap = max_pixels or (first.config.max_pixels if first is not None else None)
         cap = cap or DEFAULT_MAX_PIXELS
+        image = decode_upload(name, data, max_bytes, max_pixels=cap)
         # JPEGs decode at a reduced size per use (draft mode), so each use decodes its own
         # copy cheaply. Other formats decode in full every time: decode once and share it.
         is_jpeg = data[:3] == b"\xff\xd8\xff"
-        image = load_image(data, max_pixels=cap, draft_size=UPLOAD_PREVIEW_SIZE)
         buffer = io.BytesIO()
         thumbnail(image, UPLOAD_PREVIEW_SIZE).save(buffer, format="JPEG", quality=85)
         for extractor_name, extractor in extractors.items():
@@ -120,9 +172,10 @@ def embed_upload(
             else:
                 emb = extractor.embed_arrays(pixels)
             vectors[extractor_name] = np.asarray(emb[0], dtype=np.float32)
+    except ImageError as err:
+        return UploadEmbedding(name, error=f"{printable(name)}: {err.reason}")
     except LookalikeError as err:
-        reason = getattr(err, "reason", None) or str(err)
-        return UploadEmbedding(name, error=f"{name}: {reason}")
+        return UploadEmbedding(name, error=f"{printable(name)}: {err}")
     return UploadEmbedding(name, vectors, category, confidence, buffer.getvalue())
 
 
