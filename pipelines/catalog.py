@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -16,7 +17,14 @@ from pipelines import artifacts, commands
 from pipelines.config import Config
 from pipelines.download import resolve_source
 from pipelines.errors import LookalikeError
-from pipelines.images import BBox, ImageError, load_image, thumbnail
+from pipelines.images import (
+    BBox,
+    ImageError,
+    load_image,
+    printable,
+    read_image_file,
+    thumbnail,
+)
 from pipelines.sources import BBOX_COLUMNS, read_source
 from pipelines.stage import StageResult
 
@@ -46,26 +54,52 @@ def bbox_of(row: pd.Series | dict[str, Any]) -> BBox | None:
 
 
 def _inspect(row: dict[str, Any], config: Config) -> _Inspected:
-    """Hash, fully decode (catching truncation) and thumbnail one file."""
+    """Hash, fully decode (catching truncation) and thumbnail one file; never raises.
+
+    Only regular files up to `images.MAX_FILE_BYTES` are read (a row pointing at /dev/zero or
+    a FIFO is rejected, not read), and any failure becomes the row's reject reason: one odd
+    file must never stop the stage.
+    """
     path = row["path"]
+    if not isinstance(path, str) or not path.strip():
+        return _Inspected(
+            "", reason="empty path — fill in the row's 'path' (relative to the CSV) or delete it"
+        )
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return _Inspected(path, reason="file not found")
-    except OSError as err:
-        return _Inspected(path, reason=f"cannot read file ({err.strerror or err})")
-    if not data:
-        return _Inspected(path, reason="empty file (0 bytes)")
-    item_id = hashlib.sha256(data).hexdigest()[:ID_DIGITS]
-    try:
+        data = read_image_file(path)
+        item_id = hashlib.sha256(data).hexdigest()[:ID_DIGITS]
         img = load_image(data, bbox=bbox_of(row), max_pixels=config.max_pixels)
+        thumb = config.thumb_path(item_id)
+        if not thumb.exists():
+            with artifacts.atomic_path(thumb) as tmp:
+                thumbnail(img, config.thumb_size).save(tmp, format="JPEG", quality=85)
     except ImageError as err:
         return _Inspected(path, reason=err.reason)
-    thumb = config.thumb_path(item_id)
-    if not thumb.exists():
-        with artifacts.atomic_path(thumb) as tmp:
-            thumbnail(img, config.thumb_size).save(tmp, format="JPEG", quality=85)
+    except Exception as err:  # noqa: BLE001 - reported as the row's reason, never a crash
+        return _Inspected(path, reason=f"unexpected error ({type(err).__name__}: {err})")
     return _Inspected(path, item_id, img.width, img.height, len(data))
+
+
+def _prune_thumbs(config: Config, keep: set[str]) -> int:
+    """Delete thumbnails (and temporary files of killed writes) no catalog row refers to;
+    returns how many were removed."""
+    if not config.thumbs_dir.is_dir():
+        return 0
+    removed = 0
+    for path in config.thumbs_dir.iterdir():
+        is_tmp = path.name.startswith(".") and ".tmp" in path.name
+        if path.is_file() and (is_tmp or (path.suffix == ".jpg" and path.stem not in keep)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _catalog_ids(config: Config) -> set[str]:
+    """item_ids of the catalog on disk (empty when there is none or it cannot be read)."""
+    try:
+        return set(pd.read_parquet(config.catalog_path, columns=["item_id"])["item_id"])
+    except Exception:  # noqa: BLE001 - a missing or broken catalog keeps no thumbnails
+        return set()
 
 
 def _fingerprint(table: pd.DataFrame, side_files: list[Path]) -> str:
@@ -108,6 +142,7 @@ def build_catalog(
         columns=["path", "reason"],
     )
     catalog = table.iloc[good].copy()
+    catalog.attrs = {}
     catalog.insert(0, "item_id", [results[i].item_id for i in good])
     catalog["width"] = [results[i].width for i in good]
     catalog["height"] = [results[i].height for i in good]
@@ -115,13 +150,29 @@ def build_catalog(
     thumbs = [config.thumb_path(i) for i in catalog["item_id"]]
     catalog["thumb"] = [t.relative_to(config.artifacts_dir).as_posix() for t in thumbs]
     catalog = catalog.sort_values("path", kind="stable").reset_index(drop=True)
-    repeated = catalog.duplicated("item_id", keep="first")
-    kept = catalog.loc[~repeated].set_index("item_id")["path"]
+    # Of files with the same bytes, keep a labelled one (the first by path); an unlabelled
+    # copy must not erase a label, and a conflict between labels is written down.
+    unlabelled = catalog["label"].isna().to_numpy()
+    order = catalog.assign(_unlabelled=unlabelled).sort_values(
+        ["_unlabelled", "path"], kind="stable"
+    )
+    repeated = order.duplicated("item_id", keep="first").reindex(catalog.index)
+    kept = catalog.loc[~repeated].set_index("item_id")
+    dupes = catalog.loc[repeated]
+    kept_label = kept["label"].reindex(dupes["item_id"]).to_numpy()
+    label = dupes["label"].to_numpy()
+    conflict = np.array(
+        [not (pd.isna(a) or pd.isna(b)) and a != b for a, b in zip(label, kept_label, strict=True)],
+        dtype=bool,
+    )
     duplicates = pd.DataFrame(
         {
-            "path": catalog.loc[repeated, "path"].to_numpy(),
-            "item_id": catalog.loc[repeated, "item_id"].to_numpy(),
-            "kept_path": kept.reindex(catalog.loc[repeated, "item_id"]).to_numpy(),
+            "path": dupes["path"].to_numpy(),
+            "item_id": dupes["item_id"].to_numpy(),
+            "kept_path": kept["path"].reindex(dupes["item_id"]).to_numpy(),
+            "label": pd.array(label, dtype="string"),
+            "kept_label": pd.array(kept_label, dtype="string"),
+            "label_conflict": conflict,
         }
     )
     catalog = catalog.loc[~repeated].reset_index(drop=True)
@@ -137,6 +188,7 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
     start = time.perf_counter()
     source = resolve_source(config)
     table, side_files, fmt = read_source(source, config.source_format)
+    warnings = list(table.attrs.pop("warnings", []))
     params = {
         "source": str(source),
         "format": fmt,
@@ -148,6 +200,7 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
         manifest = artifacts.read_manifest(config.catalog_path) or {}
         catalog = pd.read_parquet(config.catalog_path, columns=["item_id"])
         if all(config.thumb_path(i).exists() for i in catalog["item_id"]):
+            _prune_thumbs(config, set(catalog["item_id"]))
             seconds = time.perf_counter() - start
             print(
                 f"catalog: up to date ({manifest.get('rows')} rows from {source}); "
@@ -155,16 +208,25 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
             )
             return StageResult(STAGE, rows=manifest.get("rows"), seconds=seconds, skipped=True)
 
-    catalog, rejects, duplicates = build_catalog(table, config, progress=progress)
-    if catalog.empty:
-        raise LookalikeError(
-            f"none of the {len(table)} files under {source} is a usable image "
-            f"(first reason: {rejects['reason'].iloc[0] if len(rejects) else 'none'}) — "
-            f"check the path"
-        )
-    artifacts.write_parquet(rejects, config.rejects_path)
-    artifacts.write_parquet(duplicates, config.duplicates_path)
-    artifacts.write_parquet(catalog, config.catalog_path)
+    for warning in warnings:
+        print(f"  warning: {warning}")
+    try:
+        catalog, rejects, duplicates = build_catalog(table, config, progress=progress)
+        if catalog.empty:
+            first = rejects.iloc[0] if len(rejects) else None
+            raise LookalikeError(
+                f"none of the {len(table)} files under {printable(str(source))} is a usable "
+                f"image (first: {printable(str(first['path'])) if first is not None else ''}: "
+                f"{first['reason'] if first is not None else 'none'}) — check the path"
+            )
+        artifacts.write_parquet(rejects, config.rejects_path)
+        artifacts.write_parquet(duplicates, config.duplicates_path)
+        artifacts.write_parquet(catalog, config.catalog_path)
+    except BaseException:
+        # Thumbnails made for a catalog that was never written are orphans: keep only those
+        # of the catalog on disk (a kill leaves them for the next run to prune).
+        _prune_thumbs(config, _catalog_ids(config))
+        raise
     seconds = time.perf_counter() - start
     summary = {
         "rows": len(catalog),
@@ -181,10 +243,12 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
             **summary,
             "labels": catalog["label"].value_counts().to_dict(),
             "splits": catalog["split"].value_counts().to_dict(),
+            "warnings": warnings,
             "rejected": rejects.to_dict("records"),
             "duplicate_files": duplicates.to_dict("records"),
         },
     )
+    _prune_thumbs(config, set(catalog["item_id"]))
     _print_summary(catalog, rejects, duplicates, seconds)
     return StageResult(
         STAGE,
@@ -200,9 +264,17 @@ def _print_summary(
     catalog: pd.DataFrame, rejects: pd.DataFrame, duplicates: pd.DataFrame, seconds: float
 ) -> None:
     for row in rejects.itertuples():
-        print(f"  rejected {row.path}: {row.reason}")
+        print(f"  rejected {printable(str(row.path))}: {printable(str(row.reason))}")
     for row in duplicates.itertuples():
-        print(f"  duplicate {row.path} (same bytes as {row.kept_path}); kept once")
+        conflict = (
+            f"; its label {row.label!r} differs from the kept {row.kept_label!r}"
+            if row.label_conflict
+            else ""
+        )
+        print(
+            f"  duplicate {printable(str(row.path))} (same bytes as "
+            f"{printable(str(row.kept_path))}); kept once{printable(conflict)}"
+        )
     labels = catalog["label"].nunique()
     print(
         f"catalog: {len(catalog)} rows, {labels} labels, {len(rejects)} rejected, "

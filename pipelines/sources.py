@@ -8,6 +8,7 @@ import pandas as pd
 
 from pipelines.config import IMAGE_SUFFIXES, SOURCE_FORMATS
 from pipelines.errors import LookalikeError
+from pipelines.images import printable
 
 SPLIT_NAMES = {
     "train": "train",
@@ -79,13 +80,21 @@ def read_folders(root: Path) -> pd.DataFrame:
     """`ROOT/[split/]label/*.jpg|png|webp`; images directly in ROOT have no label.
 
     The first folder level counts as the split only when it is named like one (train,
-    validation/val, test); the label is the image's own folder.
+    validation/val, test); the label is the image's own folder. Every entry named like an
+    image that is not a folder is listed, so broken links, link loops and FIFOs reach the
+    catalog stage's rejects with their reason instead of vanishing. A folder named like an
+    image (`x.jpg/inner.jpg`) is not a label: the label is the nearest folder above it that
+    is not named like an image, and `table.attrs["warnings"]` says so.
     """
     rows = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p)):
+    odd_folders: set[str] = set()
+    for path in sorted(p for p in root.rglob("*") if is_image_name(p) and not p.is_dir()):
         parts = path.relative_to(root).parts[:-1]
         split = SPLIT_NAMES.get(parts[0].lower()) if parts else None
-        label_parts = parts[1:] if split else parts
+        label_parts = list(parts[1:] if split else parts)
+        while label_parts and is_image_name(Path(label_parts[-1])):
+            odd_folders.add(str(Path(root, *parts[: len(label_parts) + (1 if split else 0)])))
+            label_parts.pop()
         rows.append(
             {
                 "path": str(path),
@@ -97,7 +106,13 @@ def read_folders(root: Path) -> pd.DataFrame:
         raise LookalikeError(
             f"no images (jpg, png, webp) found under {root} — expected ROOT/[split/]label/*.jpg"
         )
-    return _typed(pd.DataFrame(rows))
+    table = _typed(pd.DataFrame(rows))
+    table.attrs["warnings"] = [
+        f"{printable(folder)} is a folder named like an image; its files get the label of the "
+        f"folder above it, not {Path(folder).name!r} — rename it if it is meant as a label"
+        for folder in sorted(odd_folders)
+    ]
+    return table
 
 
 def read_csv(csv_path: Path) -> pd.DataFrame:
@@ -119,12 +134,19 @@ def read_csv(csv_path: Path) -> pd.DataFrame:
         raise LookalikeError(f"CSV {csv_path} has no rows — add one row per image")
     table = table.rename(columns={c: f"meta_{c}" for c in table.columns if c in RESERVED})
     base = csv_path.parent
-    table["path"] = [str((base / p).resolve()) if isinstance(p, str) else "" for p in table["path"]]
+    # An empty path stays empty (the catalog stage rejects it as such); joined to the CSV's
+    # folder it would be read as that folder.
+    table["path"] = [
+        str((base / p.strip()).resolve()) if isinstance(p, str) and p.strip() else ""
+        for p in table["path"]
+    ]
     for column in ("label", "split"):
         if column not in table.columns:
             table[column] = None
     table["split"] = [_split_name(s) for s in table["split"]]
-    return _typed(table)
+    table = _typed(table)
+    table.attrs["warnings"] = _split_warnings(table, csv_path)
+    return table
 
 
 def read_deepfashion(root: Path) -> pd.DataFrame:
@@ -164,7 +186,9 @@ def read_deepfashion(root: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     for column in BBOX_COLUMNS:
         table[column] = table[column].astype("Int64")
-    return _typed(table)
+    table = _typed(table)
+    table.attrs["warnings"] = _split_warnings(table, root / DEEPFASHION_FILES[3])
+    return table
 
 
 def _records(path: Path) -> list[str]:
@@ -182,6 +206,19 @@ def _records(path: Path) -> list[str]:
     return records
 
 
+def _split_warnings(table: pd.DataFrame, where: Path) -> list[str]:
+    """One warning per split value that is not train, validation or test."""
+    known = set(SPLIT_NAMES.values())
+    counts = table["split"].dropna().value_counts()
+    return [
+        f"{printable(str(where))}: split {name!r} of {count} row(s) is not one of "
+        f"{', '.join(sorted(known))} (or {', '.join(sorted(set(SPLIT_NAMES) - known))}); "
+        f"those rows are kept but no stage trains, validates or tests on them — rename it"
+        for name, count in counts.items()
+        if name not in known
+    ]
+
+
 def _split_name(value: object) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
@@ -189,6 +226,10 @@ def _split_name(value: object) -> str | None:
 
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
-    table["label"] = table["label"].astype("string")
+    """Labels and splits as strings; a blank label ("  ") is a missing one, not a class."""
+    labels = table["label"].astype("string").str.strip()
+    table["label"] = labels.mask(labels == "")
     table["split"] = table["split"].astype("string")
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    table.attrs.setdefault("warnings", [])
+    return table
