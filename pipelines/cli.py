@@ -273,7 +273,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for name in ("source", "source_format"):
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
-    return Config().replace(**changes)
+    config = Config().replace(**changes)
+    if args.artifacts is not None:
+        from pipelines.artifacts import ensure_writable_dir
+
+        ensure_writable_dir(config.artifacts_dir, "--artifacts")
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,8 +290,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.extractor = list(EXTRACTORS)
         STAGES[args.stage][1](config, args)
     except LookalikeError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from pipelines.images import printable
+
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # A disk or permission problem in any stage: one line with the path, not a traceback.
+        from pipelines.images import printable
+
+        where = f"{err.filename}: " if err.filename else ""
+        print(
+            f"error: {printable(where + (err.strerror or str(err)))} — check the path, free "
+            f"space and permissions, then run the command again",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished artifacts are kept, nothing half-written", file=sys.stderr)
         return 130
