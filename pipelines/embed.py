@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipelines import artifacts, commands
+from pipelines import artifacts, commands, pixel_cache
 from pipelines.catalog import catalog_hash, load_catalog
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
@@ -29,8 +29,14 @@ def pixel_stream(catalog: pd.DataFrame, rows: np.ndarray, size: int, config: Con
 
     Yields (row indices, (b, size, size, 3) uint8) batches in catalog order. Decoding goes
     through `load_array`, the same function the live path uses, inside tf.numpy_function so
-    several images decode at once on TF's thread pool while the model runs.
+    several images decode at once on TF's thread pool while the model runs. When a pixel
+    cache of the catalog at `size` matches (`pipelines.pixel_cache`; the train stage fills
+    it), batches come from it instead and nothing is decoded.
     """
+    cached = pixel_cache.open_cache(config, catalog, size)
+    if cached is not None:
+        yield from pixel_cache.stream(cached, rows, config.batch_size)
+        return
     import tensorflow as tf
 
     paths = catalog["path"].to_numpy(dtype=str)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipelines import commands
+from pipelines import commands, pixel_cache
 from pipelines.artifacts import (
     artifact_hash,
     atomic_path,
@@ -38,7 +38,7 @@ from pipelines.cnn import (
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.stage import StageResult
-from pipelines.train_data import TRAIN_BATCH, decode_catalog, split_rows, training_dataset
+from pipelines.train_data import TRAIN_BATCH, split_rows, training_dataset
 
 STAGE = "train"
 
@@ -265,11 +265,12 @@ def train_custom_cnn(catalog: pd.DataFrame, config: Config) -> TrainedModel:
             f"or without a split) — rebuild it with `{commands.CATALOG}`"
         )
     size = config.cnn_image_size
-    pixels, ok, skipped = decode_catalog(
-        catalog[used], size, config.max_pixels, desc=f"decoding at {size}px"
-    )
-    # Keep only the rows that decoded, in the same order as `pixels`.
-    keep = np.flatnonzero(used)[ok]
+    # Every row, decoded once and cached for the embed stage (pipelines/pixel_cache.py).
+    cached = pixel_cache.catalog_pixels(config, catalog, size)
+    failed = np.flatnonzero(~cached.ok)
+    skipped = [s for row, s in zip(failed, cached.skipped, strict=True) if used[row]]
+    keep = np.flatnonzero(used & cached.ok)
+    pixels = cached.pixels[keep]
     fit, val = fit[keep], val[keep]
     if not fit.any():
         raise LookalikeError(f"none of the {int(used.sum())} training images could be decoded")
