@@ -137,65 +137,17 @@ def run_clusters(
     """
     began = time.perf_counter()
     catalog, catalog_hash = read_catalog(config)
-    item_ids = catalog["item_id"].to_numpy()
     labels = catalog["label"] if "label" in catalog.columns else None
     if labels is not None and labels.isna().all():
         labels = None
-    results: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(extractors):
-        start = time.perf_counter()
-        vectors, vectors_hash = read_embeddings(config, name, n_rows=len(catalog))
-        n_clusters = min(config.n_clusters, len(vectors))
-        params = {
-            "n_clusters": n_clusters,
-            "n_init": N_INIT,
-            "seed": config.seed,
-            "assign": "cosine",
-        }
-        inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
-        paths = {
-            "path": config.clusters_path(name),
-            "summary_path": config.cluster_summary_path(name),
-            "centroids_path": config.centroids_path(name),
-        }
-        if not force and all(is_fresh(p, STAGE, params, inputs) for p in paths.values()):
-            manifest = read_manifest(paths["path"]) or {}
-            print(f"cluster {name}: up to date, skipped ({paths['path']})")
-            results[name] = {
-                **{key: str(p) for key, p in paths.items()},
-                "skipped": True,
-                "n_clusters": n_clusters,
-                "purity": manifest.get("purity"),
-            }
-            continue
-
-        cluster_ids, centroids = kmeans(vectors, n_clusters, config.seed)
-        summary = cluster_summary(cluster_ids, None if labels is None else labels.to_numpy())
-        purity = overall_purity(summary)
-        extra = {"n_clusters": n_clusters, "purity": purity, "rows": len(item_ids)}
-        # Centroids and summary first: the assignments' manifest, written last, marks the set
-        # as complete for readers that check it.
-        write_npy(centroids, paths["centroids_path"])
-        write_manifest(paths["centroids_path"], STAGE, params, inputs, extra)
-        write_parquet(summary, paths["summary_path"])
-        write_manifest(paths["summary_path"], STAGE, params, inputs, extra)
-        write_parquet(pd.DataFrame({"item_id": item_ids, "cluster": cluster_ids}), paths["path"])
-        write_manifest(paths["path"], STAGE, params, inputs, extra)
-        seconds = time.perf_counter() - start
-        purity_text = "n/a (no labels)" if purity is None else f"{purity:.3f}"
-        print(
-            f"cluster {name}: {n_clusters} clusters over {len(item_ids)} items, "
-            f"purity {purity_text}, {seconds:.1f}s -> {paths['path']}"
-        )
-        results[name] = {
-            **{key: str(p) for key, p in paths.items()},
-            "skipped": False,
-            "n_clusters": n_clusters,
-            "purity": purity,
-        }
+    item_ids = catalog["item_id"].to_numpy()
+    results = {
+        name: _cluster_one(config, name, item_ids, labels, catalog_hash, force)
+        for name in dict.fromkeys(extractors)
+    }
     return StageResult(
         STAGE,
-        wrote=tuple(Path(r[k]) for r in results.values() if not r["skipped"] for k in paths),
+        wrote=tuple(Path(r[k]) for r in results.values() if not r["skipped"] for k in _PATHS),
         rows=len(item_ids),
         seconds=time.perf_counter() - began,
         skipped=all(r["skipped"] for r in results.values()),
@@ -206,3 +158,58 @@ def run_clusters(
         ),
         details=results,
     )
+
+
+_PATHS = ("path", "summary_path", "centroids_path")
+
+
+def _cluster_one(
+    config: Config,
+    name: str,
+    item_ids: np.ndarray,
+    labels: pd.Series | None,
+    catalog_hash: str,
+    force: bool,
+) -> dict[str, Any]:
+    """k-means for one extractor (or a skip when fresh); its row of the stage's details."""
+    start = time.perf_counter()
+    vectors, vectors_hash = read_embeddings(config, name, n_rows=len(item_ids))
+    n_clusters = min(config.n_clusters, len(vectors))
+    params = {"n_clusters": n_clusters, "n_init": N_INIT, "seed": config.seed, "assign": "cosine"}
+    inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
+    paths = dict(
+        zip(
+            _PATHS,
+            (
+                config.clusters_path(name),
+                config.cluster_summary_path(name),
+                config.centroids_path(name),
+            ),
+            strict=True,
+        )
+    )
+    row = {**{key: str(p) for key, p in paths.items()}, "n_clusters": n_clusters}
+    if not force and all(is_fresh(p, STAGE, params, inputs) for p in paths.values()):
+        manifest = read_manifest(paths["path"]) or {}
+        print(f"cluster {name}: up to date, skipped ({paths['path']})")
+        return {**row, "skipped": True, "purity": manifest.get("purity")}
+
+    cluster_ids, centroids = kmeans(vectors, n_clusters, config.seed)
+    summary = cluster_summary(cluster_ids, None if labels is None else labels.to_numpy())
+    purity = overall_purity(summary)
+    extra = {"n_clusters": n_clusters, "purity": purity, "rows": len(item_ids)}
+    # Centroids and summary first: the assignments' manifest, written last, marks the set
+    # as complete for readers that check it.
+    write_npy(centroids, paths["centroids_path"])
+    write_manifest(paths["centroids_path"], STAGE, params, inputs, extra)
+    write_parquet(summary, paths["summary_path"])
+    write_manifest(paths["summary_path"], STAGE, params, inputs, extra)
+    write_parquet(pd.DataFrame({"item_id": item_ids, "cluster": cluster_ids}), paths["path"])
+    write_manifest(paths["path"], STAGE, params, inputs, extra)
+    seconds = time.perf_counter() - start
+    purity_text = "n/a (no labels)" if purity is None else f"{purity:.3f}"
+    print(
+        f"cluster {name}: {n_clusters} clusters over {len(item_ids)} items, "
+        f"purity {purity_text}, {seconds:.1f}s -> {paths['path']}"
+    )
+    return {**row, "skipped": False, "purity": purity}

@@ -168,82 +168,15 @@ def run_maps(
 
     Returns
     -------
-    {extractor: {"path", "skipped", "trustworthiness", "aligned_to", "seconds"}}
+    StageResult; its details are {extractor: {"path", "skipped", "trustworthiness",
+    "aligned_to", "seconds"}}.
     """
     catalog, catalog_hash = read_catalog(config)
     item_ids = catalog["item_id"].astype(str).to_numpy()
     # The reference goes first so the others can be aligned onto its fresh map.
     ordered = sorted(dict.fromkeys(extractors), key=lambda name: name != REFERENCE)
-    results: dict[str, dict[str, Any]] = {}
     began = time.perf_counter()
-    for name in ordered:
-        start = time.perf_counter()
-        path = config.map_path(name)
-        vectors, vectors_hash = read_embeddings(config, name, n_rows=len(catalog))
-        inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
-
-        reference_coords = None
-        aligned_to = None
-        reference_path = config.map_path(REFERENCE)
-        reference_manifest = read_manifest(reference_path)
-        if name != REFERENCE and reference_path.exists() and reference_manifest:
-            reference_table = pd.read_parquet(reference_path)
-            # A reference map of another catalog cannot be aligned row by row.
-            if reference_table["item_id"].astype(str).tolist() == item_ids.tolist():
-                reference_coords = reference_table[["x", "y"]].to_numpy(np.float32)
-                aligned_to = REFERENCE
-                inputs[f"maps/{REFERENCE}"] = str(reference_manifest["sha256"])
-        params = _params(config, aligned_to)
-
-        if not force and is_fresh(path, STAGE, params, inputs):
-            manifest = read_manifest(path) or {}
-            trust = manifest.get("trustworthiness")
-            print(f"map {name}: up to date, skipped ({path})")
-            results[name] = {
-                "path": str(path),
-                "skipped": True,
-                "trustworthiness": trust,
-                "aligned_to": aligned_to,
-                "seconds": 0.0,
-            }
-            continue
-
-        coords = compute_map(
-            vectors,
-            pca_dims=config.map_pca_dims,
-            n_neighbors=config.map_neighbors,
-            min_dist=config.map_min_dist,
-            seed=config.seed,
-        )
-        if reference_coords is not None:
-            coords = align_procrustes(coords, reference_coords)
-        trust = map_trustworthiness(vectors, coords, k=10, seed=config.seed)
-        table = pd.DataFrame({"item_id": item_ids, "x": coords[:, 0], "y": coords[:, 1]})
-        write_parquet(table, path)
-        write_manifest(
-            path,
-            STAGE,
-            params,
-            inputs,
-            extra={
-                "trustworthiness": None if np.isnan(trust) else round(trust, 4),
-                "trustworthiness_k": 10,
-                "aligned_to": aligned_to,
-                "rows": len(table),
-            },
-        )
-        seconds = time.perf_counter() - start
-        print(
-            f"map {name}: {len(table)} items, trustworthiness@10 {trust:.3f}, "
-            f"aligned to {aligned_to or '-'}, {seconds:.1f}s -> {path}"
-        )
-        results[name] = {
-            "path": str(path),
-            "skipped": False,
-            "trustworthiness": None if np.isnan(trust) else trust,
-            "aligned_to": aligned_to,
-            "seconds": seconds,
-        }
+    results = {name: _one_map(config, name, item_ids, catalog_hash, force) for name in ordered}
     return StageResult(
         STAGE,
         wrote=tuple(Path(r["path"]) for r in results.values() if not r["skipped"]),
@@ -257,3 +190,70 @@ def run_maps(
         ),
         details=results,
     )
+
+
+def _reference(
+    config: Config, name: str, item_ids: np.ndarray
+) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(reference coords, reference name, its sha256) to align `name`'s map onto, or Nones
+    for the reference itself, a missing reference, or one of another catalog."""
+    path = config.map_path(REFERENCE)
+    manifest = read_manifest(path)
+    if name == REFERENCE or not path.exists() or not manifest:
+        return None, None, None
+    table = pd.read_parquet(path)
+    # A reference map of another catalog cannot be aligned row by row.
+    if table["item_id"].astype(str).tolist() != item_ids.tolist():
+        return None, None, None
+    return table[["x", "y"]].to_numpy(np.float32), REFERENCE, str(manifest["sha256"])
+
+
+def _one_map(
+    config: Config, name: str, item_ids: np.ndarray, catalog_hash: str, force: bool
+) -> dict[str, Any]:
+    """Build (or skip) one extractor's map; returns its row of the stage's details."""
+    start = time.perf_counter()
+    path = config.map_path(name)
+    vectors, vectors_hash = read_embeddings(config, name, n_rows=len(item_ids))
+    inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
+    reference_coords, aligned_to, reference_sha = _reference(config, name, item_ids)
+    if reference_sha is not None:
+        inputs[f"maps/{REFERENCE}"] = reference_sha
+    params = _params(config, aligned_to)
+    row = {"path": str(path), "aligned_to": aligned_to}
+    if not force and is_fresh(path, STAGE, params, inputs):
+        manifest = read_manifest(path) or {}
+        print(f"map {name}: up to date, skipped ({path})")
+        return {
+            **row,
+            "skipped": True,
+            "trustworthiness": manifest.get("trustworthiness"),
+            "seconds": 0.0,
+        }
+
+    coords = compute_map(
+        vectors,
+        pca_dims=config.map_pca_dims,
+        n_neighbors=config.map_neighbors,
+        min_dist=config.map_min_dist,
+        seed=config.seed,
+    )
+    if reference_coords is not None:
+        coords = align_procrustes(coords, reference_coords)
+    trust = map_trustworthiness(vectors, coords, k=10, seed=config.seed)
+    table = pd.DataFrame({"item_id": item_ids, "x": coords[:, 0], "y": coords[:, 1]})
+    write_parquet(table, path)
+    trust_value = None if np.isnan(trust) else round(float(trust), 4)
+    extra = {
+        "trustworthiness": trust_value,
+        "trustworthiness_k": 10,
+        "aligned_to": aligned_to,
+        "rows": len(table),
+    }
+    write_manifest(path, STAGE, params, inputs, extra=extra)
+    seconds = time.perf_counter() - start
+    print(
+        f"map {name}: {len(table)} items, trustworthiness@10 {trust:.3f}, "
+        f"aligned to {aligned_to or '-'}, {seconds:.1f}s -> {path}"
+    )
+    return {**row, "skipped": False, "trustworthiness": trust_value, "seconds": seconds}
