@@ -21,7 +21,7 @@ from pipelines.artifacts import (
 )
 from pipelines.config import EXTRACTORS, Config
 from pipelines.readers import read_catalog, read_embeddings
-from pipelines.stage import StageResult
+from pipelines.stage import StageResult, per_extractor
 
 STAGE = "clusters"
 # k-means restarts: a few suffice on unit vectors and keep 2 cores busy for seconds, not minutes.
@@ -145,18 +145,8 @@ def run_clusters(
         name: _cluster_one(config, name, item_ids, labels, catalog_hash, force)
         for name in dict.fromkeys(extractors)
     }
-    return StageResult(
-        STAGE,
-        wrote=tuple(Path(r[k]) for r in results.values() if not r["skipped"] for k in _PATHS),
-        rows=len(item_ids),
-        seconds=time.perf_counter() - began,
-        skipped=all(r["skipped"] for r in results.values()),
-        note=", ".join(
-            f"{name} purity {r['purity']:.3f}"
-            for name, r in results.items()
-            if r["purity"] is not None
-        ),
-        details=results,
+    return per_extractor(
+        STAGE, results, len(item_ids), time.perf_counter() - began, _PATHS, "purity"
     )
 
 

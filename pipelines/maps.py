@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from sklearn.manifold import trustworthiness
 from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_parquet
 from pipelines.config import EXTRACTORS, Config
 from pipelines.readers import read_catalog, read_embeddings
-from pipelines.stage import StageResult
+from pipelines.stage import StageResult, per_extractor
 
 STAGE = "maps"
 # Every other extractor's map is rotated onto this one so an item sits in a similar place on both.
@@ -177,18 +176,8 @@ def run_maps(
     ordered = sorted(dict.fromkeys(extractors), key=lambda name: name != REFERENCE)
     began = time.perf_counter()
     results = {name: _one_map(config, name, item_ids, catalog_hash, force) for name in ordered}
-    return StageResult(
-        STAGE,
-        wrote=tuple(Path(r["path"]) for r in results.values() if not r["skipped"]),
-        rows=len(catalog),
-        seconds=time.perf_counter() - began,
-        skipped=all(r["skipped"] for r in results.values()),
-        note=", ".join(
-            f"{name} trust {r['trustworthiness']:.3f}"
-            for name, r in results.items()
-            if r["trustworthiness"] is not None
-        ),
-        details=results,
+    return per_extractor(
+        STAGE, results, len(catalog), time.perf_counter() - began, ("path",), "trustworthiness"
     )
 
 

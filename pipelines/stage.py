@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,33 @@ class StageResult:
         rows = f", {self.rows:,} rows" if self.rows is not None else ""
         note = f", {self.note}" if self.note else ""
         return f"{state}{rows}{note}"
+
+
+def per_extractor(
+    stage: str,
+    parts: dict[str, dict[str, Any]],
+    rows: int,
+    seconds: float,
+    path_keys: Sequence[str],
+    note_key: str,
+) -> StageResult:
+    """One result for a stage that runs per extractor (maps, clusters).
+
+    `parts` maps each extractor to its row: "skipped", the paths under `path_keys`, and the
+    number under `note_key` (e.g. "purity") that the run table shows per extractor.
+    """
+    return StageResult(
+        stage,
+        wrote=tuple(
+            Path(part[key]) for part in parts.values() if not part["skipped"] for key in path_keys
+        ),
+        rows=rows,
+        seconds=seconds,
+        skipped=all(part["skipped"] for part in parts.values()),
+        note=", ".join(
+            f"{name} {note_key} {part[note_key]:.3f}"
+            for name, part in parts.items()
+            if part.get(note_key) is not None
+        ),
+        details=parts,
+    )
