@@ -1,0 +1,140 @@
+"""`python -m pipelines search PHOTO...`: neighbours and predicted categories of photos (or folders
+of photos) from the shell, as a table or JSON. Reads the built artifacts; prints, writes nothing.
+
+The photos go through `pipelines.api.Lookalike.search_files`, that is the Upload page's own
+functions, so the shell, the app and the notebook API answer alike and name bad files alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipelines.config import STRATEGIES, Config
+from pipelines.errors import LookalikeError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The search subcommand's own options (`--extractor` comes from the CLI's shared one)."""
+    parser.add_argument(
+        "photos", nargs="+", type=Path, metavar="PHOTO", help="photo files or folders of photos"
+    )
+    parser.add_argument("--k", type=int, default=10, help="neighbours per photo (default 10)")
+    parser.add_argument(
+        "--strategy",
+        default="exact",
+        help=f"search strategy: {', '.join(STRATEGIES)} (default exact)",
+    )
+    parser.add_argument(
+        "--diversity",
+        type=float,
+        default=0.0,
+        help="0 (default) = plain nearest neighbours; up to 1 spreads out near-duplicates "
+        "(maximal marginal relevance)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of tables"
+    )
+
+
+def run_search(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """Search every photo; print the report (table or JSON) on stdout and each unusable file
+    on stderr. Returns the report; raises LookalikeError (exit 2) when no photo could be
+    searched at all."""
+    from pipelines.api import Lookalike
+    from pipelines.upload import category_summary
+
+    look = Lookalike.open(config.artifacts_dir)
+    results = look.search_files(args.photos, args.k, args.extractor, args.strategy, args.diversity)
+    good = [r for r in results if r.error is None]
+    report = {
+        "k": args.k,
+        "strategy": args.strategy,
+        "diversity": args.diversity,
+        "extractors": list(args.extractor),
+        "photos": [_photo(r) for r in results],
+        "most_common_categories": category_summary(good, top=3).to_dict("records"),
+        "errors": [r.error for r in results if r.error is not None],
+    }
+    for error in report["errors"]:
+        print(f"skipped {error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_tables(report, sys.stdout)
+    if not good:
+        raise LookalikeError(
+            f"none of the {len(results)} file(s) could be searched (see the reasons above) — "
+            f"pass JPG, PNG or WebP photos"
+        )
+    return report
+
+
+def _photo(result: Any) -> dict[str, Any]:
+    neighbours = {
+        name: [
+            {
+                "rank": int(row.rank),
+                "item_id": str(row.item_id),
+                "similarity": round(float(row.similarity), 6),
+                "label": None if _missing(row.label) else str(row.label),
+                "thumb": str(row.thumb),
+            }
+            for row in table.itertuples(index=False)
+        ]
+        for name, table in result.neighbours.items()
+    }
+    return {
+        "photo": result.name,
+        "category": result.category,
+        "confidence": None if result.confidence is None else round(result.confidence, 4),
+        "neighbours": neighbours,
+        "notes": list(result.notes),
+        "error": result.error,
+    }
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def print_tables(report: dict[str, Any], out: TextIO) -> None:
+    """The report as plain text: per photo its category and one neighbour table per
+    extractor, then the set's most common categories."""
+    for photo in report["photos"]:
+        if photo["error"]:
+            continue
+        head = photo["photo"]
+        if photo["category"] is not None:
+            head += f"  ·  predicted: {photo['category']} ({photo['confidence']:.0%})"
+        print(head, file=out)
+        for note in photo["notes"]:
+            print(f"  note: {note}", file=out)
+        for extractor, rows in photo["neighbours"].items():
+            print(f"  {extractor}", file=out)
+            print(f"  {'rank':>4}  {'item_id':<18} {'similarity':>10}  label", file=out)
+            for row in rows:
+                print(
+                    f"  {row['rank']:>4}  {row['item_id']:<18} {row['similarity']:>10.3f}  "
+                    f"{row['label'] or '-'}",
+                    file=out,
+                )
+        print(file=out)
+    searched = sum(1 for p in report["photos"] if not p["error"])
+    print(f"searched {searched} of {len(report['photos'])} file(s)", file=out)
+    common = report["most_common_categories"]
+    if common:
+        text = ", ".join(f"{c['category']} ({c['count']})" for c in common)
+        print(f"most common categories: {text}", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m pipelines search ...` (the pipelines CLI's `main` with "search" first)."""
+    from pipelines.cli import main as cli_main
+
+    return cli_main(["search", *(argv or [])])
