@@ -57,6 +57,18 @@ def _run(config: Config, args: argparse.Namespace) -> Any:
     return run_all(config, args.extractor, force=args.force)
 
 
+def _search(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.search_cli import run_search
+
+    return run_search(config, args)
+
+
+def _search_options(parser: argparse.ArgumentParser) -> None:
+    from pipelines.search_cli import add_arguments
+
+    add_arguments(parser)
+
+
 def _bench(config: Config, args: argparse.Namespace) -> Any:
     if args.api:
         from pipelines.serve.loadtest import run_loadtest
@@ -200,6 +212,12 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "itself when nothing changed",
         _run,
         [_source, _extractors],
+    ),
+    "search": (
+        "neighbours and predicted category of photos or folders of photos, as a table or "
+        "JSON (the Upload page's search from the shell)",
+        _search,
+        [_extractors, _search_options],
     ),
     "bench": (
         "speed, memory and scale of every stage against the memory floor and peers, into "
