@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 
@@ -145,22 +146,12 @@ class AnnIndex:
             projection = _pca_projection(vectors, pca_dims, rng)
             data = _project(vectors, projection)
 
-        dim = data.shape[1]
         if method == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = ef_construction
-            index.add(data)
-            lists = 0
+            index, lists = _hnsw(faiss, data, hnsw_m, ef_construction), 0
         else:
             lists = nlist or round(LISTS_PER_SQRT_N * math.sqrt(n))
             lists = max(1, min(lists, n // TRAIN_POINTS_PER_LIST or 1))
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = seed
-            sample = min(n, lists * TRAIN_POINTS_PER_LIST)
-            train = data if sample == n else data[np.sort(rng.choice(n, sample, replace=False))]
-            index.train(train)
-            index.add(data)
+            index = _ivf(faiss, data, lists, seed, rng)
         # nprobe only means something for IVF; HNSW keeps 0.
         default_probes = max(1, math.ceil(DEFAULT_SCAN_SHARE * lists))
         probes = min(lists, nprobe or default_probes) if lists else 0
@@ -245,6 +236,26 @@ class AnnIndex:
         rows[missing] = -1
         sims[missing] = np.nan
         return rows, sims
+
+
+def _hnsw(faiss: Any, data: np.ndarray, m: int, ef_construction: int) -> Any:
+    """A faiss HNSW graph over `data` (inner product)."""
+    index = faiss.IndexHNSWFlat(data.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.add(data)
+    return index
+
+
+def _ivf(faiss: Any, data: np.ndarray, lists: int, seed: int, rng: np.random.Generator) -> Any:
+    """A faiss IVF-Flat index over `data` (inner product), its k-means trained on a sample of
+    TRAIN_POINTS_PER_LIST rows per list."""
+    n, dim = data.shape
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    sample = min(n, lists * TRAIN_POINTS_PER_LIST)
+    index.train(data if sample == n else data[np.sort(rng.choice(n, sample, replace=False))])
+    index.add(data)
+    return index
 
 
 def _pca_projection(vectors: np.ndarray, dims: int, rng: np.random.Generator) -> np.ndarray:
