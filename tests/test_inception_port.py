@@ -15,8 +15,6 @@ import pytest
 from pipelines.errors import LookalikeError
 from pipelines.inception_weights import (
     FEATURE_DIM,
-    N_CONV_UNITS,
-    N_PARAMS,
     build_inception_v3,
     find_fid_weights,
     load_fid_weights,
@@ -56,9 +54,9 @@ def test_reads_94_conv_units_without_torch(pt_path: Path, monkeypatch: pytest.Mo
     # A None entry makes `import torch` raise, whether or not torch is installed.
     monkeypatch.setitem(sys.modules, "torch", None)
     units = select_conv_units(read_torchscript_tensors(pt_path))
-    assert len(units) == N_CONV_UNITS == 94
+    assert len(units) == 94  # the 2015 graph's conv + batch-norm units
     n_params = sum(a.size for u in units for a in (u.weight, u.beta, u.mean, u.var))
-    assert n_params == N_PARAMS == 21_802_784
+    assert n_params == 21_802_784
     assert units[0].weight.shape == (32, 3, 3, 3)
     assert units[-1].weight.shape == (192, 2048, 1, 1)
     assert all(u.weight.dtype == np.float32 for u in units)
@@ -75,7 +73,7 @@ def test_keras_features_match_torchscript_reference(
     assert features.shape == (4, FEATURE_DIM) and features.dtype == np.float32
     diff = np.abs(features - reference["features"]).max()
     assert diff <= MAX_ABS_DIFF, f"max abs difference {diff:.2e} > {MAX_ABS_DIFF:.0e}"
-    assert model.count_params() == N_PARAMS
+    assert model.count_params() == 21_802_784  # every weight of the file, no more
 
 
 def test_mixed10_pooling_branch_is_max_pooling(model: keras.Model) -> None:
