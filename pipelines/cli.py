@@ -76,7 +76,7 @@ def _bench(config: Config, args: argparse.Namespace) -> Any:
         return run_loadtest(config, quick=args.quick)
     from pipelines.bench import run_bench
 
-    return run_bench(config, quick=args.quick)
+    return run_bench(config, quick=args.quick, sections=args.section)
 
 
 def _serve(config: Config, args: argparse.Namespace) -> Any:
@@ -110,6 +110,19 @@ def _neighbours_options(parser: argparse.ArgumentParser) -> None:
         choices=("parquet", "csv"),
         default="parquet",
         help="table format (default: parquet)",
+    )
+
+
+def _section(parser: argparse.ArgumentParser) -> None:
+    from pipelines.bench import SECTIONS
+
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=SECTIONS,
+        default=None,
+        metavar="NAME",
+        help=f"run only this section, repeatable: {', '.join(SECTIONS)} (default: all)",
     )
 
 
@@ -223,7 +236,7 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "speed, memory and scale of every stage against the memory floor and peers, into "
         "artifacts/bench/results.json (prints a table)",
         _bench,
-        [_quick, _api],
+        [_quick, _api, _section],
     ),
     "serve": (
         "the similar-items HTTP API over the artifacts (FastAPI; OpenAPI docs at /docs)",
