@@ -115,9 +115,16 @@ def create_app(
         return current
 
     def index_of(current: ServiceState, extractor: str) -> Any:
+        if extractor in EXTRACTORS and extractor not in current.indexes:
+            raise _error(
+                503,
+                f"the {extractor} embeddings are not built in {config.artifacts_dir} — run "
+                f"`{commands.embed(extractor)}`; served: {', '.join(current.indexes)}",
+            )
         if extractor not in current.indexes:
             raise _error(
-                400, f"unknown extractor {extractor!r}; valid extractors: {', '.join(EXTRACTORS)}"
+                400,
+                f"unknown extractor {extractor!r}; valid extractors: {', '.join(current.indexes)}",
             )
         return current.indexes[extractor]
 
@@ -224,7 +231,7 @@ def create_app(
         start = time.perf_counter()
         current = state()
         k = checked(k, strategy)
-        names = list(dict.fromkeys(extractor or current.extractors or EXTRACTORS))
+        names = list(dict.fromkeys(extractor or current.extractors or current.indexes))
         indexes = {name: index_of(current, name) for name in names}
         for name in names:
             if name not in current.extractors:

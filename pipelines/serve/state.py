@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,23 +26,22 @@ RELOAD_INTERVAL_S = 2.0
 HIDDEN_COLUMNS = ("path", "thumb", "thumb_file")
 
 
-def _model_file(config: Config, extractor: str) -> Path:
-    if extractor == "custom_cnn":
-        return config.custom_cnn_path
-    return config.inception_weights_path
+def weights_key(config: Config, extractor: str) -> str:
+    """The weights id the extractor's embeddings were made with (from their manifest; reading
+    it never loads or converts a model), "missing" when they are not built."""
+    inputs = (read_manifest(config.embeddings_path(extractor)) or {}).get("inputs", {})
+    return str(inputs.get("weights", "missing"))
 
 
 def fingerprint(config: Config) -> tuple[str, ...]:
-    """The manifest sha256 of every artifact the service reads: any change means a rebuild."""
+    """The manifest sha256 of every artifact the service reads, and every model's weights id:
+    any change means a rebuild."""
     paths = [config.catalog_path, config.categories_path]
     for name in EXTRACTORS:
-        paths += [
-            config.embeddings_path(name),
-            config.clusters_path(name),
-            config.centroids_path(name),
-            _model_file(config, name),
-        ]
-    return tuple(status.manifest_sha(p) for p in paths)
+        paths += [config.embeddings_path(name), config.clusters_path(name)]
+        paths.append(config.centroids_path(name))
+    keys = [status.manifest_sha(p) for p in paths]
+    return (*keys, *(weights_key(config, name) for name in EXTRACTORS))
 
 
 @dataclass(frozen=True)
@@ -89,9 +87,9 @@ def _records(catalog: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def _check_consistent(config: Config, catalog_sha: str) -> None:
+def _check_consistent(config: Config, catalog_sha: str, extractors: list[str]) -> None:
     """Refuse a half-rebuilt folder: every embeddings file must come from this catalog."""
-    for name in EXTRACTORS:
+    for name in extractors:
         made_from = (read_manifest(config.embeddings_path(name)) or {}).get("inputs", {})
         if made_from.get("catalog") not in (None, catalog_sha):
             raise LookalikeError(
@@ -100,14 +98,16 @@ def _check_consistent(config: Config, catalog_sha: str) -> None:
             )
 
 
-def load_models(config: Config, mode: str) -> tuple[dict[str, Any], dict[str, str]]:
+def load_models(
+    config: Config, mode: str, extractors: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """One warmed-up model per extractor, gated for concurrent use; and why any did not load."""
     from pipelines.extractors import get_extractor
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     models: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    for name in EXTRACTORS:
+    for name in extractors:
         try:
             extractor = get_extractor(name, config)
             # One call on a blank image builds and traces the model: the first upload is fast.
@@ -144,19 +144,22 @@ def build_state(
     """
     config = status.app_config(config)
     key = fingerprint(config)
-    missing = status.missing_artifacts(config, ("catalog", "embeddings"))
-    if missing:
+    if status.missing_artifacts(config, ("catalog",)):
+        raise LookalikeError(f"{config.catalog_path} is missing — run `{commands.RUN}`")
+    # Extractors whose embeddings were not built (say a head that needs labels) are left out.
+    served = [n for n in EXTRACTORS if not status.missing_artifacts(config, ("embeddings",), [n])]
+    if not served:
         raise LookalikeError(
-            f"{len(missing)} artifact(s) missing, first {missing[0]} — run `{commands.RUN}`"
+            f"no embeddings in {config.artifacts_dir / 'embeddings'} — run `{commands.RUN}`"
         )
     catalog, catalog_sha = read_catalog(config)
-    _check_consistent(config, catalog_sha)
-    indexes = {name: load_index(config, name) for name in EXTRACTORS}
+    _check_consistent(config, catalog_sha, served)
+    indexes = {name: load_index(config, name) for name in served}
     catalog = catalog.assign(thumb_file=[str(config.artifacts_dir / t) for t in catalog["thumb"]])
     if "label" not in catalog.columns:
         catalog["label"] = None
     model_key = (
-        *(status.manifest_sha(_model_file(config, n)) for n in EXTRACTORS),
+        *(weights_key(config, n) for n in served),
         str((config.cnn_image_size, config.cnn_embedding_dim, config.inception_weights)),
     )
     models: dict[str, Any] = {}
@@ -165,9 +168,9 @@ def build_state(
         if previous is not None and previous.extractors and previous.model_key == model_key:
             models, errors = previous.extractors, previous.model_errors
         else:
-            models, errors = load_models(config, mode)
+            models, errors = load_models(config, mode, served)
     else:
-        errors = {name: "models were not loaded (load_extractors=False)" for name in EXTRACTORS}
+        errors = {name: "models were not loaded (load_extractors=False)" for name in served}
     labels = sorted({str(v) for v in catalog["label"].dropna()})
     return ServiceState(
         config=config,

@@ -1,0 +1,475 @@
+"""The HTTP API over the small real pipeline build: every endpoint, every error code, the API
+key, reload after a rebuild, and the real server started as a subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pipelines import artifacts
+from pipelines.config import EXTRACTORS, REPO_ROOT, STRATEGIES, Config
+from pipelines.readers import load_index, read_catalog
+from pipelines.serve.app import MAX_PHOTOS, create_app
+from tests.conftest import real_photos
+
+KEY = "test-key-1234"
+
+
+def _one_line(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"detail"}, body
+    assert isinstance(body["detail"], str) and "\n" not in body["detail"]
+    return body["detail"]
+
+
+@pytest.fixture(scope="module")
+def client(built: Config) -> TestClient:
+    """The API with both models loaded, over the session's small build (read only)."""
+    with TestClient(create_app(built, reload_interval=0)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def ids(built: Config) -> list[str]:
+    catalog, _ = read_catalog(built)
+    return catalog["item_id"].tolist()
+
+
+@pytest.fixture(scope="module")
+def hat_photo() -> bytes:
+    """A real hat photo from the test split (it is also in the catalog: its own nearest item)."""
+    return real_photos("hat", 1, "test")[0].read_bytes()
+
+
+# --------------------------------------------------------------------------- read endpoints
+
+
+def test_health_reports_the_build(client: TestClient, built: Config, ids: list[str]) -> None:
+    body = client.get("/health").json()
+    assert body["ok"] and body["artifacts_present"]
+    assert body["catalog_size"] == len(ids) == 36
+    assert body["built"] == artifacts.read_manifest(built.catalog_path)["created"]
+    served = [e["name"] for e in client.get("/extractors").json()]
+    assert {"inception_v3", "custom_cnn"} <= set(served)
+    assert body["extractors_loaded"] == sorted(served)
+
+
+def test_extractors_and_strategies(client: TestClient) -> None:
+    extractors = {e["name"]: e for e in client.get("/extractors").json()}
+    assert {"inception_v3", "custom_cnn"} <= set(extractors) <= set(EXTRACTORS)
+    assert extractors["inception_v3"]["dim"] == 2048
+    assert extractors["custom_cnn"]["model_loaded"]
+    assert set(extractors["inception_v3"]["strategies"]) == set(STRATEGIES)
+    assert [s["name"] for s in client.get("/strategies").json()] == list(STRATEGIES)
+
+
+def test_item_is_its_catalog_row_without_server_paths(
+    client: TestClient, built: Config, ids: list[str]
+) -> None:
+    catalog, _ = read_catalog(built)
+    row = catalog.iloc[5]
+    body = client.get(f"/items/{row['item_id']}").json()
+    assert body["item_id"] == row["item_id"]
+    assert body["label"] == row["label"]
+    assert body["width"] == int(row["width"])
+    assert body["thumbnail_url"] == f"/thumbs/{row['item_id']}"
+    assert "path" not in body and "thumb" not in body
+
+
+def test_similar_matches_the_index_and_excludes_the_item(
+    client: TestClient, built: Config, ids: list[str]
+) -> None:
+    item = ids[3]
+    response = client.get(f"/items/{item}/similar", params={"k": 5, "extractor": "custom_cnn"})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["query"], body["extractor"], body["strategy"], body["k"]) == (
+        item,
+        "custom_cnn",
+        "exact",
+        5,
+    )
+    # An independent brute-force answer from the raw embeddings.
+    index = load_index(built, "custom_cnn")
+    sims = index.vectors @ index.vectors[3]
+    sims[3] = -np.inf
+    expected = [ids[i] for i in np.argsort(-sims, kind="stable")[:5]]
+    assert [r["item_id"] for r in body["results"]] == expected
+    assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+    assert body["results"][0]["similarity"] == pytest.approx(float(np.sort(sims)[-1]), abs=1e-5)
+    assert all(r["thumbnail_url"] == f"/thumbs/{r['item_id']}" for r in body["results"])
+
+
+def test_similar_label_filter_returns_only_that_label(client: TestClient, ids: list[str]) -> None:
+    body = client.get(f"/items/{ids[0]}/similar", params={"k": 5, "label": "shoes"}).json()
+    labels = [r["label"] for r in body["results"]]
+    assert labels == ["shoes"] * 5
+    assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("strategy", ["cluster", "category"])
+def test_similar_pool_strategies_are_used(client: TestClient, ids: list[str], strategy) -> None:
+    body = client.get(f"/items/{ids[0]}/similar", params={"k": 3, "strategy": strategy}).json()
+    assert body["strategy"] == strategy and body["note"] is None
+    assert ids[0] not in [r["item_id"] for r in body["results"]]
+
+
+def test_thumb_bytes_type_and_cache_headers(
+    client: TestClient, built: Config, ids: list[str]
+) -> None:
+    response = client.get(f"/thumbs/{ids[0]}")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.content == built.thumb_path(ids[0]).read_bytes()
+    assert "max-age" in response.headers["cache-control"]
+    again = client.get(f"/thumbs/{ids[0]}", headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    other = client.get(f"/thumbs/{ids[1]}")
+    assert other.headers["etag"] != response.headers["etag"]
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_search_one_photo_both_extractors(client: TestClient, hat_photo: bytes) -> None:
+    response = client.post(
+        "/search", files=[("photo", ("hat.jpg", hat_photo, "image/jpeg"))], params={"k": 4}
+    )
+    assert response.status_code == 200, response.text
+    (photo,) = response.json()["photos"]
+    assert photo["name"] == "hat.jpg" and photo["error"] is None
+    assert photo["category"] in {"dress", "hat", "pants", "shoes"}
+    searches = {s["extractor"]: s for s in photo["searches"]}
+    assert set(searches) == set(client.get("/health").json()["extractors_loaded"])
+    for search in searches.values():
+        assert search["query"] == "hat.jpg" and search["k"] == 4
+        assert len(search["results"]) == 4
+    # The photo is a catalog item: InceptionV3 finds it first, at similarity ~1.
+    first = searches["inception_v3"]["results"][0]
+    assert first["label"] == "hat" and first["similarity"] > 0.99
+
+
+def test_search_several_photos_and_the_set_summary(client: TestClient, hat_photo: bytes) -> None:
+    dress = real_photos("dress", 1, "test")[0].read_bytes()
+    png = io.BytesIO()
+    Image.open(io.BytesIO(dress)).save(png, format="PNG")
+    files = [
+        ("photo", ("a.jpg", hat_photo, "image/jpeg")),
+        ("photo", ("b.png", png.getvalue(), "image/png")),
+        ("photo", ("c.jpg", b"not an image", "image/jpeg")),
+    ]
+    response = client.post("/search", files=files, params={"extractor": "custom_cnn", "k": 2})
+    assert response.status_code == 200
+    body = response.json()
+    assert [p["name"] for p in body["photos"]] == ["a.jpg", "b.png", "c.jpg"]
+    assert body["photos"][2]["error"].startswith("c.jpg: not a recognised image")
+    assert body["photos"][2]["searches"] == []
+    categories = [p["category"] for p in body["photos"][:2]]
+    summary = pd.Series(categories).value_counts()
+    assert {c["category"]: c["count"] for c in body["top_categories"]} == summary.to_dict()
+    assert [s["extractor"] for s in body["photos"][0]["searches"]] == ["custom_cnn"]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 422, "empty file"),
+        (b"hello, I am text", 415, "not a recognised image"),
+        ("truncated", 422, "a.jpg:"),
+    ],
+)
+def test_search_bad_photo_names_the_problem(
+    client: TestClient, hat_photo: bytes, data, status: int, words: str
+) -> None:
+    if data == "truncated":
+        data = hat_photo[: len(hat_photo) // 3]
+    response = client.post("/search", files=[("photo", ("a.jpg", data, "image/jpeg"))])
+    assert response.status_code == status
+    assert words in _one_line(response)
+
+
+def test_search_decompression_bomb_is_refused(client: TestClient) -> None:
+    bomb = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(bomb, format="PNG")  # 81 Mpx, a few KB of zeros
+    response = client.post("/search", files=[("photo", ("bomb.png", bomb.getvalue(), "x/y"))])
+    assert response.status_code in (413, 415, 422)
+    assert "bomb.png" in _one_line(response)
+
+
+def test_too_large_is_refused_from_content_length(client: TestClient) -> None:
+    limit = (MAX_PHOTOS * 20 + 1) * 2**20
+    response = client.post(
+        "/search",
+        content=b"x",
+        headers={"content-length": str(limit), "content-type": "multipart/form-data; b=x"},
+    )
+    assert response.status_code == 413
+    assert "limit" in _one_line(response)
+
+
+def test_too_large_photo_is_refused(client: TestClient) -> None:
+    data = b"\xff\xd8\xff" + bytes(21 * 2**20)
+    response = client.post("/search", files=[("photo", ("big.jpg", data, "image/jpeg"))])
+    assert response.status_code == 413
+    assert "upload limit" in _one_line(response)
+
+
+def test_too_large_stream_without_length_is_cut_off(built: Config) -> None:
+    app = create_app(built, load_extractors=False, reload_interval=0, max_upload_bytes=1000)
+    sent = []
+
+    def body():
+        for _ in range(200):  # 200 x 1 KB against a ~74 KB body limit
+            sent.append(1)
+            yield b"x" * 1024
+
+    with TestClient(app) as small:
+        response = small.post(
+            "/search",
+            content=body(),
+            headers={"content-type": "multipart/form-data; boundary=xyz"},
+        )
+    assert response.status_code == 413
+    assert "limit" in _one_line(response)
+
+
+def test_too_many_photos(client: TestClient) -> None:
+    files = [("photo", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(MAX_PHOTOS + 1)]
+    response = client.post("/search", files=files, params={"extractor": "custom_cnn"})
+    assert response.status_code == 413
+    assert f"at most {MAX_PHOTOS} photos" in _one_line(response)
+
+
+def test_search_without_a_photo(client: TestClient) -> None:
+    response = client.post("/search", params={"k": 3})
+    assert response.status_code == 422
+    assert "photo" in _one_line(response)
+
+
+# --------------------------------------------------------------------------- bad parameters
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "words"),
+    [
+        ({"k": 0}, 422, "k must be between 1 and 50, got 0"),
+        ({"k": 51}, 422, "k must be between 1 and 50, got 51"),
+        ({"k": "ten"}, 422, "k: "),
+        ({"extractor": "resnet"}, 400, "valid extractors: inception_v3, custom_cnn"),
+        ({"strategy": "fast"}, 400, "valid strategies: exact, cluster, category"),
+        ({"label": "scarf"}, 400, "valid labels: dress, hat, pants, shoes"),
+    ],
+)
+def test_similar_bad_parameters(
+    client: TestClient, ids: list[str], params: dict, status: int, words: str
+) -> None:
+    response = client.get(f"/items/{ids[0]}/similar", params=params)
+    assert response.status_code == status
+    assert words in _one_line(response)
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "words"),
+    [
+        ({"k": 0}, 422, "k must be between"),
+        ({"extractor": "resnet"}, 400, "valid extractors"),
+        ({"strategy": "fast"}, 400, "valid strategies"),
+    ],
+)
+def test_search_bad_parameters(
+    client: TestClient, hat_photo: bytes, params: dict, status: int, words: str
+) -> None:
+    files = [("photo", ("hat.jpg", hat_photo, "image/jpeg"))]
+    response = client.post("/search", files=files, params=params)
+    assert response.status_code == status
+    assert words in _one_line(response)
+
+
+@pytest.mark.parametrize("path", ["/items/nope", "/items/nope/similar", "/thumbs/nope"])
+def test_unknown_item_is_404(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "no catalog item 'nope'" in _one_line(response)
+
+
+@pytest.mark.parametrize("path", ["/thumbs/..%2F..%2Fcatalog.parquet", "/thumbs/../catalog"])
+def test_paths_never_reach_the_filesystem(client: TestClient, path: str) -> None:
+    assert client.get(path).status_code == 404
+
+
+def test_openapi_documents_the_endpoints(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/health", "/extractors", "/strategies", "/items/{item_id}", "/search"):
+        assert path in paths
+    assert "/items/{item_id}/similar" in paths and "/thumbs/{item_id}" in paths
+    assert client.get("/docs").status_code == 200
+
+
+# --------------------------------------------------------------------------- the API key
+
+
+@pytest.fixture(scope="module")
+def keyed(built: Config) -> TestClient:
+    with TestClient(create_app(built, api_key=KEY, load_extractors=False, reload_interval=0)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": "Basic x"}],
+)
+def test_api_key_required(keyed: TestClient, ids: list[str], headers: dict) -> None:
+    for path in ("/extractors", "/strategies", f"/items/{ids[0]}", f"/thumbs/{ids[0]}"):
+        response = keyed.get(path, headers=headers)
+        assert response.status_code == 401
+        assert "API key" in _one_line(response)
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert keyed.post("/search", headers=headers).status_code == 401
+
+
+def test_api_key_accepted_and_health_open(keyed: TestClient, ids: list[str]) -> None:
+    good = {"Authorization": f"Bearer {KEY}"}
+    assert keyed.get("/health").status_code == 200
+    assert keyed.get(f"/items/{ids[0]}/similar", headers=good).status_code == 200
+    assert keyed.get(f"/thumbs/{ids[0]}", headers=good).status_code == 200
+    # No models loaded in this app: uploads say why instead of failing.
+    response = keyed.post("/search", headers=good, files=[("photo", ("a.jpg", b"x", "i/j"))])
+    assert response.status_code == 503
+    assert "cannot embed photos" in _one_line(response)
+
+
+def test_no_key_means_open(client: TestClient) -> None:
+    assert client.get("/strategies").status_code == 200
+
+
+# --------------------------------------------------------------------------- reload
+
+
+def _rebuild_without_last_rows(config: Config, drop: int, embeddings: bool = True) -> None:
+    """A rebuild as `run` would write it: a smaller catalog, then embeddings made from it."""
+    catalog = pd.read_parquet(config.catalog_path).iloc[:-drop]
+    artifacts.write_parquet(catalog, config.catalog_path)
+    artifacts.write_manifest(config.catalog_path, "catalog", {"rebuilt": drop}, {})
+    if embeddings:
+        _rebuild_embeddings(config, drop)
+
+
+def _rebuild_embeddings(config: Config, drop: int) -> None:
+    sha = artifacts.read_manifest(config.catalog_path)["sha256"]
+    for name in EXTRACTORS:
+        path = config.embeddings_path(name)
+        if not path.exists():
+            continue  # an extractor this build skipped
+        artifacts.write_npy(np.load(path)[:-drop], path)
+        old = artifacts.read_manifest(path)
+        artifacts.write_manifest(path, "embed", old["params"], {**old["inputs"], "catalog": sha})
+
+
+def test_reload_after_a_rebuild_swaps_whole_states(built: Config, tmp_path: Path) -> None:
+    config = built.replace(artifacts_dir=tmp_path / "artifacts")
+    shutil.copytree(built.artifacts_dir, config.artifacts_dir)
+    app = create_app(config, load_extractors=False, reload_interval=0)
+    holder = app.state.holder
+    with TestClient(app) as c:
+        ids = list(holder.state.row_of)
+        last = ids[-1]
+        assert c.get(f"/items/{last}").status_code == 200
+
+        # Half-way through a rebuild (new catalog, old embeddings): keep serving the old state.
+        _rebuild_without_last_rows(config, 4, embeddings=False)
+        assert holder.refresh() is False
+        health = c.get("/health").json()
+        assert health["catalog_size"] == 36 and health["reloads"] == 0
+        assert "built from another catalog" in health["error"]
+        assert c.get(f"/items/{last}/similar", params={"k": 3}).status_code == 200
+
+        # The rebuild finishes: the next check swaps in the new state, without a restart.
+        _rebuild_embeddings(config, 4)
+        assert holder.refresh() is True
+        health = c.get("/health").json()
+        assert health["catalog_size"] == 32 and health["reloads"] == 1 and health["error"] is None
+        assert c.get(f"/items/{last}").status_code == 404
+        body = c.get(f"/items/{ids[0]}/similar", params={"k": 31}).json()
+        assert len(body["results"]) == 31 and last not in {r["item_id"] for r in body["results"]}
+        assert holder.refresh() is False  # nothing changed since
+
+
+def test_watcher_picks_up_a_rebuild(built: Config, tmp_path: Path) -> None:
+    config = built.replace(artifacts_dir=tmp_path / "artifacts")
+    shutil.copytree(built.artifacts_dir, config.artifacts_dir)
+    app = create_app(config, load_extractors=False, reload_interval=0.1)
+    with TestClient(app) as c:
+        _rebuild_without_last_rows(config, 2)
+        deadline = time.monotonic() + 20
+        while c.get("/health").json()["catalog_size"] != 34:
+            assert time.monotonic() < deadline, "the watcher never swapped in the rebuild"
+            time.sleep(0.1)
+
+
+def test_missing_artifacts_answer_503(tmp_path: Path) -> None:
+    app = create_app(Config(artifacts_dir=tmp_path / "none"), load_extractors=False)
+    with TestClient(app) as c:
+        health = c.get("/health")
+        assert health.status_code == 503 and health.json()["artifacts_present"] is False
+        response = c.get("/strategies")
+        assert response.status_code == 200  # needs no artifacts
+        response = c.get("/extractors")
+        assert response.status_code == 503
+        assert "python -m pipelines run" in _one_line(response)
+
+
+# --------------------------------------------------------------------------- the real server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_answers_over_http(built: Config, ids: list[str], tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "LOOKALIKE_API_KEY": KEY, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "pipelines", "serve", "--port", str(port)]
+    command += ["--artifacts", str(built.artifacts_dir)]
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the server did not answer /health in 180 s"
+            try:
+                health = httpx.get(f"{base}/health", timeout=2)
+                if health.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        assert health.json()["catalog_size"] == len(ids)
+        assert httpx.get(f"{base}/items/{ids[0]}").status_code == 401
+        auth = {"Authorization": f"Bearer {KEY}"}
+        similar = httpx.get(f"{base}/items/{ids[0]}/similar?k=3", headers=auth)
+        assert similar.status_code == 200 and len(similar.json()["results"]) == 3
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
