@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +14,14 @@ import pytest
 from pipelines.artifacts import (
     artifact_hash,
     atomic_path,
+    ensure_writable_dir,
     is_fresh,
     read_manifest,
     write_json,
     write_manifest,
     write_npy,
 )
+from pipelines.config import REPO_ROOT
 from pipelines.errors import LookalikeError
 
 
@@ -55,3 +60,74 @@ def test_manifest_detects_changed_params_inputs_and_truncation(tmp_path: Path) -
 def test_missing_upstream_artifact_says_how_to_build_it(tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="python -m pipelines catalog"):
         artifact_hash(tmp_path / "catalog.parquet", "python -m pipelines catalog")
+
+
+def test_same_size_replacement_is_not_fresh(tmp_path: Path) -> None:
+    """Issue 11, defect 7: freshness checks the content, not only the size."""
+    path = tmp_path / "emb.npy"
+    write_npy(np.ones((3, 2), np.float32), path)
+    write_manifest(path, "embed", {"batch": 32}, {"catalog": "abc"})
+    size = path.stat().st_size
+    write_npy(np.full((3, 2), 2.0, np.float32), path)  # same shape, so the same byte count
+    assert path.stat().st_size == size
+    assert not is_fresh(path, "embed", {"batch": 32}, {"catalog": "abc"})
+    with pytest.raises(LookalikeError, match="does not match its manifest .* to rebuild it"):
+        artifact_hash(path, "python -m pipelines embed")
+
+
+def test_kill_between_rename_and_manifest_write_is_detected(tmp_path: Path) -> None:
+    """Issue 11, defect 7: a run killed after renaming its new artifact into place but before
+    writing the new manifest leaves new bytes beside the old manifest: not fresh."""
+    path = tmp_path / "catalog.parquet"
+    write_json({"rows": 1}, path)
+    write_manifest(path, "catalog", {}, {"source": "s1"})
+    write_json({"rows": 2}, path)  # the next run's artifact, same size; then the kill
+    assert not is_fresh(path, "catalog", {}, {"source": "s1"})
+    write_manifest(path, "catalog", {}, {"source": "s1"})
+    assert is_fresh(path, "catalog", {}, {"source": "s1"})
+
+
+def test_unreadable_manifest_is_no_manifest(tmp_path: Path) -> None:
+    path = tmp_path / "x.npy"
+    write_npy(np.zeros(2, np.float32), path)
+    (tmp_path / "x.manifest.json").write_bytes(b"\xff\xfe[1, 2]")
+    assert read_manifest(path) is None
+    (tmp_path / "x.manifest.json").write_text("[1, 2]")
+    assert read_manifest(path) is None
+    assert not is_fresh(path, "s", {}, {})
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("/proc/x", "error: cannot write to --artifacts /proc/x (.*) — pass a folder you can"),
+        ("FILE", "error: --artifacts .*afile is a file, not a folder — pass a folder"),
+    ],
+)
+def test_bad_artifacts_folder_is_one_line_not_a_traceback(
+    where: str, message: str, tmp_path: Path
+) -> None:
+    """Issue 11, defect 8: `--artifacts /proc/x` and `--artifacts <a file>` exit 2 with one
+    line (they raised FileNotFoundError / NotADirectoryError from worker threads before)."""
+    (tmp_path / "afile").write_text("x")
+    where = str(tmp_path / "afile") if where == "FILE" else where
+    proc = _cli("catalog", "--artifacts", where, "--source", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and re.match(message, lines[0]), proc.stderr
+
+
+def test_ensure_writable_dir_creates_the_folder(tmp_path: Path) -> None:
+    folder = ensure_writable_dir(tmp_path / "a" / "b")
+    assert folder.is_dir() and list(folder.iterdir()) == []
