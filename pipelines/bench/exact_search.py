@@ -156,6 +156,8 @@ def exact_case(label: str, spec: dict[str, Any], quick: bool) -> dict[str, Any]:
     medians = {name: ms(t)["median_ms"] for name, t in times.items()}
     floor_method, floor_ms = floor_of(medians)
     single, batch = ms(times[OURS_SINGLE]), ms(times[OURS_BATCH])
+    # Ours against the bare product it is built on, at whichever BLAS thread count is faster.
+    best_gemv = min(medians["gemv with the query"], medians["gemv with the query, 1 BLAS thread"])
     peer = _sklearn(x, queries, index, reps=3 if big or quick else 10)
     return {
         "case": label,
@@ -174,7 +176,7 @@ def exact_case(label: str, spec: dict[str, Any], quick: bool) -> dict[str, Any]:
         "single_p95_ms": single["p95_ms"],
         "single_median_over_floor": round(single["median_ms"] / floor_ms, 3),
         "single_p95_over_floor": round(single["p95_ms"] / floor_ms, 3),
-        "single_over_gemv": round(single["median_ms"] / medians["gemv with the query"], 3),
+        "single_over_best_gemv": round(single["median_ms"] / best_gemv, 3),
         "batch64_median_ms": batch["median_ms"],
         "batch64_p95_ms": batch["p95_ms"],
         "batch64_over_floor": round(batch["median_ms"] / floor_ms, 3),
