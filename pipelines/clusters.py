@@ -19,7 +19,7 @@ from pipelines.artifacts import (
     write_npy,
     write_parquet,
 )
-from pipelines.config import EXTRACTORS, Config
+from pipelines.config import Config
 from pipelines.readers import read_catalog, read_embeddings
 from pipelines.stage import StageResult, per_extractor
 
@@ -121,7 +121,7 @@ def overall_purity(summary: pd.DataFrame) -> float | None:
 
 
 def run_clusters(
-    config: Config, extractors: Sequence[str] = EXTRACTORS, force: bool = False
+    config: Config, extractors: Sequence[str] | None = None, force: bool = False
 ) -> StageResult:
     """Stage: k-means per extractor.
 
@@ -136,6 +136,8 @@ def run_clusters(
     "skipped", "n_clusters", "purity"}}.
     """
     began = time.perf_counter()
+    # Default: every extractor this catalog has (the head only where it was trained).
+    extractors = config.extractors_built() if extractors is None else extractors
     catalog, catalog_hash = read_catalog(config)
     labels = catalog["label"] if "label" in catalog.columns else None
     if labels is not None and labels.isna().all():

@@ -17,7 +17,13 @@ DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "datasets" / "clothing-small"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SOURCE_FORMATS = ("auto", "folders", "csv", "deepfashion")
-EXTRACTORS = ("inception_v3", "custom_cnn")
+# inception_head is a metric-learned head on the InceptionV3 vectors (pipelines/head.py); it
+# needs labels, so a catalog without them skips it.
+EXTRACTORS = ("inception_v3", "custom_cnn", "inception_head")
+HEAD_LOSSES = ("norm_softmax", "supcon")
+# Extractors a catalog may lack (the head needs labels): stages and pages that default to
+# "every extractor" take these only when their embeddings exist (`Config.extractors_built`).
+OPTIONAL_EXTRACTORS = ("inception_head",)
 STRATEGIES = ("exact", "cluster", "category")
 
 
@@ -56,14 +62,40 @@ class Config:
     cnn_image_size: int = 96
     # Width of the embedding layer used for retrieval.
     cnn_embedding_dim: int = 128
-    # Upper bound on epochs; early stopping on the validation split usually ends sooner.
-    cnn_epochs: int = 40
+    # Epochs of the schedule (warm-up then cosine over exactly these); early stopping on the
+    # validation split may end sooner. Epochs, not wall time, bound training, so a busy
+    # machine gets the same model, only later.
+    cnn_epochs: int = 24
     # Epochs without validation improvement before training stops.
     cnn_patience: int = 5
     cnn_learning_rate: float = 2e-3
-    # Wall-clock budget for training, seconds; training stops after the epoch that passes it,
-    # and the learning rate anneals over it, so the whole stage stays within 15 minutes.
-    cnn_time_budget_s: float = 780.0
+    # Safety limit only, seconds: training stops after the epoch that passes it (the manifest
+    # then says "time_budget"). Set far above a normal run so it never decides the model.
+    cnn_time_budget_s: float = 3600.0
+
+    # --- metric-learned head on InceptionV3 vectors (pipelines/head.py) ---
+    # Loss of the head, chosen on validation P@10 (see the README): normalised softmax over
+    # class proxies, or supervised contrastive.
+    head_loss: str = "norm_softmax"
+    # Hidden width and output width of the head (two dense layers, unit output).
+    head_hidden: int = 512
+    head_dim: int = 128
+    head_epochs: int = 30
+    head_learning_rate: float = 1e-3
+    # Share of the similarity that comes from the raw InceptionV3 vector (reduced by PCA to
+    # head_dim) beside the learned head: keeps colour and pattern, which a category loss
+    # forgets. 0 = head only.
+    head_raw_share: float = 0.3
+
+    # --- robust strategies ---
+    # The cluster strategy searches the query's nearest this-many clusters (by centroid), so a
+    # query on a cluster border, or from another kind of photo, still finds its kind.
+    cluster_search_width: int = 2
+    # The category strategy searches the top predicted categories until their probabilities
+    # add up to this share; and the whole catalog when the top probability is below
+    # category_exact_below (the classifier is unsure).
+    category_cover: float = 0.9
+    category_exact_below: float = 0.4
 
     # --- maps and clusters ---
     # PCA width before UMAP: keeps UMAP fast on 2048-d vectors with little loss.
@@ -77,6 +109,10 @@ class Config:
     # Largest k the app and the search module accept.
     max_k: int = 50
     eval_ks: tuple[int, ...] = (1, 5, 10, 20)
+
+    # Test photos altered for copy-retrieval R@1 (evenly spread over the queries; 0 = off):
+    # each runs once through every extractor's model, about 40 s for 400 on InceptionV3.
+    eval_copy_queries: int = 400
 
     # One seed for every random choice: maps, clusters, training, splits.
     seed: int = 0
@@ -97,8 +133,11 @@ class Config:
                 raise LookalikeError(
                     f"{name} must be a number above {low} and below {high}, got {value!r}"
                 )
-        if not isinstance(self.map_min_dist, int | float) or not 0 <= self.map_min_dist <= 1:
-            raise LookalikeError(f"map_min_dist must be between 0 and 1, got {self.map_min_dist}")
+        _check_choice("head_loss", self.head_loss, HEAD_LOSSES)
+        for name in _SHARES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise LookalikeError(f"{name} must be between 0 and 1, got {value!r}")
         if (
             not self.eval_ks
             or not all(isinstance(k, int) and not isinstance(k, bool) for k in self.eval_ks)
@@ -113,6 +152,14 @@ class Config:
         if unknown:
             raise LookalikeError(f"unknown setting(s) {unknown}; valid: {sorted(known)}")
         return dataclasses.replace(self, **changes)
+
+    def extractors_built(self) -> list[str]:
+        """EXTRACTORS, less the optional ones whose embeddings this catalog does not have."""
+        return [
+            name
+            for name in EXTRACTORS
+            if name not in OPTIONAL_EXTRACTORS or self.embeddings_path(name).exists()
+        ]
 
     # Paths of the artifacts: the only place they are spelled (stages, app, bench and tests
     # all ask here).
@@ -176,8 +223,25 @@ class Config:
 
     @property
     def categories_path(self) -> Path:
-        """The custom CNN's predicted category per catalog item (written by its embed stage)."""
+        """The predicted category per catalog item, and the categories its category search
+        covers: written by the custom CNN's embed stage, then replaced by the classify stage
+        with the classifier chosen on validation (`pipelines/classify.py`)."""
         return self.artifacts_dir / "categories.parquet"
+
+    @property
+    def category_model_path(self) -> Path:
+        """The chosen category classifier's weights (.npz arrays), for uploads."""
+        return self.models_dir / "category_model.npz"
+
+    @property
+    def head_path(self) -> Path:
+        """The metric-learned head's weights (.npz arrays), written by its train stage."""
+        return self.models_dir / "inception_head.npz"
+
+    @property
+    def colours_path(self) -> Path:
+        """Dominant colour of each catalog item (item_id, colour), from `pipelines/colour.py`."""
+        return self.artifacts_dir / "colours.parquet"
 
     @property
     def metrics_path(self) -> Path:
@@ -204,6 +268,11 @@ _WHOLE_MINIMUMS = {
     "cnn_embedding_dim": 2,
     "cnn_epochs": 1,
     "cnn_patience": 0,
+    "head_hidden": 1,
+    "head_dim": 2,
+    "head_epochs": 1,
+    "cluster_search_width": 1,
+    "eval_copy_queries": 0,
     "map_pca_dims": 2,
     "map_neighbors": 2,
     "n_clusters": 1,
@@ -214,7 +283,10 @@ _WHOLE_MINIMUMS = {
 _OPEN_RANGES = {
     "cnn_learning_rate": (0.0, 1.0),
     "cnn_time_budget_s": (0.0, 7 * 24 * 3600.0),
+    "head_learning_rate": (0.0, 1.0),
 }
+# Shares: closed interval [0, 1] (NaN fails).
+_SHARES = ("map_min_dist", "head_raw_share", "category_cover", "category_exact_below")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -165,6 +165,8 @@ def run_embed(
     """
     start = time.perf_counter()
     ext = get_extractor(extractor, config)
+    if hasattr(ext, "embed_catalog"):  # a head on another extractor's stored vectors
+        return ext.embed_catalog(force=force)
     catalog = load_catalog(config)
     out = config.embeddings_path(extractor)
     params = {"extractor": extractor, **ext.describe()}

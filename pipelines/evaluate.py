@@ -1,4 +1,6 @@
-"""Reads the catalog and each extractor's index; writes retrieval metrics (JSON + per class)."""
+"""Reads the catalog and each extractor's index; writes retrieval metrics (JSON + per class):
+category metrics (precision, recall, mAP), likeness metrics (copy-retrieval R@1, colour
+agreement@10) and latency."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pipelines.artifacts import (
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
 from pipelines.index import Index
+from pipelines.likeness import colour_agreement, copy_recall_at_1
 from pipelines.metrics import (
     MAP_K,
     PER_CLASS_K,
@@ -43,6 +46,10 @@ STAGE = "evaluate"
 LATENCY_QUERIES = 100
 # The k the latency is measured at (the app's default page of neighbours).
 LATENCY_K = 10
+# Colour agreement is measured over this many neighbours.
+COLOUR_K = 10
+# Changes whenever the copy-retrieval alteration or the colour metric changes.
+LIKENESS_VERSION = "likeness-1"
 
 
 def no_labels_message(config: Config) -> str:
@@ -100,6 +107,7 @@ def evaluate_index(
     strategy: str,
     ks: Sequence[int],
     latency_queries: int = LATENCY_QUERIES,
+    colours: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Retrieval quality and speed of one strategy on a full-catalog index.
 
@@ -111,6 +119,8 @@ def evaluate_index(
     strategy : one of STRATEGIES.
     ks : cut-offs for precision and recall; those above the gallery size are left out.
     latency_queries : single queries timed (evenly spread over the query set).
+    colours : (n,) dominant colour of each catalog item; adds "colour@10", the share of the
+        first 10 results whose colour is the query's (queries without a colour left out).
 
     Returns
     -------
@@ -145,7 +155,9 @@ def evaluate_index(
     exclude = query_rows if loo else None
     categories = None
     if strategy == "category" and index.categories is not None:
-        categories = index.categories[query_rows]
+        # The categories each query searches (widened while the classifier is unsure).
+        pools = index.categories if index.category_queries is None else index.category_queries
+        categories = pools[query_rows]
 
     # The whole query set in one call: a few matrix products, no per-query Python work.
     found, _ = gallery.search_rows(
@@ -159,6 +171,13 @@ def evaluate_index(
     for k in ks:
         metrics[f"r@{k}"] = float(recall_at(relevant, n_relevant, k).mean())
     metrics[f"map@{MAP_K}"] = float(average_precision(relevant, n_relevant, MAP_K).mean())
+    if colours is not None and top >= COLOUR_K:
+        gallery_colours = colours if loo else colours[protocol.gallery]
+        query_colours = colours[query_rows]
+        known = np.array([c is not None and not pd.isna(c) for c in query_colours], dtype=bool)
+        if known.any():
+            share = colour_agreement(found[known], query_colours[known], gallery_colours, COLOUR_K)
+            metrics[f"colour@{COLOUR_K}"] = float(share.mean())
 
     # Latency as the app sees it: one query per call, results as objects.
     spread = np.linspace(0, len(query_rows) - 1, min(latency_queries, len(query_rows)))
@@ -215,17 +234,44 @@ def _input_hashes(config: Config, catalog_hash: str, extractors: Sequence[str]) 
             (f"centroids/{name}", config.centroids_path(name)),
         ):
             inputs[key] = (read_manifest(path) or {}).get("sha256") or "absent"
-    path = config.categories_path
-    manifest = read_manifest(path) or {}
-    inputs["categories"] = manifest.get("sha256") or (
-        sha256_file(path) if path.exists() else "absent"
-    )
+    for key, path in (("categories", config.categories_path), ("colours", config.colours_path)):
+        manifest = read_manifest(path) or {}
+        inputs[key] = manifest.get("sha256") or (sha256_file(path) if path.exists() else "absent")
     return inputs
+
+
+def copy_retrieval(
+    config: Config, catalog: pd.DataFrame, protocol: Protocol, extractors: Sequence[str]
+) -> dict[str, Any]:
+    """{extractor: {"copy_r@1", "n_queries"}} or {"skipped": reason}: up to
+    `eval_copy_queries` query photos (evenly spread), altered with a fixed seed
+    (`likeness.alter`), each searched against the gallery plus its own original."""
+    from pipelines.images import ImageError
+    from pipelines.likeness import altered_vectors
+    from pipelines.readers import read_embeddings
+
+    n = min(config.eval_copy_queries, len(protocol.queries))
+    if n == 0:
+        return {"skipped": "eval_copy_queries is 0"}
+    pick = np.unique(np.linspace(0, len(protocol.queries) - 1, n).astype(np.int64))
+    rows = protocol.queries[pick]
+    try:
+        altered = altered_vectors(config, catalog, rows, extractors)
+    except (ImageError, LookalikeError, OSError) as err:
+        return {"skipped": f"copy retrieval could not run: {err}"}
+    position = {row: i for i, row in enumerate(protocol.gallery)}
+    exclude = np.array([position.get(int(r), -1) for r in rows]) if protocol.leave_one_out else None
+    out: dict[str, Any] = {}
+    for name in extractors:
+        vectors, _ = read_embeddings(config, name, n_rows=len(catalog))
+        value = copy_recall_at_1(altered[name], vectors[rows], vectors[protocol.gallery], exclude)
+        out[name] = {"copy_r@1": value, "n_queries": int(len(rows))}
+    return out
 
 
 def run_evaluate(
     config: Config,
-    extractors: Sequence[str] = EXTRACTORS,
+    extractors: Sequence[str] | None = None,
     strategies: Sequence[str] = STRATEGIES,
     force: bool = False,
 ) -> StageResult:
@@ -245,7 +291,10 @@ def run_evaluate(
     "latency_ms_median", "latency_ms_p95", "n_queries", "n_gallery"} or {"skipped": reason}}}}
     """
     start = time.perf_counter()
-    extractors = list(dict.fromkeys(extractors))
+    # Default: every extractor this catalog has (the head only where it was trained).
+    extractors = list(
+        dict.fromkeys(config.extractors_built() if extractors is None else extractors)
+    )
     strategies = list(dict.fromkeys(strategies))
     checks = ((extractors, EXTRACTORS, "extractor"), (strategies, STRATEGIES, "strategy"))
     for names, valid, what in checks:
@@ -261,6 +310,9 @@ def run_evaluate(
         "map_k": MAP_K,
         "latency_queries": LATENCY_QUERIES,
         "latency_k": LATENCY_K,
+        "likeness": LIKENESS_VERSION,
+        "copy_queries": config.eval_copy_queries,
+        "seed": config.seed,
     }
     table_path = config.per_class_path
     if (
@@ -295,6 +347,11 @@ def run_evaluate(
             }
         )
         labels = catalog["label"].to_numpy(dtype=object)
+        from pipelines.colour import read_colours
+
+        colours = read_colours(config, catalog["item_id"].to_numpy())
+        if colours is None:
+            metrics["colour_note"] = f"{config.colours_path} is missing or stale: no colour@10"
         combos = [(e, s) for e in extractors for s in strategies]
         indexes = {}
         for name, strategy in tqdm(combos, desc="evaluate", disable=None):
@@ -308,9 +365,14 @@ def run_evaluate(
                 }
                 continue
             results[strategy], per_class = evaluate_index(
-                index, labels, protocol, strategy, config.eval_ks
+                index, labels, protocol, strategy, config.eval_ks, colours=colours
             )
             tables.append(per_class.assign(extractor=name, strategy=strategy))
+        copies = copy_retrieval(config, catalog, protocol, extractors)
+        metrics["copy_retrieval"] = copies
+        for name in extractors:
+            if name in copies and "exact" in metrics["results"].get(name, {}):
+                metrics["results"][name]["exact"]["copy_r@1"] = copies[name]["copy_r@1"]
 
     columns = ["extractor", "strategy", "label", "n_queries", f"p@{PER_CLASS_K}"]
     table = pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame()
@@ -373,4 +435,17 @@ def format_report(metrics: dict[str, Any]) -> str:
                 if "skipped" in values:
                     notes.append(f"{name}/{strategy} skipped: {values['skipped']}")
         lines.append("  ".join([f"{name:<{width}}", *cells]))
-    return "\n".join(lines + notes)
+    likeness = []
+    for name, by_strategy in results.items():
+        exact = by_strategy.get("exact", {})
+        parts = [
+            f"{label} {exact[key]:.3f}"
+            for key, label in (("copy_r@1", "copy R@1"), (f"colour@{COLOUR_K}", "colour@10"))
+            if key in exact
+        ]
+        if parts:
+            likeness.append(f"{name}: " + ", ".join(parts) + " (exact)")
+    copies = metrics.get("copy_retrieval") or {}
+    if "skipped" in copies:
+        notes.append(f"copy retrieval skipped: {copies['skipped']}")
+    return "\n".join(lines + likeness + notes)

@@ -230,9 +230,54 @@ class CustomCNNExtractor(Extractor):
         return normalize_rows(np.asarray(emb)), None
 
 
+class InceptionHeadExtractor(InceptionV3Extractor):
+    """The metric-learned head on InceptionV3 (`pipelines/head.py`): an image goes through
+    InceptionV3 exactly as for `inception_v3`, then through the head. The embed stage skips
+    the images and applies the head to the stored InceptionV3 vectors (`embed_catalog`)."""
+
+    name = "inception_head"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self._head: Any = None
+
+    @property
+    def head(self) -> Any:
+        """The trained head (`head.Head`), loaded on first use."""
+        if self._head is None:
+            from pipelines.head import load_head
+
+            self._head = load_head(self.config)
+        return self._head
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        return self.head.dim
+
+    def weights_id(self) -> str:
+        return artifacts.artifact_hash(self.config.head_path, commands.RUN)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.from_base(normalize_rows(super().forward(x)))
+
+    def from_base(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, 2048) InceptionV3 unit vectors -> (n, dim) head vectors."""
+        return self.head.apply(vectors)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "head": str(self.config.head_path.name)}
+
+    def embed_catalog(self, force: bool = False) -> Any:
+        """The embed stage for this extractor: the head over embeddings/inception_v3.npy."""
+        from pipelines.head import run_embed_head
+
+        return run_embed_head(self.config, force=force)
+
+
 REGISTRY: dict[str, type[Extractor]] = {
     InceptionV3Extractor.name: InceptionV3Extractor,
     CustomCNNExtractor.name: CustomCNNExtractor,
+    InceptionHeadExtractor.name: InceptionHeadExtractor,
 }
 
 

@@ -32,9 +32,13 @@ class Index:
     exact : the whole catalog: one matrix product, or, from `ann_min_items` rows, an
         approximate `ann.AnnIndex` (it may miss a few true neighbours; the similarities it
         returns are exact cosines; `python -m pipelines bench` measures its recall@10).
-    cluster : only items in the query's k-means cluster (the given one, or the nearest
-        centroid).
-    category : only items whose predicted category equals the query's.
+    cluster : only items in the query's k-means clusters: the given one and the
+        `cluster_width` clusters with the nearest centroids (1 = the nearest only). Widening
+        keeps a query that sits between clusters, or comes from another kind of photo, from
+        being shut out of its own kind.
+    category : only items whose predicted category is one of the query's categories. A
+        query's categories are one name, several joined by "|" (the classifier was unsure
+        between them), or "*" (too unsure: the whole catalog, as exact search).
 
     Everything a strategy needs (each pool's rows and its contiguous sub-matrix) is built
     once here, so a query only does matrix products and a partial sort. The one exception is
@@ -51,6 +55,9 @@ class Index:
     centroids : (c, d) unit centroids, to place queries that come without a cluster. When
         omitted, the normalised mean of each cluster's members is used.
     categories : (n,) predicted category of each row (None/NA for none); enables "category".
+    category_queries : (n,) categories each row searches when it is the query ("a", "a|b" or
+        "*"); default its own category.
+    cluster_width : nearest clusters a query searches (default 1).
     unavailable : {strategy: reason} shown when a strategy is used without its data.
     ann_min_items : catalog size from which "exact" uses the approximate index; default
         `ann.ANN_MIN_ITEMS`. 0 always uses it; a value above the size never does.
@@ -67,6 +74,8 @@ class Index:
         categories: Sequence[str | None] | np.ndarray | None = None,
         unavailable: dict[str, str] | None = None,
         ann_min_items: int | None = None,
+        category_queries: Sequence[str | None] | np.ndarray | None = None,
+        cluster_width: int = 1,
     ) -> None:
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or len(vectors) == 0:
@@ -93,6 +102,13 @@ class Index:
             raise LookalikeError(f"ann_min_items must be >= 0, got {self.ann_min_items}")
         self._ann: ann.AnnIndex | None = None
         self._ann_lock = threading.Lock()
+        if isinstance(cluster_width, bool) or not isinstance(cluster_width, int | np.integer):
+            raise LookalikeError(f"cluster_width must be a whole number >= 1, got {cluster_width}")
+        if cluster_width < 1:
+            raise LookalikeError(f"cluster_width must be a whole number >= 1, got {cluster_width}")
+        self.cluster_width = int(cluster_width)
+        # Pools that are unions of several clusters or categories, built on first use.
+        self._union_pools: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
         self.clusters: np.ndarray | None = None
         self.centroids: np.ndarray | None = None
@@ -136,6 +152,15 @@ class Index:
             self._category_pools = self._pools(
                 categories.astype(str).to_numpy(), rows=np.flatnonzero(known)
             )
+        self.category_queries: np.ndarray | None = None
+        if category_queries is not None:
+            if self.categories is None:
+                raise LookalikeError(f"{name}: category_queries were given without categories")
+            queries = pd.Series(np.asarray(category_queries, dtype=object))
+            if len(queries) != n:
+                raise LookalikeError(f"{name}: {len(queries)} category queries for {n} vectors")
+            own = pd.Series(self.categories, dtype=object)
+            self.category_queries = queries.where(queries.notna(), own).to_numpy(dtype=object)
 
     def _pools(
         self, keys: np.ndarray, rows: np.ndarray | None = None
@@ -204,6 +229,10 @@ class Index:
             categories=None if self.categories is None else self.categories[rows],
             unavailable=self.unavailable,
             ann_min_items=self.ann_min_items,
+            category_queries=(
+                None if self.category_queries is None else self.category_queries[rows]
+            ),
+            cluster_width=self.cluster_width,
         )
 
     # --- queries ---
@@ -226,10 +255,11 @@ class Index:
             approximate from `ann_min_items` catalog items).
         exclude_rows : (m,) catalog row of each query when the query is a catalog item (-1 when
             not), so an item never returns itself.
-        query_clusters : (m,) k-means cluster of each query for "cluster"; default: the
-            nearest centroid.
-        query_categories : (m,) predicted category of each query for "category"; default: the
-            category of the excluded catalog row (so it is needed only for outside queries).
+        query_clusters : (m,) k-means cluster of each query for "cluster", searched together
+            with the `cluster_width` nearest clusters; default: the nearest ones only.
+        query_categories : (m,) categories of each query for "category" ("a", "a|b" or "*",
+            see the class docstring); default: the excluded catalog row's `category_queries`
+            (so it is needed only for outside queries).
 
         Returns
         -------
@@ -277,15 +307,21 @@ class Index:
             return top_k(q, self.vectors, k, exclude)
 
         keys = self._query_keys(strategy, q, exclude, query_clusters, query_categories)
-        pools = self._cluster_pools if strategy == "cluster" else self._category_pools
         out_rows = np.full((m, k), -1, dtype=np.int64)
         out_sims = np.full((m, k), np.nan, dtype=np.float32)
         # One matrix product per pool that has queries: a loop over pools, never over items.
         for key in pd.unique(keys):
-            if key not in pools:
-                continue  # an unknown cluster/category has no items: empty results
-            members, matrix = pools[key]
             which = np.flatnonzero(keys == key)
+            if key == WHOLE_CATALOG:
+                found, sims = top_k(
+                    q[which], self.vectors, k, None if exclude is None else exclude[which]
+                )
+                out_rows[which], out_sims[which] = found, sims
+                continue
+            pool = self._pool(strategy, key)
+            if pool is None:
+                continue  # an unknown cluster/category has no items: empty results
+            members, matrix = pool
             local_exclude = None
             if exclude is not None:
                 # Catalog row -> position within the pool (-1 when the row is not a member).
@@ -297,6 +333,26 @@ class Index:
             out_rows[which, :width] = np.where(found >= 0, members[np.maximum(found, 0)], -1)
             out_sims[which, :width] = sims
         return out_rows, out_sims
+
+    def _pool(self, strategy: str, key: object) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows, matrix) of one pool key: a cluster id, a category, or several joined by "|"."""
+        pools: dict = self._cluster_pools if strategy == "cluster" else self._category_pools
+        if key in pools:
+            return pools[key]
+        if not (isinstance(key, str) and SEPARATOR in key):
+            return None
+        cached = self._union_pools.get((strategy, key))
+        if cached is None:
+            parts = [int(p) if strategy == "cluster" else p for p in key.split(SEPARATOR)]
+            found = [pools[p][0] for p in parts if p in pools]
+            if not found:
+                return None
+            members = np.sort(np.concatenate(found))
+            matrix = np.ascontiguousarray(self.vectors[members])
+            matrix.setflags(write=False)
+            cached = (members, matrix)
+            self._union_pools[(strategy, key)] = cached  # same value from any thread
+        return cached
 
     def _prepare_exclude(self, exclude_rows: object, m: int) -> np.ndarray | None:
         if exclude_rows is None:
@@ -330,14 +386,18 @@ class Index:
         if strategy == "cluster":
             if self.centroids is None:
                 raise self._missing("cluster", "k-means clusters", f"run `{commands.CLUSTERS}`")
-            if query_clusters is None:
-                return np.argmax(q @ self.centroids.T, axis=1).astype(np.int64)
-            keys = np.asarray(query_clusters).astype(np.int64).reshape(-1)
-            if len(keys) != m:
-                raise LookalikeError(
-                    f"query_clusters needs one cluster per query ({m}), got {len(keys)}"
-                )
-            return keys
+            width = min(self.cluster_width, len(self.centroids))
+            nearest = np.argsort(-(q @ self.centroids.T), axis=1, kind="stable")[:, :width]
+            if query_clusters is not None:
+                given = np.asarray(query_clusters).astype(np.int64).reshape(-1)
+                if len(given) != m:
+                    raise LookalikeError(
+                        f"query_clusters needs one cluster per query ({m}), got {len(given)}"
+                    )
+                nearest = np.hstack([given[:, None], nearest[:, : width - 1]])
+            if nearest.shape[1] == 1:
+                return nearest[:, 0]
+            return np.array([cluster_key(row) for row in nearest], dtype=object)
 
         if self.categories is None:
             raise self._missing("category", "predicted categories", f"run `{commands.CATEGORIES}`")
@@ -353,4 +413,17 @@ class Index:
                 "the category strategy needs query_categories for queries that are not catalog "
                 "items; pass the custom CNN's predicted category of each query"
             )
+        if self.category_queries is not None:
+            return self.category_queries[exclude]
         return self.categories[exclude]
+
+
+# A query's categories or clusters are joined by this; WHOLE_CATALOG means "search everything".
+SEPARATOR = "|"
+WHOLE_CATALOG = "*"
+
+
+def cluster_key(clusters: Sequence[int] | np.ndarray) -> object:
+    """The pool key of several clusters: one id alone, else the sorted distinct ids joined."""
+    ids = sorted({int(c) for c in clusters})
+    return ids[0] if len(ids) == 1 else SEPARATOR.join(str(c) for c in ids)

@@ -157,7 +157,7 @@ def _params(config: Config, aligned_to: str | None) -> dict[str, Any]:
 
 
 def run_maps(
-    config: Config, extractors: Sequence[str] = EXTRACTORS, force: bool = False
+    config: Config, extractors: Sequence[str] | None = None, force: bool = False
 ) -> StageResult:
     """Stage: write `config.map_path(name)` (item_id, x, y) for each extractor, with a manifest.
 
@@ -171,6 +171,8 @@ def run_maps(
     "aligned_to", "seconds"}}.
     """
     catalog, catalog_hash = read_catalog(config)
+    # Default: every extractor this catalog has (the head only where it was trained).
+    extractors = config.extractors_built() if extractors is None else extractors
     item_ids = catalog["item_id"].astype(str).to_numpy()
     # The reference goes first so the others can be aligned onto its fresh map.
     ordered = sorted(dict.fromkeys(extractors), key=lambda name: name != REFERENCE)

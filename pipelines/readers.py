@@ -80,7 +80,7 @@ def load_index(config: Config, extractor: str) -> Index:
             clusters = table["cluster"].to_numpy(np.int64)
             centroids = np.load(centroid_file)
 
-    categories = None
+    categories = category_queries = None
     category_file = config.categories_path
     if not category_file.exists():
         unavailable["category"] = (
@@ -95,6 +95,8 @@ def load_index(config: Config, extractor: str) -> Index:
             )
         else:
             categories = table["predicted"].to_numpy(dtype=object)
+            if "search" in table.columns:  # widened by the classify stage when unsure
+                category_queries = table["search"].to_numpy(dtype=object)
 
     return Index(
         vectors,
@@ -104,4 +106,6 @@ def load_index(config: Config, extractor: str) -> Index:
         centroids=centroids,
         categories=categories,
         unavailable=unavailable,
+        category_queries=category_queries,
+        cluster_width=config.cluster_search_width,
     )

@@ -1,4 +1,5 @@
-"""Runs every stage in order (catalog, train, embed, maps, clusters, evaluate); prints times."""
+"""Runs every stage in order (catalog, colours, train, embed, head, classify, maps, clusters,
+evaluate); prints times."""
 
 from __future__ import annotations
 
@@ -13,21 +14,49 @@ from pipelines.stage import StageResult
 def _stages(
     config: Config, extractors: Sequence[str], force: bool
 ) -> list[tuple[str, Callable[[], StageResult]]]:
-    """(name, thunk) for every stage; imports stay lazy so `--help` never loads TensorFlow."""
+    """(name, thunk) for every stage; imports stay lazy so `--help` never loads TensorFlow.
+
+    The metric-learned head trains on the InceptionV3 vectors, so it comes after their embed
+    stage (InceptionV3 is embedded whenever the head is asked for). A catalog without labels
+    skips the head, and the later stages then leave it out (`extractors` is edited in place).
+    """
     from pipelines.catalog import run_catalog
+    from pipelines.classify import run_classify
     from pipelines.clusters import run_clusters
+    from pipelines.colour import run_colours
     from pipelines.embed import run_embed
     from pipelines.evaluate import run_evaluate
+    from pipelines.head import EXTRACTOR as HEAD
+    from pipelines.head import run_embed_head, run_train_head
     from pipelines.maps import run_maps
     from pipelines.train import run_train
 
     stages: list[tuple[str, Callable[[], StageResult]]] = [
-        ("catalog", lambda: run_catalog(config, force=force))
+        ("catalog", lambda: run_catalog(config, force=force)),
+        ("colours", lambda: run_colours(config, force=force)),
     ]
     if "custom_cnn" in extractors:
         stages.append(("train", lambda: run_train(config, force=force)))
-    for name in extractors:
+    base = [name for name in extractors if name != HEAD]
+    if HEAD in extractors and "inception_v3" not in base:
+        base.insert(0, "inception_v3")
+    for name in base:
         stages.append((f"embed {name}", lambda name=name: run_embed(config, name, force=force)))
+    if HEAD in extractors:
+
+        def train_head() -> StageResult:
+            result = run_train_head(config, force=force)
+            if result.skipped and not config.head_path.is_file():
+                extractors.remove(HEAD)  # no labels: nothing to embed, map or evaluate
+            return result
+
+        def embed_head() -> StageResult:
+            if HEAD not in extractors:
+                return StageResult("embed", skipped=True, note=f"{HEAD} skipped (no labels)")
+            return run_embed_head(config, force=force)
+
+        stages += [(f"train {HEAD}", train_head), (f"embed {HEAD}", embed_head)]
+    stages.append(("classify", lambda: run_classify(config, force=force)))
     stages += [
         ("maps", lambda: run_maps(config, extractors, force=force)),
         ("clusters", lambda: run_clusters(config, extractors, force=force)),

@@ -104,30 +104,40 @@ def split_rows(catalog: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray
     return fit, val, bool(labelled)
 
 
-def augment_batch(images: tf.Tensor) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Random crop (resized back), horizontal flip and colour jitter on a float 0-255 batch.
 
     Crop and flip are one `crop_and_resize` per batch (a box with x1 > x2 samples a mirrored
-    crop), so augmentation costs little next to the training step on 2 cores. The random ops
-    take no op seed on purpose: with one, all of them would draw the same numbers; the global
-    seed set by `keras.utils.set_random_seed` makes the sequence repeatable.
+    crop), so augmentation costs little next to the training step on 2 cores.
+
+    With `seed` (a (2,) int tensor, e.g. [run seed, batch number]) every draw is stateless:
+    the same batch number always gets the same augmentation, whichever thread of a parallel
+    map runs it and however busy the machine is. Without it the draws use the global seed.
     """
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
-    side = tf.random.uniform([batch], CROP_MIN, 1.0)
-    aspect = tf.exp(tf.random.uniform([batch], -0.1, 0.1))
+    if seed is None:
+        uniform = tf.random.uniform
+    else:
+        seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=9)))
+
+        def uniform(shape, minval=0.0, maxval=1.0):  # noqa: ANN001, ANN202
+            return tf.random.stateless_uniform(shape, next(seeds), minval, maxval)
+
+    side = uniform([batch], CROP_MIN, 1.0)
+    aspect = tf.exp(uniform([batch], -0.1, 0.1))
     h = tf.minimum(side * aspect, 1.0)
     w = tf.minimum(side / aspect, 1.0)
-    y1 = tf.random.uniform([batch]) * (1.0 - h)
-    x1 = tf.random.uniform([batch]) * (1.0 - w)
-    flip = tf.random.uniform([batch]) < 0.5
+    y1 = uniform([batch]) * (1.0 - h)
+    x1 = uniform([batch]) * (1.0 - w)
+    flip = uniform([batch]) < 0.5
     left = tf.where(flip, x1 + w, x1)
     right = tf.where(flip, x1, x1 + w)
     boxes = tf.stack([y1, left, y1 + h, right], axis=1)
     images = tf.image.crop_and_resize(images, boxes, tf.range(batch), tf.stack([height, width]))
 
     def factor(spread: float) -> tf.Tensor:
-        return tf.random.uniform([batch, 1, 1, 1], 1.0 - spread, 1.0 + spread)
+        return uniform([batch, 1, 1, 1], 1.0 - spread, 1.0 + spread)
 
     gray = tf.reduce_mean(images, axis=-1, keepdims=True)
     images = gray + (images - gray) * factor(JITTER)  # saturation
@@ -140,16 +150,25 @@ def augment_batch(images: tf.Tensor) -> tf.Tensor:
 def training_dataset(
     pixels: np.ndarray, targets: np.ndarray | None, *, train: bool, seed: int
 ) -> tf.data.Dataset:
-    """Batches of (float32 images, targets); an autoencoder's target is its (augmented) input."""
+    """Batches of (float32 images, targets); an autoencoder's target is its (augmented) input.
+
+    The training stream repeats without end (fit it with `steps_per_epoch`): each batch is
+    numbered across epochs, and its augmentation is seeded by (seed, number), so the whole
+    stream is the same on every run.
+    """
     ds = tf.data.Dataset.from_tensor_slices(pixels if targets is None else (pixels, targets))
     if train:
         ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(TRAIN_BATCH)
+    if train:
+        ds = ds.repeat()
+    ds = ds.enumerate()
 
-    def prepare(*batch):
+    def prepare(number, batch):
+        batch = batch if isinstance(batch, tuple) else (batch,)
         images = tf.cast(batch[0], tf.float32)
         if train:
-            images = augment_batch(images)
+            images = augment_batch(images, tf.stack([tf.constant(seed, tf.int64), number]))
         if targets is None:
             return images, images / 255.0
         return images, batch[1]

@@ -258,3 +258,37 @@ def test_augmentation_keeps_shape_and_pixel_range():
     assert out.shape == x.shape and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 255
     assert not np.allclose(out, x)
+
+
+@pytest.mark.slow
+def test_same_settings_train_the_same_model_on_a_quiet_and_a_busy_machine(tmp_path):
+    """Epoch-bound schedule, seeded stateless augmentation and deterministic kernels: a run
+    while other threads keep the cores busy gives the very same model, only later."""
+    import threading
+
+    from pipelines.train import train_custom_cnn
+
+    config = _small(Config(artifacts_dir=tmp_path))
+    df = _write_catalog(config, _rows("train", 6) + _rows("validation", 2))
+    quiet = train_custom_cnn(df, config)
+
+    stop = threading.Event()
+
+    def burn() -> None:  # BLAS releases the GIL: these threads compete for the cores
+        x = np.random.default_rng(0).normal(size=(300, 300))
+        while not stop.is_set():
+            x = np.tanh(x @ x)
+
+    burners = [threading.Thread(target=burn) for _ in range(2)]
+    for t in burners:
+        t.start()
+    try:
+        busy = train_custom_cnn(df, config)
+    finally:
+        stop.set()
+        for t in burners:
+            t.join()
+    assert [e["val_accuracy"] for e in quiet.history] == [e["val_accuracy"] for e in busy.history]
+    assert quiet.stopped_by == busy.stopped_by == "epochs"
+    for a, b in zip(quiet.model.get_weights(), busy.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
