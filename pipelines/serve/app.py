@@ -139,7 +139,7 @@ def create_app(
             raise _error(422, str(err)) from None
 
     @app.get("/health", response_model=m.Health, tags=["service"])
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         """Whether the service can answer: artifacts, catalog size, build time, models."""
         current = holder.state
         body = m.Health(
@@ -178,13 +178,13 @@ def create_app(
         return [m.StrategyInfo(name=s, description=STRATEGY_TEXT.get(s, s)) for s in STRATEGIES]
 
     @app.get("/items/{item_id}", response_model=m.Item, tags=["catalog"], **protected)
-    def item(item_id: str) -> dict[str, Any]:
+    async def item(item_id: str) -> dict[str, Any]:
         """One catalog item: its public columns and thumbnail URL."""
         current = state()
         return {**current.records[_row(current, item_id)], "thumbnail_url": _thumb_url(item_id)}
 
     @app.get("/items/{item_id}/similar", response_model=m.Neighbours, tags=["search"], **protected)
-    def similar(
+    async def similar(
         item_id: str,
         k: Annotated[int, Query(description=f"neighbours, 1 to {config.max_k}")] = 10,
         extractor: Annotated[str, Query(description=" or ".join(EXTRACTORS))] = EXTRACTORS[0],
@@ -195,6 +195,8 @@ def create_app(
         ] = None,
     ) -> dict[str, Any]:
         """The k catalog items most similar to a catalog item (never the item itself)."""
+        # Runs on the event loop, not a worker thread: a query is a millisecond of work, less
+        # than the hand-off to the thread pool would cost; photos (POST /search) use threads.
         start = time.perf_counter()
         current = state()
         k = checked(k, strategy)

@@ -15,7 +15,7 @@ import numpy as np
 EMBED_MODES = ("lock", "batch")
 # Micro-batching: the longest a first upload waits for company, and the largest batch.
 BATCH_WINDOW_S = 0.005
-BATCH_MAX = 8
+BATCH_MAX = 4
 
 
 class MicroBatcher:
@@ -54,10 +54,23 @@ class MicroBatcher:
                 pass
             self._run(items)
 
+    def bucket(self, n: int) -> int:
+        """The padded size of a batch of n: the next power of two (at most `max_batch`). Few
+        distinct shapes mean few traces of the model's compiled predict step; every new batch
+        size would otherwise cost a retrace of seconds."""
+        size = 1
+        while size < n:
+            size *= 2
+        return max(n, min(size, self.max_batch))
+
     def _run(self, items: list[tuple[np.ndarray, Future]]) -> None:
         sizes = [len(x) for x, _ in items]
+        batch = np.concatenate([x for x, _ in items])
+        pad = self.bucket(len(batch)) - len(batch)
+        if pad:
+            batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
         try:
-            out = self.fn(np.concatenate([x for x, _ in items]))
+            out = self.fn(batch)
         except Exception as err:  # every waiting caller sees the model's error
             for _, future in items:
                 future.set_exception(err)
@@ -98,6 +111,15 @@ class GatedExtractor:
         if name in gates:
             return gates[name]
         return getattr(self.__dict__["_inner"], name)
+
+    def warm_up(self, blank: np.ndarray) -> None:
+        """Trace every padded batch size once (batch mode), so no request pays for it."""
+        for gate in self._gates.values():
+            if isinstance(gate, MicroBatcher):
+                size = 1
+                while size <= gate.max_batch:
+                    gate.fn(np.repeat(blank[:1], size, axis=0))
+                    size *= 2
 
     @property
     def inner(self) -> Any:

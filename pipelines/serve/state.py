@@ -117,6 +117,7 @@ def load_models(
             else:
                 extractor.embed_arrays(blank)
             models[name] = GatedExtractor(extractor, mode)
+            models[name].warm_up(blank)
         except (LookalikeError, OSError, ValueError) as err:
             errors[name] = str(err)
     return models, errors
@@ -155,6 +156,9 @@ def build_state(
     catalog, catalog_sha = read_catalog(config)
     _check_consistent(config, catalog_sha, served)
     indexes = {name: load_index(config, name) for name in served}
+    for index in indexes.values():
+        if index.approximate:  # build the ANN index now, not in the first request
+            index.ann_index()
     catalog = catalog.assign(thumb_file=[str(config.artifacts_dir / t) for t in catalog["thumb"]])
     if "label" not in catalog.columns:
         catalog["label"] = None
