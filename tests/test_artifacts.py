@@ -14,7 +14,6 @@ import pytest
 from pipelines.artifacts import (
     artifact_hash,
     atomic_path,
-    ensure_writable_dir,
     is_fresh,
     read_manifest,
     write_json,
@@ -129,5 +128,7 @@ def test_bad_artifacts_folder_is_one_line_not_a_traceback(
 
 
 def test_ensure_writable_dir_creates_the_folder(tmp_path: Path) -> None:
+    from pipelines.artifacts import ensure_writable_dir
+
     folder = ensure_writable_dir(tmp_path / "a" / "b")
     assert folder.is_dir() and list(folder.iterdir()) == []

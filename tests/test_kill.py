@@ -1,0 +1,219 @@
+"""SIGKILL `python -m pipelines run` inside every stage, 20 times; the next runs repair it all.
+
+A tiny real catalog (3 photos and one broken file: few enough that the map stage lays points
+out without UMAP's minute of JIT compiling) and tiny settings keep one full run to ~30 s on
+2 cores; most of that is TensorFlow's import, which every run pays.
+
+Each round deletes the manifests of one stage (so that stage has real work), starts `run`,
+waits for that stage's header and kills the process at a random moment (fixed seed) inside
+it. The next round's run is the run after that kill. After every kill: each artifact that
+matches its manifest must load whole (nothing half-written behind a good manifest). At the
+end one run must finish, rebuild every stage whose artifact no longer matched its manifest,
+leave every artifact matching its manifest and aligned with the catalog, and a last run must
+report every stage up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipelines.artifacts import matches_manifest
+from pipelines.config import REPO_ROOT
+from tests.conftest import real_photos
+
+SEED = 11
+KILLS = 20
+SETTINGS = {
+    "cnn_image_size": "32",
+    "cnn_epochs": "1",
+    "cnn_patience": "0",
+    "map_pca_dims": "2",
+    "map_neighbors": "2",
+    "n_clusters": "2",
+    "batch_size": "4",
+    "chunk_size": "2",
+    "eval_ks": "1",
+}
+
+
+def _tiny_source(root: Path) -> Path:
+    """3 real photos (linked in place, not copied) and a file no decoder accepts."""
+    for split, label in (("train", "dress"), ("train", "hat"), ("validation", "dress")):
+        folder = root / split / label
+        folder.mkdir(parents=True)
+        photo = real_photos(label, 1, split)[0]
+        (folder / photo.name).symlink_to(photo)
+    (root / "train" / "hat" / "broken.jpg").write_bytes(b"P6")
+    return root
+
+
+def _command(source: Path, art: Path) -> list[str]:
+    sets = [arg for name, value in SETTINGS.items() for arg in ("--set", f"{name}={value}")]
+    return [
+        sys.executable,
+        "-u",
+        "-m",
+        "pipelines",
+        "run",
+        "--source",
+        str(source),
+        "--artifacts",
+        str(art),
+        "--extractor",
+        "custom_cnn",
+        *sets,
+    ]
+
+
+def _stage_table(out: str) -> dict[str, tuple[float, str]]:
+    """{stage name: (seconds, result)} from the table `run` prints at the end."""
+    rows: dict[str, tuple[float, str]] = {}
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("stage  "))
+    for line in lines[start + 1 :]:
+        if line.startswith("total"):
+            break
+        seconds, _, result = line[22:].strip().partition("  ")
+        rows[line[:22].strip()] = (float(seconds), result.strip())
+    return rows
+
+
+def _manifests(art: Path) -> list[tuple[Path, Path, dict]]:
+    """(artifact, manifest file, manifest) for every manifest under `art`."""
+    out = []
+    for path in sorted(art.rglob("*.manifest.json")):
+        manifest = json.loads(path.read_text())
+        out.append((path.parent / manifest["artifact"], path, manifest))
+    return out
+
+
+def _loads_whole(path: Path) -> None:
+    """Read an artifact completely by its type; raises if it is cut short."""
+    suffix = "".join(path.suffixes[-1:])
+    if suffix == ".parquet":
+        pd.read_parquet(path)
+    elif suffix == ".npy":
+        np.load(path)
+    elif suffix == ".npz":
+        with np.load(path) as data:
+            [data[k] for k in data.files]
+    elif suffix == ".json":
+        json.loads(path.read_text())
+    elif suffix in (".keras", ".zip"):
+        with zipfile.ZipFile(path) as zf:
+            assert zf.testzip() is None
+    elif suffix in (".jpg", ".png"):
+        with Image.open(path) as img:
+            img.load()
+
+
+def _run_and_kill(cmd: list[str], stage_index: int, delay: float, log: Path) -> tuple[bool, str]:
+    """Start `run`, wait for the header of stage `stage_index` (1-based), sleep `delay` s and
+    SIGKILL it. Returns (killed, the stdout read)."""
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line is None:
+            proc.wait()
+            return False, "".join(seen)
+        seen.append(line)
+        if line.startswith(f"[{stage_index}/"):
+            time.sleep(delay)
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return proc.returncode == -signal.SIGKILL, "".join(seen)
+
+
+@pytest.mark.slow
+def test_kills_in_every_stage_are_repaired_by_the_next_run(tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    source = _tiny_source(tmp_path / "src")
+    art = tmp_path / "art"
+    cmd = _command(source, art)
+    log = tmp_path / "stderr.log"
+
+    first = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    seconds = {name: row[0] for name, row in _stage_table(first.stdout).items()}
+    stages = list(seconds)
+    hit: dict[str, int] = {}
+    stale_before_final: set[str] = set()
+
+    kills = 0
+    for round_ in range(KILLS + 10):
+        if kills == KILLS:
+            break
+        name = stages[round_ % len(stages)]
+        stage = name.split()[0]
+        for _artifact, manifest_file, manifest in _manifests(art):
+            if manifest["stage"] == stage:
+                manifest_file.unlink()
+        delay = rng.uniform(0, seconds.get(name, 0.0) + 0.3)
+        killed, _out = _run_and_kill(cmd, round_ % len(stages) + 1, delay, log)
+        if not killed:
+            continue
+        kills += 1
+        hit[name] = hit.get(name, 0) + 1
+        stale = set()
+        for artifact, _file, manifest in _manifests(art):
+            if artifact.exists() and matches_manifest(artifact, manifest):
+                _loads_whole(artifact)  # nothing half-written behind a matching manifest
+            else:
+                stale.add(manifest["stage"])
+        stale_before_final = stale
+
+    assert kills == KILLS
+    assert set(hit) == set(stages), f"stages never killed: {set(stages) - set(hit)}"
+
+    repair = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert repair.returncode == 0, repair.stderr[-3000:]
+    table = _stage_table(repair.stdout)
+    for stage in stale_before_final:
+        # A stage whose artifact did not match its manifest must not call itself up to date.
+        results = [r for n, (_s, r) in table.items() if n.split()[0] == stage]
+        assert results and not any(r.startswith("up to date") for r in results), (stage, table)
+    for artifact, _file, manifest in _manifests(art):
+        assert matches_manifest(artifact, manifest), artifact
+        _loads_whole(artifact)
+    catalog = pd.read_parquet(art / "catalog.parquet")
+    assert len(catalog) == 3
+    assert {p.stem for p in (art / "thumbs").glob("*.jpg")} == set(catalog["item_id"])
+    assert np.load(art / "embeddings" / "custom_cnn.npy").shape[0] == len(catalog)
+
+    again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    results = [r for _s, r in _stage_table(again.stdout).values()]
+    assert all(r.startswith("up to date") for r in results), again.stdout[-2000:]
