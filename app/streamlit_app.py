@@ -1,4 +1,5 @@
-"""The app's router: page config, shared session defaults, and the five pages via st.navigation.
+"""The app's router: page config, shared session defaults, the pages via st.navigation, and
+the upload models' background build.
 
 Start it from the repository root: `python -m streamlit run app/streamlit_app.py`.
 """
@@ -16,16 +17,26 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from app.ui.widgets import init_session  # noqa: E402
+from app.ui import loaders, warmup  # noqa: E402
+from app.ui.widgets import GOTO_SEARCH, init_session  # noqa: E402
 
 st.set_page_config(page_title="Lookalike", page_icon="👗", layout="wide")
 init_session()
+# The first upload's models load while the user is still browsing or choosing a file.
+warmup.start(loaders.config())
 
+SEARCH = st.Page("app_pages/search.py", title="Search", icon="🔎")
 PAGES = [
     st.Page("app_pages/map.py", title="Map", icon="🗺️", default=True),
-    st.Page("app_pages/search.py", title="Search", icon="🔎"),
+    st.Page("app_pages/photo_map.py", title="Photo map", icon="🖼️"),
+    SEARCH,
     st.Page("app_pages/compare.py", title="Compare", icon="⚖️"),
     st.Page("app_pages/clusters.py", title="Clusters", icon="🧩"),
+    st.Page("app_pages/health.py", title="Catalog health", icon="🩺"),
     st.Page("app_pages/upload.py", title="Upload", icon="📤"),
 ]
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+# "Find lookalikes" under any thumbnail sets the query and asks for the Search page.
+if st.session_state.pop(GOTO_SEARCH, False) and page.url_path != SEARCH.url_path:
+    st.switch_page(SEARCH)
+page.run()

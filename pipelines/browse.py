@@ -110,27 +110,186 @@ def browse_page(
     return table.iloc[page * per_page : (page + 1) * per_page], pages
 
 
+def centre_order(
+    rows: np.ndarray, vectors: np.ndarray | None, centroid: np.ndarray | None
+) -> np.ndarray:
+    """`rows` (catalog rows) sorted by cosine similarity to `centroid`, nearest first; unchanged
+    when vectors or the centroid are unknown."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if vectors is None or centroid is None or len(rows) == 0:
+        return rows
+    sims = vectors[rows] @ np.asarray(centroid, dtype=vectors.dtype)
+    return rows[np.argsort(-sims, kind="stable")]
+
+
+def _cluster_rows(clusters: pd.DataFrame, catalog: pd.DataFrame) -> dict[int, np.ndarray]:
+    """{cluster: catalog rows of its members, in catalog order}."""
+    position = pd.Index(catalog["item_id"].astype(str))
+    rows = position.get_indexer(clusters["item_id"].astype(str))
+    table = pd.DataFrame({"cluster": clusters["cluster"].to_numpy(), "row": rows})
+    table = table[table["row"] >= 0].sort_values("row", kind="stable")
+    return {int(c): g["row"].to_numpy() for c, g in table.groupby("cluster", sort=True)}
+
+
 def cluster_overview(
-    summary: pd.DataFrame, clusters: pd.DataFrame, catalog: pd.DataFrame, n_thumbs: int = 4
+    summary: pd.DataFrame,
+    clusters: pd.DataFrame,
+    catalog: pd.DataFrame,
+    n_thumbs: int = 4,
+    vectors: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per cluster for the overview: cluster, size, top_label, purity and a few
-    thumbnails (the first `n_thumbs` members in catalog order, as `thumbs`, a list of paths).
+    """One row per cluster for the overview: cluster, size, top_label, purity, `labels` (the
+    label counts as "18 dress · 3 hat") and `thumbs`: the paths of its `n_thumbs` members
+    nearest the cluster's centre (its k-means centroid), so the row shows what the cluster
+    is, not whichever items the catalog lists first.
+
+    Parameters
+    ----------
+    summary : see `pipelines.clusters.cluster_summary`.
+    clusters : item_id, cluster.
+    catalog : item_id, label, thumb_file (row i = embeddings row i).
+    vectors : (n, d) unit embeddings of the catalog rows; None keeps catalog order.
+    centroids : (c, d) unit centroids, row = cluster id; None keeps catalog order.
     """
-    members = clusters.assign(item_id=clusters["item_id"].astype(str)).merge(
-        catalog[["item_id", "thumb_file"]], on="item_id", how="left", sort=False
-    )
-    thumbs = members.groupby("cluster", sort=True)["thumb_file"].apply(
-        lambda s: list(s.dropna())[:n_thumbs]
-    )
+    members = _cluster_rows(clusters, catalog)
+    paths = catalog["thumb_file"].to_numpy(dtype=object)
+    labels = catalog["label"].to_numpy(dtype=object)
     out = summary[["cluster", "size", "top_label", "purity"]].copy()
-    out["thumbs"] = [thumbs.get(c, []) for c in out["cluster"]]
+    thumbs, counts = [], []
+    for c in out["cluster"]:
+        rows = members.get(int(c), np.zeros(0, np.int64))
+        centre = None if centroids is None or int(c) >= len(centroids) else centroids[int(c)]
+        thumbs.append([paths[r] for r in centre_order(rows, vectors, centre)[:n_thumbs]])
+        counts.append(label_counts_text(labels[rows]))
+    out["thumbs"] = thumbs
+    out["labels"] = counts
     return out.sort_values("cluster").reset_index(drop=True)
 
 
-def cluster_members(clusters: pd.DataFrame, catalog: pd.DataFrame, cluster: int) -> pd.DataFrame:
-    """The catalog rows (item_id, label, thumb_file, ...) of one cluster, in catalog order."""
-    ids = set(clusters.loc[clusters["cluster"] == int(cluster), "item_id"].astype(str))
-    return catalog[catalog["item_id"].isin(ids)].reset_index(drop=True)
+def cluster_members(
+    clusters: pd.DataFrame,
+    catalog: pd.DataFrame,
+    cluster: int,
+    vectors: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The catalog rows (item_id, label, thumb_file, ...) of one cluster, nearest its centre
+    first when `vectors` and `centroids` are given (catalog order otherwise), with
+    `centre_similarity` (NaN without vectors)."""
+    rows = _cluster_rows(clusters, catalog).get(int(cluster), np.zeros(0, np.int64))
+    centre = None if centroids is None or int(cluster) >= len(centroids) else centroids[cluster]
+    rows = centre_order(rows, vectors, centre)
+    out = catalog.iloc[rows].reset_index(drop=True)
+    if vectors is not None and centre is not None:
+        out["centre_similarity"] = vectors[rows] @ np.asarray(centre, dtype=vectors.dtype)
+    else:
+        out["centre_similarity"] = np.nan
+    return out
+
+
+def label_counts(labels: Sequence[object]) -> pd.DataFrame:
+    """label, count, share of a set of items, most common first (ties by label); missing
+    labels count as "(no label)"."""
+    values = pd.Series(
+        ["(no label)" if v is None or v != v else str(v) for v in labels], dtype=object
+    )
+    counts = values.value_counts()
+    table = pd.DataFrame({"label": counts.index.astype(str), "count": counts.to_numpy()})
+    table = table.sort_values(["count", "label"], ascending=[False, True], kind="stable")
+    table["share"] = table["count"] / max(1, len(values))
+    return table.reset_index(drop=True)
+
+
+def label_counts_text(labels: Sequence[object], top: int = 3) -> str:
+    """ "18 dress · 3 hat · 1 shoes" (the `top` most common, then "+ n more")."""
+    table = label_counts(labels)
+    parts = [f"{c} {label}" for label, c in zip(table["label"], table["count"], strict=True)]
+    more = f" · +{len(parts) - top} more" if len(parts) > top else ""
+    return " · ".join(parts[:top]) + more
+
+
+def stratified_sample(items: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """At most `n` rows that show a selection's mix of labels: each label gets slots in
+    proportion to its count (largest remainders first, at least one per label while slots
+    last), its rows drawn at random (seeded); the result is grouped by label, most common
+    first.
+
+    Parameters
+    ----------
+    items : rows with a `label` column.
+    n : how many rows to keep.
+    seed : the draw within each label.
+    """
+    if len(items) <= n:
+        keys = label_counts(items["label"]).reset_index().set_index("label")["index"]
+        order = [keys[_label_key(v)] for v in items["label"]]
+        return items.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+    counts = label_counts(items["label"])
+    slots = dict.fromkeys(counts["label"], 0)
+    # One each for as many labels as fit (most common first), the rest in proportion.
+    for label in list(slots)[:n]:
+        slots[label] = 1
+    left = n - sum(slots.values())
+    if left > 0:
+        quota = counts.set_index("label")["count"] / len(items) * n
+        extra = (quota - pd.Series(slots)).clip(lower=0)
+        base = np.floor(extra).astype(int)
+        for label, add in base.items():
+            take = min(int(add), left)
+            slots[label] += take
+            left -= take
+        for label in (extra - base).sort_values(ascending=False, kind="stable").index:
+            if left <= 0:
+                break
+            slots[label] += 1
+            left -= 1
+    rng = np.random.default_rng(seed)
+    keys = np.array([_label_key(v) for v in items["label"]], dtype=object)
+    picked = []
+    for label, take in slots.items():
+        rows = np.flatnonzero(keys == label)
+        take = min(take, len(rows))
+        picked.extend(np.sort(rng.choice(rows, size=take, replace=False)).tolist())
+    return items.iloc[picked].reset_index(drop=True)
+
+
+def _label_key(value: object) -> str:
+    return "(no label)" if value is None or value != value else str(value)
+
+
+def export_table(items: pd.DataFrame, catalog: pd.DataFrame) -> pd.DataFrame:
+    """What a CSV download holds: item_id, path, label, and rank and similarity when `items`
+    has them (neighbour lists), in `items`' order."""
+    ids = items["item_id"].astype(str)
+    info = catalog.assign(item_id=catalog["item_id"].astype(str)).set_index("item_id")
+    out = pd.DataFrame({"item_id": ids.to_numpy()})
+    for column in ("rank", "similarity"):
+        if column in items.columns:
+            out[column] = items[column].to_numpy()
+    out["path"] = info["path"].reindex(ids).to_numpy() if "path" in info.columns else None
+    out["label"] = info["label"].reindex(ids).to_numpy() if "label" in info.columns else None
+    return out
+
+
+def to_csv(table: pd.DataFrame) -> bytes:
+    """A table as UTF-8 CSV bytes (no index), for st.download_button."""
+    return table.to_csv(index=False).encode("utf-8")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """ "1 item", "3 items", "1,200 photos" (`many` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def top_with_ties(counts: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+    """The `top` most common rows of a (category, count) table, most common first, plus every
+    row tied with the last one kept."""
+    table = counts.sort_values(["count", "category"], ascending=[False, True], kind="stable")
+    if len(table) <= top:
+        return table.reset_index(drop=True)
+    cut = table["count"].iloc[top - 1]
+    return table[table["count"] >= cut].reset_index(drop=True)
 
 
 def cluster_composition(summary: pd.DataFrame, cluster: int) -> pd.DataFrame:
@@ -143,6 +302,10 @@ def cluster_composition(summary: pd.DataFrame, cluster: int) -> pd.DataFrame:
         )
     counts = json.loads(row["composition"].iloc[0] or "{}")
     return pd.DataFrame(list(counts.items()), columns=["label", "count"])
+
+
+# The health stage's lists (pipelines/health.py), in the order the Health page shows them.
+HEALTH_KINDS = ("duplicates", "mislabelled", "outliers")
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_parquet
+from pipelines.browse import HEALTH_KINDS
 from pipelines.config import EXTRACTORS, Config
 from pipelines.readers import read_catalog, read_embeddings
 from pipelines.stage import StageResult
@@ -322,5 +323,4 @@ def run_health(
     )
 
 
-HEALTH_KINDS = ("duplicates", "mislabelled", "outliers")
 _COUNTS = ("floor", "duplicates", "mislabelled")

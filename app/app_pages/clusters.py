@@ -1,4 +1,5 @@
-"""Clusters page: every k-means cluster of the chosen extractor, then one cluster in detail."""
+"""Clusters page: every k-means cluster of the chosen extractor with the photos nearest its
+centre and its label counts, then one cluster in detail."""
 
 from __future__ import annotations
 
@@ -10,24 +11,30 @@ from pipelines import browse
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
 st.title("Clusters")
-widgets.require(cfg, ("catalog", "clusters"), [settings.extractor])
+widgets.require(cfg, ("catalog", "clusters", "embeddings"), [settings.extractor])
 
 with widgets.user_errors():
     catalog = loaders.catalog(cfg)
     members = loaders.clusters(cfg, settings.extractor)
     summary = loaders.cluster_summary(cfg, settings.extractor)
-overview = browse.cluster_overview(summary, members, catalog, n_thumbs=5)
+    index = loaders.index(cfg, settings.extractor)
+centroids = getattr(index, "centroids", None)
+overview = browse.cluster_overview(
+    summary, members, catalog, n_thumbs=5, vectors=index.vectors, centroids=centroids
+)
 
+name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
 st.caption(
-    f"{len(overview)} k-means clusters of {widgets.EXTRACTOR_NAMES[settings.extractor]} "
-    f"embeddings. Purity: share of a cluster's items with its most common label."
+    f"{browse.plural(len(overview), 'k-means cluster')} of {name} embeddings. Each row shows "
+    f"the five photos nearest the cluster's centre. Purity: share of a cluster's items with "
+    f"its most common label."
 )
 for _, row in overview.iterrows():
     info, *cells = st.columns([2, 1, 1, 1, 1, 1])
     purity = "n/a" if row["purity"] != row["purity"] else f"{row['purity']:.0%}"
     info.markdown(
-        f"**Cluster {row['cluster']}** · {row['size']} items  \n"
-        f"mostly *{row['top_label'] or '—'}* · purity {purity}"
+        f"**Cluster {row['cluster']}** · {browse.plural(int(row['size']), 'item')}  \n"
+        f"mostly *{row['top_label'] or '—'}* · purity {purity}  \n{row['labels']}"
     )
     for cell, path in zip(cells, row["thumbs"], strict=False):
         cell.image(path, width="stretch")
@@ -39,7 +46,7 @@ cluster = st.selectbox(
     format_func=lambda c: f"Cluster {c}",
     key=f"clusters_pick_{settings.extractor}",
 )
-items = browse.cluster_members(members, catalog, cluster)
+items = browse.cluster_members(members, catalog, cluster, index.vectors, centroids)
 composition = browse.cluster_composition(summary, cluster)
 left, right = st.columns([1, 3])
 with left:
@@ -49,6 +56,15 @@ with left:
         st.plotly_chart(
             plots.composition_figure(composition), key="cluster_composition", width="stretch"
         )
+    widgets.csv_download(
+        browse.export_table(items, catalog), f"cluster-{cluster}", key="cluster_csv"
+    )
 with right:
-    st.subheader(f"Cluster {cluster}: {len(items)} items")
-    widgets.thumbnail_grid(items, [widgets.caption(r) for _, r in items.iterrows()], key="cluster")
+    st.subheader(f"Cluster {cluster}: {browse.plural(len(items), 'item')}")
+    st.caption("Nearest the cluster's centre first.")
+    widgets.thumbnail_grid(
+        items,
+        [widgets.caption(r) for _, r in items.iterrows()],
+        pick=widgets.find_lookalikes,
+        key="cluster",
+    )

@@ -1,10 +1,15 @@
-"""Map page: the chosen extractor's UMAP map; a box or lasso selection fills a thumbnail grid."""
+"""Map page: the chosen extractor's UMAP map, full width; a box or lasso selection shows its
+label counts, a label-stratified sample of its photos and a CSV download."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import loaders, plots, selection, widgets
+from app.ui import hover, loaders, plots, selection, widgets
+from pipelines import browse
+
+# Thumbnails a selection shows: a sample drawn in proportion to its labels.
+SAMPLE_SIZE = 30
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -15,34 +20,70 @@ with widgets.user_errors():
     points = loaders.map_points(cfg, settings.extractor)
     catalog = loaders.catalog(cfg)
 
-chart, side = st.columns([4, 1])
-with side:
-    color_by = st.radio("Colour by", ["label", "cluster", "split"], key="map_color")
+colour_col, filter_col, trust_col = st.columns([2, 3, 1])
+with colour_col:
+    color_by = st.radio(
+        "Colour by", ["label", "cluster", "split"], key="map_color", horizontal=True
+    )
+with filter_col:
     labels = sorted(points["label"].dropna().astype(str).unique())
     chosen = st.multiselect("Show labels", labels, key="map_labels", placeholder="all labels")
+with trust_col:
     trust = loaders.map_trustworthiness(cfg, settings.extractor)
     st.metric(
         "Trustworthiness@10",
         "n/a" if trust is None else f"{trust:.3f}",
         help="How well the 2-D map keeps each item's 10 nearest neighbours (1 = all kept).",
     )
-    st.caption(f"{len(points):,} items · {widgets.EXTRACTOR_NAMES[settings.extractor]}")
 
-shown = points[points["label"].isin(chosen)] if chosen else points
-figure, trace_ids = plots.map_figure(shown, color_by)
-with chart:
-    event = st.plotly_chart(
-        figure,
-        on_select="rerun",
-        selection_mode=("box", "lasso"),
-        key=f"map_chart_{settings.extractor}",
-        width="stretch",
-    )
+shown = int(points["label"].isin(chosen).sum()) if chosen else len(points)
+scope = f"{shown:,} of {len(points):,} items shown" if chosen else browse.plural(shown, "item")
+st.caption(
+    f"{scope} · {widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)} · "
+    f"drag a box to select (the lasso is on the chart's toolbar); hover a point for its photo; "
+    f"double-click to clear."
+)
 
-selected = selection.selection_to_item_ids(event, trace_ids)
-st.subheader(f"Selection: {len(selected)} item(s)")
+chart_key = f"map_chart_{settings.extractor}"
+kept = selection.kept_selection(
+    st.session_state.get(chart_key),
+    st.session_state.get(f"{chart_key}_traces"),
+    context=(settings.extractor, color_by, tuple(chosen)),
+    key="map_selection",
+)
+figure, trace_ids = plots.map_figure(
+    points,
+    color_by,
+    shown_labels=chosen,
+    selected=kept,
+    dragmode=plots.SELECT_DRAG,
+)
+st.session_state[f"{chart_key}_traces"] = trace_ids
+st.plotly_chart(
+    figure,
+    on_select="rerun",
+    selection_mode=("box", "lasso"),
+    key=chart_key,
+    width="stretch",
+    config={"displaylogo": False},
+)
+hover.photo_hover(cfg, settings.extractor)
+
+selected = selection.kept_ids("map_selection")
+st.subheader(f"Selection: {browse.plural(len(selected), 'item')}")
 if not selected:
     st.caption("Draw a box or lasso on the map to see those items here.")
 else:
-    rows = catalog[catalog["item_id"].isin(selected)]
-    widgets.thumbnail_grid(rows, [widgets.caption(r) for _, r in rows.iterrows()], key="map")
+    rows = catalog.set_index("item_id").loc[selected].reset_index()
+    st.markdown(f"**Labels:** {browse.label_counts_text(rows['label'], top=len(rows))}")
+    sample = browse.stratified_sample(rows, SAMPLE_SIZE)
+    if len(sample) < len(rows):
+        st.caption(f"Showing {len(sample)} of {len(rows):,}, drawn in proportion to their labels.")
+    widgets.thumbnail_grid(
+        sample,
+        [widgets.caption(r) for _, r in sample.iterrows()],
+        limit=SAMPLE_SIZE,
+        pick=widgets.find_lookalikes,
+        key="map",
+    )
+    widgets.csv_download(browse.export_table(rows, catalog), "selection", key="map_csv")

@@ -24,13 +24,39 @@ PALETTE = [
 QUERY_COLOUR = "#111111"
 NEIGHBOUR_COLOUR = "#D62728"
 UPLOAD_COLOUR = "#FF7F0E"
+SELECTED_COLOUR = "#111111"
+# Points a label filter hides: drawn grey and small, so the rest keep their colours.
+FILTERED_COLOUR = "#D3D3D3"
+# Draw order inside a colour group: test points over validation over train, so the points a
+# user evaluates are never hidden under the training set.
+SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
+MAP_HEIGHT = 720
+# Drag tools: the Map page selects (box by default, lasso on the toolbar); every other map
+# zooms on drag, so a single click picks the point under it.
+SELECT_DRAG = "select"
+PICK_DRAG = "zoom"
 
 
-def _groups(points: pd.DataFrame, color_by: str) -> list[tuple[str, np.ndarray]]:
-    """(name, row positions) per colour group, in a stable sorted order."""
-    values = points[color_by].fillna("").astype(str).replace("", "(none)").to_numpy()
-    names = sorted(set(values), key=lambda v: (len(v) if v.isdigit() else 0, v))
-    return [(name, np.flatnonzero(values == name)) for name in names]
+def display_name(extractor: str) -> str:
+    """The extractor's name as the sidebar shows it ("InceptionV3 (ImageNet)")."""
+    from app.ui.widgets import EXTRACTOR_NAMES
+
+    return EXTRACTOR_NAMES.get(extractor, extractor)
+
+
+def _group_names(values: np.ndarray) -> list[str]:
+    return sorted(set(values), key=lambda v: (len(v) if v.isdigit() else 0, v))
+
+
+def _values(points: pd.DataFrame, column: str) -> np.ndarray:
+    return points[column].fillna("").astype(str).replace("", "(none)").to_numpy()
+
+
+def group_colours(points: pd.DataFrame, color_by: str) -> dict[str, str]:
+    """One fixed colour per value of `color_by` over the whole map: a filter never changes a
+    label's colour."""
+    names = _group_names(_values(points, color_by))
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
 def map_figure(
@@ -40,24 +66,33 @@ def map_figure(
     query: str | None = None,
     neighbours: Sequence[str] = (),
     extra: Sequence[tuple[str, float, float]] = (),
-    height: int = 520,
+    height: int = MAP_HEIGHT,
     title: str | None = None,
+    shown_labels: Sequence[str] = (),
+    selected: Sequence[str] = (),
+    dragmode: str = PICK_DRAG,
 ) -> tuple[go.Figure, list[list[str] | None]]:
     """A WebGL scatter of a map, one trace per colour group, with optional highlights.
 
     Parameters
     ----------
-    points : item_id, x, y and the `color_by` column (see `pipelines.browse.map_points`).
+    points : item_id, x, y, label, split and the `color_by` column (see
+        `pipelines.browse.map_points`).
     color_by : column whose values colour the points ("label", "cluster", "split", ...).
+        Each value keeps its colour whatever is filtered (`group_colours`).
     query : item id drawn as a black star, with lines to each of `neighbours`.
     neighbours : item ids drawn as red rings.
     extra : (name, x, y) of outside points (uploads) drawn as orange diamonds.
     height : figure height in pixels.
     title : figure title.
+    shown_labels : when given, points with other labels are drawn grey underneath and are
+        not selectable (a filter greys out; it never recolours).
+    selected : item ids drawn with black rings (a selection kept across recolouring).
+    dragmode : SELECT_DRAG on the page that selects, PICK_DRAG (a click picks) elsewhere.
 
     Returns
     -------
-    (figure, item ids of each trace in figure order; None for highlight traces that are not
+    (figure, item ids of each trace in figure order; None for traces that are not
     selectable items). Every item trace carries its ids as customdata too.
     """
     fig = go.Figure()
@@ -66,8 +101,32 @@ def map_figure(
     ids = points["item_id"].to_numpy(dtype=object)
     labels = points["label"].fillna("").astype(str).to_numpy()
     xs, ys = points["x"].to_numpy(), points["y"].to_numpy()
-    for i, (name, rows) in enumerate(_groups(points, color_by)):
-        hover = [f"{labels[r]} · {ids[r]}" for r in rows]
+    if "split" in points.columns:
+        rank = points["split"].map(SPLIT_ORDER).fillna(0).to_numpy()
+    else:
+        rank = np.zeros(len(points))
+    values = _values(points, color_by)
+    colours = group_colours(points, color_by)
+    keep = np.ones(len(points), bool)
+    if len(shown_labels):
+        keep = np.isin(labels, [str(label) for label in shown_labels])
+        hidden = np.flatnonzero(~keep)
+        fig.add_trace(
+            go.Scattergl(
+                x=xs[hidden],
+                y=ys[hidden],
+                mode="markers",
+                name="filtered out",
+                hoverinfo="skip",
+                marker={"size": 4, "color": FILTERED_COLOUR, "opacity": 0.6},
+            )
+        )
+        trace_ids.append(None)
+    for name in _group_names(values):
+        rows = np.flatnonzero((values == name) & keep)
+        if len(rows) == 0:
+            continue
+        rows = rows[np.argsort(rank[rows], kind="stable")]
         fig.add_trace(
             go.Scattergl(
                 x=xs[rows],
@@ -75,18 +134,35 @@ def map_figure(
                 mode="markers",
                 name=name,
                 customdata=ids[rows],
-                hovertext=hover,
+                hovertext=[f"{labels[r]} · {ids[r]}" for r in rows],
                 hoverinfo="text",
                 marker={
-                    "size": 5,
-                    "color": PALETTE[i % len(PALETTE)],
-                    "opacity": 0.35 if highlighted else 0.75,
+                    "size": 6,
+                    "color": colours[name],
+                    "opacity": 0.35 if highlighted else 0.8,
                 },
             )
         )
         trace_ids.append([str(v) for v in ids[rows]])
 
     position = {item: row for row, item in enumerate(ids)}
+    chosen = [position[s] for s in selected if s in position]
+    if chosen:
+        fig.add_trace(
+            go.Scattergl(
+                x=xs[chosen],
+                y=ys[chosen],
+                mode="markers",
+                name="selected",
+                hoverinfo="skip",
+                marker={
+                    "size": 10,
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"color": SELECTED_COLOUR, "width": 1.5},
+                },
+            )
+        )
+        trace_ids.append(None)
     neighbour_rows = [position[n] for n in neighbours if n in position]
     if query is not None and query in position and neighbour_rows:
         q = position[query]
@@ -121,7 +197,7 @@ def map_figure(
                 ],
                 hoverinfo="text",
                 marker={
-                    "size": 10,
+                    "size": 11,
                     "color": "rgba(0,0,0,0)",
                     "line": {"color": NEIGHBOUR_COLOUR, "width": 2},
                 },
@@ -139,7 +215,7 @@ def map_figure(
                 customdata=[ids[q]],
                 hovertext=[f"query: {labels[q]} · {ids[q]}"],
                 hoverinfo="text",
-                marker={"size": 16, "symbol": "star", "color": QUERY_COLOUR},
+                marker={"size": 17, "symbol": "star", "color": QUERY_COLOUR},
             )
         )
         trace_ids.append([str(ids[q])])
@@ -167,9 +243,18 @@ def map_figure(
     fig.update_layout(
         height=height,
         title=title,
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        legend={"itemsizing": "constant"},
-        dragmode="lasso",
+        # The legend sits in a band above the plot, clear of the toolbar (top right).
+        margin={"l": 10, "r": 10, "t": 80 if title else 50, "b": 10},
+        legend={
+            "itemsizing": "constant",
+            "orientation": "h",
+            "yanchor": "bottom",
+            "y": 1.01,
+            "xanchor": "left",
+            "x": 0,
+        },
+        dragmode=dragmode,
+        hovermode="closest",
         # Keeps zoom and legend state across reruns of the same map.
         uirevision="map",
     )
@@ -178,43 +263,126 @@ def map_figure(
     return fig, trace_ids
 
 
-def precision_figure(metrics_long: pd.DataFrame, height: int = 360) -> go.Figure:
-    """P@k against k, one line per extractor × strategy (from `browse.metrics_long`)."""
-    fig = go.Figure()
-    rows = metrics_long[metrics_long["metric"].str.startswith("p@")].copy()
-    rows["k"] = rows["metric"].str[2:].astype(int)
-    for (extractor, strategy), group in rows.groupby(["extractor", "strategy"], sort=True):
-        group = group.sort_values("k")
-        fig.add_trace(
-            go.Scatter(
-                x=group["k"],
-                y=group["value"],
-                mode="lines+markers",
-                name=f"{extractor} / {strategy}",
-                line={"dash": "solid" if extractor == "inception_v3" else "dot"},
-            )
+def photo_map_figure(
+    cells: pd.DataFrame, image_uri: str, cols: int, rows: int, height: int = MAP_HEIGHT
+) -> tuple[go.Figure, list[list[str] | None]]:
+    """The photo map: the mosaic image under an invisible point per cell (at its centre), so
+    a hover names the item and a click picks it.
+
+    Parameters
+    ----------
+    cells : item_id, col, row, label (row 0 at the top).
+    image_uri : the mosaic JPEG as a data: URI.
+    cols, rows : the grid's size; the image spans x 0..cols, y 0..rows (y down).
+    height : figure height in pixels.
+    """
+    ids = cells["item_id"].astype(str).to_numpy(dtype=object)
+    labels = cells["label"].fillna("").astype(str).to_numpy()
+    fig = go.Figure(
+        go.Scattergl(
+            x=cells["col"].to_numpy() + 0.5,
+            y=cells["row"].to_numpy() + 0.5,
+            mode="markers",
+            name="photos",
+            customdata=ids,
+            hovertext=[f"{label} · {item}" for label, item in zip(labels, ids, strict=True)],
+            hoverinfo="text",
+            marker={"size": 10, "color": "rgba(0,0,0,0.01)"},
+            showlegend=False,
         )
+    )
+    fig.add_layout_image(
+        source=image_uri,
+        xref="x",
+        yref="y",
+        x=0,
+        y=0,
+        sizex=cols,
+        sizey=rows,
+        xanchor="left",
+        yanchor="top",
+        sizing="stretch",
+        layer="below",
+    )
     fig.update_layout(
         height=height,
-        title="Precision@k by extractor and strategy",
-        xaxis_title="k",
-        yaxis_title="precision@k",
-        yaxis_range=[0, 1],
-        margin={"t": 40, "b": 10},
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        dragmode=PICK_DRAG,
+        hovermode="closest",
+        hoverdistance=30,
+        uirevision="photo-map",
+        plot_bgcolor="#F5F5F5",
+    )
+    fig.update_xaxes(range=[0, cols], showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(
+        range=[rows, 0],
+        showticklabels=False,
+        showgrid=False,
+        zeroline=False,
+        scaleanchor="x",
+        scaleratio=1,
+    )
+    return fig, [list(ids)]
+
+
+def _fitted_range(values: pd.Series, pad: float = 0.03) -> list[float]:
+    """A y range around the data (within 0..1 plus the pad), so close lines are told apart."""
+    if values.empty:
+        return [0.0, 1.0]
+    return [max(0.0, float(values.min()) - pad), min(1.0 + pad, float(values.max()) + pad)]
+
+
+def precision_figure(metrics_long: pd.DataFrame, height: int = 380) -> go.Figure:
+    """P@k against k: one panel per strategy, one line per extractor (display names, one
+    colour each), on a y axis fitted to the values so the lines do not sit on each other."""
+    from plotly.subplots import make_subplots
+
+    rows = metrics_long[metrics_long["metric"].str.startswith("p@")].copy()
+    rows["k"] = rows["metric"].str[2:].astype(int)
+    strategies = sorted(rows["strategy"].unique()) or ["exact"]
+    fig = make_subplots(rows=1, cols=len(strategies), shared_yaxes=True, subplot_titles=strategies)
+    for e, extractor in enumerate(sorted(rows["extractor"].unique())):
+        name = display_name(extractor)
+        for s, strategy in enumerate(strategies):
+            group = rows[(rows["extractor"] == extractor) & (rows["strategy"] == strategy)]
+            group = group.sort_values("k")
+            fig.add_trace(
+                go.Scatter(
+                    x=group["k"],
+                    y=group["value"],
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=extractor,
+                    showlegend=s == 0,
+                    line={"color": PALETTE[e % len(PALETTE)]},
+                    hovertemplate=f"{name} · {strategy}<br>P@%{{x}}: %{{y:.3f}}<extra></extra>",
+                ),
+                row=1,
+                col=s + 1,
+            )
+    fig.update_yaxes(range=_fitted_range(rows["value"]))
+    fig.update_yaxes(title_text="precision@k", col=1)
+    fig.update_xaxes(title_text="k", type="log", tickvals=sorted(rows["k"].unique()))
+    fig.update_layout(
+        height=height,
+        title="Precision@k by strategy",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2},
+        margin={"t": 70, "b": 10},
     )
     return fig
 
 
-def map_score_figure(metrics_long: pd.DataFrame, height: int = 360) -> go.Figure:
-    """mAP@10 as grouped bars: strategy on x, one bar per extractor."""
+def map_score_figure(metrics_long: pd.DataFrame, height: int = 380) -> go.Figure:
+    """mAP@10 as grouped bars: strategy on x, one bar per extractor (display names)."""
     rows = metrics_long[metrics_long["metric"] == "map@10"]
     fig = go.Figure()
-    for extractor, group in rows.groupby("extractor", sort=True):
+    for e, (extractor, group) in enumerate(rows.groupby("extractor", sort=True)):
         fig.add_trace(
             go.Bar(
                 x=group["strategy"],
                 y=group["value"],
-                name=extractor,
+                name=display_name(str(extractor)),
+                marker_color=PALETTE[e % len(PALETTE)],
                 text=[f"{v:.3f}" for v in group["value"]],
                 textposition="outside",
             )
@@ -224,33 +392,40 @@ def map_score_figure(metrics_long: pd.DataFrame, height: int = 360) -> go.Figure
         barmode="group",
         title="mAP@10 by extractor and strategy",
         yaxis_range=[0, 1.05],
+        legend={"orientation": "h", "yanchor": "top", "y": -0.15},
         margin={"t": 40, "b": 10},
     )
     return fig
 
 
 def per_class_figure(per_class: pd.DataFrame, strategy: str, height: int = 380) -> go.Figure:
-    """Per-class P@10 of one strategy: label on x, one bar per extractor."""
+    """Per-class P@10 of one strategy: label on x, one bar per extractor (display names)."""
     rows = per_class[per_class["strategy"] == strategy]
     fig = go.Figure()
-    for extractor, group in rows.groupby("extractor", sort=True):
+    for e, (extractor, group) in enumerate(rows.groupby("extractor", sort=True)):
         group = group.sort_values("label")
-        fig.add_trace(go.Bar(x=group["label"], y=group["p@10"], name=extractor))
+        fig.add_trace(
+            go.Bar(
+                x=group["label"],
+                y=group["p@10"],
+                name=display_name(str(extractor)),
+                marker_color=PALETTE[e % len(PALETTE)],
+            )
+        )
     fig.update_layout(
         height=height,
         barmode="group",
         title=f"Per-class P@10 ({strategy} search)",
         yaxis_range=[0, 1],
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2},
         margin={"t": 40, "b": 10},
     )
     return fig
 
 
 def composition_figure(composition: pd.DataFrame, height: int = 300) -> go.Figure:
-    """A cluster's label counts as horizontal bars, most common on top."""
+    """A set of items' label counts as horizontal bars, most common on top."""
     rows = composition.iloc[::-1]
     fig = go.Figure(go.Bar(x=rows["count"], y=rows["label"], orientation="h"))
-    fig.update_layout(
-        height=height, title="Labels in this cluster", margin={"t": 40, "b": 10, "l": 10}
-    )
+    fig.update_layout(height=height, title="Labels", margin={"t": 40, "b": 10, "l": 10})
     return fig

@@ -68,3 +68,65 @@ def _point_item_id(
     if index is None or ids is None or not 0 <= int(index) < len(ids):
         return None
     return str(ids[int(index)])
+
+
+def kept_selection(
+    event: Mapping[str, Any] | None,
+    trace_item_ids: Sequence[Sequence[str] | None] | None,
+    context: object,
+    key: str,
+) -> list[str]:
+    """A map selection that survives redrawing the map (another colouring or label filter).
+
+    Streamlit gives a chart whose figure changed a new, empty selection state. So the ids are
+    kept in st.session_state[key], and replaced only when the chart's own selection changes
+    while the figure's `context` (what changes the figure: colouring, filter) stays the same
+    — a new box or lasso, or a double-click that clears it.
+
+    Parameters
+    ----------
+    event : the chart's state (st.session_state[chart key]) from the previous run.
+    trace_item_ids : the item ids per trace of the figure that produced `event`.
+    context : anything equal between runs exactly when the figure is the same.
+    key : session key holding {"ids", "event", "context"}.
+
+    Returns
+    -------
+    The kept item ids (also `kept_ids(key)`).
+    """
+    import streamlit as st
+
+    state = st.session_state.setdefault(key, {"ids": [], "event": [], "context": None})
+    current = selection_to_item_ids(event, trace_item_ids)
+    same_figure = context == state["context"]
+    # A redrawn figure starts empty: that is not the user clearing the selection.
+    if (same_figure and current != state["event"]) or (not same_figure and current):
+        state["ids"] = current
+    state["event"] = current
+    state["context"] = context
+    return list(state["ids"])
+
+
+def kept_ids(key: str) -> list[str]:
+    """The item ids `kept_selection` keeps under `key` (empty before any)."""
+    import streamlit as st
+
+    return list((st.session_state.get(key) or {}).get("ids", []))
+
+
+def new_click(chart_key: str) -> str | None:
+    """The item a user just clicked on the chart stored under `chart_key` (its traces' ids
+    under `<chart_key>_traces`), once per new click; None otherwise.
+
+    The chart keeps its selection across reruns, so an old click must not win over a later
+    pick made elsewhere: each click is reported once.
+    """
+    import streamlit as st
+
+    clicked = selection_to_item_ids(
+        st.session_state.get(chart_key), st.session_state.get(f"{chart_key}_traces")
+    )
+    if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
+        st.session_state[f"{chart_key}_seen"] = clicked
+        return clicked[0]
+    return None

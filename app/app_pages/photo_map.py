@@ -1,0 +1,51 @@
+"""Photo map page: the catalog's photos laid out by the chosen extractor's map, snapped to a
+grid (built once by the mosaic stage); zoom in, hover for a bigger photo, click to search."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.ui import hover, loaders, plots, selection, widgets
+from pipelines import commands
+
+HEIGHT = 820
+
+cfg = loaders.config()
+settings = widgets.sidebar(cfg)
+st.title("Photo map")
+widgets.require(cfg, ("catalog", "maps"), [settings.extractor])
+
+with widgets.user_errors():
+    mosaic = loaders.mosaic(cfg, settings.extractor)
+if mosaic is None:
+    st.info(
+        f"The photo map of this extractor is not built yet — run `{commands.MOSAIC}` (or "
+        f"`{commands.RUN}`), then reload this page."
+    )
+    st.stop()
+
+name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
+st.caption(
+    f"{len(mosaic['cells']):,} photos placed by the {name} map on a {mosaic['cols']} × "
+    f"{mosaic['rows']} grid (each in the free cell nearest its map position). Drag to zoom in, "
+    f"double-click to zoom out, hover for a bigger photo, click a photo to find its lookalikes."
+)
+figure, trace_ids = plots.photo_map_figure(
+    mosaic["cells"], mosaic["uri"], mosaic["cols"], mosaic["rows"], height=HEIGHT
+)
+chart_key = f"photo_map_{settings.extractor}"
+event = st.plotly_chart(
+    figure,
+    on_select="rerun",
+    selection_mode="points",
+    key=chart_key,
+    width="stretch",
+    config={"displaylogo": False, "scrollZoom": True},
+)
+hover.photo_hover(cfg, settings.extractor)
+
+clicked = selection.selection_to_item_ids(event, trace_ids)
+if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
+    st.session_state[f"{chart_key}_seen"] = clicked
+    widgets.find_lookalikes(clicked[0])
+    st.switch_page("app_pages/search.py")

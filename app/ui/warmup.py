@@ -1,0 +1,105 @@
+"""Builds the upload models in a background thread as soon as the app starts, so the first
+upload does not wait for them; and shows honest progress when it still has to.
+
+One build per process and set of model files: every session shares the result through
+`loaders.extractor`'s st.cache_resource.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+from app.ui import loaders
+from pipelines import status
+from pipelines.config import EXTRACTORS, Config
+
+
+@dataclass
+class Build:
+    """The state of one background build (read by any session, written by its thread)."""
+
+    names: tuple[str, ...]
+    done: int = 0
+    current: str = ""
+    started: float = field(default_factory=time.monotonic)
+    finished: bool = False
+    error: str | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / max(1, len(self.names))
+
+    def describe(self) -> str:
+        """ "Loading InceptionV3 (ImageNet): model 1 of 2, 6 s so far" or the outcome."""
+        if self.error:
+            return f"Preparing the models failed: {self.error}"
+        seconds = time.monotonic() - self.started
+        if self.finished:
+            return f"Models ready ({len(self.names)} loaded in {seconds:.0f} s)"
+        return (
+            f"Loading {self.current}: model {self.done + 1} of {len(self.names)}, "
+            f"{seconds:.0f} s so far"
+        )
+
+
+_LOCK = threading.Lock()
+_BUILDS: dict[tuple[str, ...], Build] = {}
+
+
+def _key(cfg: Config) -> tuple[str, ...]:
+    return (str(cfg.artifacts_dir), *(loaders.model_sha(cfg, name) for name in EXTRACTORS))
+
+
+def _run(cfg: Config, build: Build) -> None:
+    from app.ui.widgets import EXTRACTOR_NAMES
+
+    try:
+        for name in build.names:
+            build.current = EXTRACTOR_NAMES.get(name, name)
+            loaders.extractor(cfg, name)
+            build.done += 1
+    except Exception as err:  # shown on the Upload page, which then loads them itself
+        build.error = str(err)
+    finally:
+        build.finished = True
+
+
+def start(cfg: Config) -> Build | None:
+    """Start building the upload models in the background (once per process and model
+    files); returns the build, or None when the models are not built yet."""
+    if status.missing_artifacts(cfg, ("models",)):
+        return None
+    key = _key(cfg)
+    with _LOCK:
+        build = _BUILDS.get(key)
+        if build is None:
+            build = Build(tuple(EXTRACTORS))
+            _BUILDS[key] = build
+            threading.Thread(
+                target=_run, args=(cfg, build), name="lookalike-model-warmup", daemon=True
+            ).start()
+    return build
+
+
+def wait(cfg: Config) -> None:
+    """Block until the background build is over, showing its progress (model n of m, seconds
+    so far) in place; returns at once when it is over or was never started."""
+    build = start(cfg)
+    if build is None or build.finished:
+        return
+    bar = st.progress(build.fraction, text=build.describe())
+    while not build.finished:
+        time.sleep(0.25)
+        bar.progress(build.fraction, text=build.describe())
+    bar.empty()
+
+
+def note(cfg: Config) -> None:
+    """One caption on the models' state, for a page where the user is choosing a file."""
+    build = start(cfg)
+    if build is not None:
+        st.caption(build.describe())
