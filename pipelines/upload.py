@@ -24,9 +24,9 @@ MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 # Long side of the preview kept for an uploaded photo: the app never shows full-size photos.
 UPLOAD_PREVIEW_SIZE = 256
 # Memory one upload's decode may take (`images.decode_cost`): a 20 MB file can declare a huge
-# RGBA or 16-bit image; this keeps the decode of any single upload to a few hundred MB of RSS
-# (12-megapixel RGBA PNGs and any JPEG, decoded reduced, still fit).
-UPLOAD_MAX_DECODE_BYTES = 256 * 2**20
+# RGBA or 16-bit image; this keeps the decode of any single upload to ~250 MB of resident
+# memory (8-megapixel RGBA or 12-megapixel RGB PNGs, and any JPEG, decoded reduced, fit).
+UPLOAD_MAX_DECODE_BYTES = 192 * 2**20
 
 
 @dataclass(frozen=True)
@@ -293,3 +293,50 @@ def category_summary(
     table = pd.DataFrame({"category": counts.index.astype(str), "count": counts.to_numpy()})
     table = table.sort_values(["count", "category"], ascending=[False, True], kind="stable")
     return table.head(top).reset_index(drop=True)
+
+
+# Warnings on usable uploads whose results deserve less trust (issue 14).
+# The short side below which a photo holds too little detail for either model.
+MIN_UPLOAD_SIDE = 64
+# Long side / short side above which squeezing the photo into the model's square distorts it.
+MAX_UPLOAD_ASPECT = 3.0
+# Category probability below which the prediction is called a guess.
+LOW_CONFIDENCE = 0.5
+
+
+def upload_warnings(name: str, data: bytes, confidence: float | None) -> list[str]:
+    """What makes one usable upload's results less trustworthy, each with what to do: a tiny
+    image, an extreme aspect ratio, a low-confidence category. Reads only the image header.
+
+    Parameters
+    ----------
+    name : the file name, used in messages.
+    data : the file's bytes (already accepted by `embed_upload`).
+    confidence : the predicted category's probability, or None.
+    """
+    warnings = []
+    shown = printable(name)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except (OSError, ValueError):
+        width = height = 0
+    if width and height:
+        if min(width, height) < MIN_UPLOAD_SIDE:
+            warnings.append(
+                f"{shown} is only {width}×{height} px: too small to show a garment (at least "
+                f"{MIN_UPLOAD_SIDE} px a side) — the category and neighbours are guesses; "
+                f"upload a larger photo"
+            )
+        aspect = max(width, height) / min(width, height)
+        if aspect > MAX_UPLOAD_ASPECT:
+            warnings.append(
+                f"{shown} is {width}×{height} px ({aspect:.1f}:1): the models see a square, so "
+                f"it is distorted — crop the photo to the garment"
+            )
+    if confidence is not None and confidence < LOW_CONFIDENCE:
+        warnings.append(
+            f"Low confidence ({confidence:.0%}): the category is a guess; the neighbours may "
+            f"show better what the photo resembles"
+        )
+    return warnings
