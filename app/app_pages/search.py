@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import loaders, plots, selection, widgets
-from pipelines import neighbours
+from app.ui import heatmap, hover, loaders, plots, selection, widgets
+from pipelines import browse, neighbours
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
+diversity = widgets.diversity_slider()
 st.title("Search")
 widgets.require(cfg, ("catalog", "embeddings", "maps"), [settings.extractor])
 
@@ -32,23 +33,32 @@ if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
 query_id = widgets.query_picker(catalog, "search", ("Random", "Item id", "Browse", "Map"))
 strategy, note = neighbours.resolve_strategy(index, settings.strategy)
 with widgets.user_errors():
-    neighbours = neighbours.item_neighbours(index, catalog, query_id, settings.k, strategy)
+    found = neighbours.item_neighbours(
+        index, catalog, query_id, settings.k, strategy, diversity=diversity
+    )
 query = catalog.set_index("item_id").loc[query_id]
 query["item_id"] = query_id
-precision = neighbours.query_precision(neighbours, query.get("label"), settings.k)
+widgets.remember_query(query_id)
+widgets.query_history(catalog, query_id)
+precision = neighbours.query_precision(found, query.get("label"), settings.k)
 
 if note:
     st.warning(note)
 left, right = st.columns([1, 4])
 with left:
-    widgets.query_card(query, precision, settings.k, len(neighbours))
+    widgets.query_card(query, precision, settings.k, len(found))
 with right:
-    st.subheader(f"{len(neighbours)} nearest items · {settings.extractor} · {strategy}")
-    widgets.neighbour_grid(neighbours, key="search")
+    spread = f" · diversity {diversity:.1f}" if diversity > 0 else ""
+    name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
+    shown = browse.plural(len(found), "nearest item")
+    st.subheader(f"{shown} · {name} · {strategy}{spread}")
+    widgets.neighbour_grid(found, key="search", catalog=catalog)
+    if heatmap.toggle("search"):
+        heatmap.show_pair(cfg, settings.extractor, catalog, found, "search", query_item=query_id)
 
 st.subheader("On the map")
 figure, trace_ids = plots.map_figure(
-    points, "label", query=query_id, neighbours=neighbours["item_id"].tolist()
+    points, "label", query=query_id, neighbours=found["item_id"].tolist()
 )
 st.session_state[f"{chart_key}_traces"] = trace_ids
 st.plotly_chart(
@@ -58,4 +68,8 @@ st.plotly_chart(
     key=chart_key,
     width="stretch",
 )
-st.caption("★ query · red rings: its neighbours. Click any point to search from it.")
+hover.photo_hover(cfg, settings.extractor)
+st.caption(
+    "★ query · red rings: its neighbours. Click any point to search from it; hover for its "
+    "photo; drag to zoom, double-click to zoom out."
+)
