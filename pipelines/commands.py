@@ -22,6 +22,8 @@ CLUSTERS = stage("clusters")
 EVALUATE = stage("evaluate")
 SERVE = stage("serve")
 NEIGHBOURS = stage("neighbours")
+MOSAIC = stage("mosaic")
+HEALTH = stage("health")
 
 
 def embed(extractor: str | None = None, force: bool = False) -> str:

@@ -87,6 +87,11 @@ def missing_artifacts(
     ]
 
 
+def missing_paths(paths: Sequence[Path]) -> list[Path]:
+    """The artifact files among `paths` that are absent or lack a manifest."""
+    return [p for p in paths if not Path(p).exists() or read_manifest(p) is None]
+
+
 def manifest_sha(path: Path) -> str:
     """The sha256 recorded in `path`'s manifest ("missing" when there is none): the cache key
     of everything loaded from it, so a rebuilt artifact is read again."""

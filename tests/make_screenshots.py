@@ -10,6 +10,7 @@ palette-quantised so each stays at a few hundred KB.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from PIL import Image
@@ -33,9 +34,11 @@ COLOURS = 128
 # (nav title, h1 heading, file name)
 PAGES = [
     ("Map", "Map", "map"),
+    ("Photo map", "Photo map", "photo_map"),
     ("Search", "Search", "search"),
     ("Compare", "Compare extractors", "compare"),
     ("Clusters", "Clusters", "clusters"),
+    ("Catalog health", "Catalog health", "health"),
     ("Upload", "Upload photos", "upload"),
 ]
 RUN_TIMEOUT_MS = 180_000
@@ -65,6 +68,20 @@ def _wait_for_images(page) -> None:
     )
 
 
+def _select_a_box(page) -> None:
+    """Drag a box over the middle of the map, so the screenshot shows a selection."""
+    plot = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first
+    plot.locator("canvas.gl-canvas-context").wait_for(state="attached")
+    settle(page, RUN_TIMEOUT_MS)
+    box = plot.bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.40, box["y"] + box["height"] * 0.35
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + box["width"] * 0.15, y0 + box["height"] * 0.2, steps=10)
+    page.mouse.up()
+    page.get_by_role("heading", name=re.compile(r"^Selection: [1-9]")).wait_for()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=REPO_ROOT / "artifacts")
@@ -89,6 +106,8 @@ def main() -> None:
         for title, heading, name in PAGES:
             page.locator('[data-testid="stSidebarNavLink"]').filter(has_text=title).click()
             page.get_by_role("heading", name=heading, level=1).wait_for()
+            if name == "map":
+                _select_a_box(page)
             if name == "upload":
                 page.locator('input[type="file"]').set_input_files(str(args.upload))
                 page.locator('[data-testid="stImageCaption"]').filter(

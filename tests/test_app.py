@@ -16,7 +16,7 @@ from pipelines.config import REPO_ROOT, Config
 from pipelines.metrics import jaccard_at_k
 
 APP = str(REPO_ROOT / "app" / "streamlit_app.py")
-PAGES = ["map", "search", "compare", "clusters", "upload"]
+PAGES = ["map", "search", "compare", "clusters", "upload", "photo_map", "health"]
 # Model loading (InceptionV3 weights) on a busy 2-core machine takes tens of seconds.
 TIMEOUT = 240
 
@@ -84,7 +84,7 @@ def test_every_page_renders_concrete_values(app: AppTest, catalog: pd.DataFrame)
     at = app
     # Map (the default page): the trustworthiness metric and the selection prompt.
     assert 0 < float(metric(at, "Trustworthiness")) <= 1
-    assert any("Selection: 0 item(s)" in h.value for h in at.subheader)
+    assert any("Selection: 0 items" in h.value for h in at.subheader)
     assert f"**{len(catalog):,}** items" in " ".join(c.value for c in at.sidebar.caption)
 
     open_page(at, "search")
@@ -142,7 +142,7 @@ def test_a_map_selection_fills_the_thumbnail_grid(app: AppTest, catalog: pd.Data
     at.session_state["map_chart_inception_v3"] = selection_event(picked)
     at.run()
     assert not at.exception
-    assert any(h.value == "Selection: 3 item(s)" for h in at.subheader)
+    assert any(h.value == "Selection: 3 items" for h in at.subheader)
     labels = catalog.set_index("item_id").loc[picked, "label"].tolist()
     captions = [c for image in at.image for c in image.captions]
     assert sorted(captions) == sorted(labels)
@@ -196,8 +196,8 @@ def test_search_query_by_item_id_and_strategies(app: AppTest, catalog: pd.DataFr
 
 def test_search_query_from_a_click_on_the_map(app: AppTest, catalog: pd.DataFrame) -> None:
     at = open_page(app, "search")
-    target = catalog["item_id"].iloc[11]
-    assert at.session_state["query_id"] != target
+    # A new session opens on a random item: click another one.
+    target = next(i for i in catalog["item_id"].iloc[11:] if i != at.session_state["query_id"])
     at.session_state["search_map_inception_v3"] = selection_event([target])
     at.run()
     assert not at.exception
@@ -283,7 +283,10 @@ def test_bad_uploads_show_an_error_and_the_page_keeps_working(
     # The two good photos still get their neighbours and a category summary.
     assert len(shown_tables(at)) == 4
     assert any(h.value == "Top categories across 2 photos" for h in at.subheader)
-    assert sum(int(m.value.split()[0]) for m in at.metric if m.value.endswith("photo(s)")) == 2
+    assert (
+        sum(int(m.value.split()[0]) for m in at.metric if m.value.endswith(("photo", "photos")))
+        == 2
+    )
 
 
 def test_upload_works_with_keras_inception_weights(
@@ -344,3 +347,161 @@ def test_each_page_without_artifacts_shows_guidance(
     assert str(tmp_path / "nothing-yet") in info.value
     assert "Not built yet" in " ".join(c.value for c in at.sidebar.caption)
     assert os.environ["LOOKALIKE_ARTIFACTS"].endswith("nothing-yet")
+
+
+# --------------------------------------------------------------------------- browsing (issue 14)
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    """The plotly figures on the page, as the browser receives them."""
+    import json
+
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def trace_length(trace: dict, key: str = "x") -> int:
+    """Points in a trace: plotly sends numpy arrays as {"dtype", "bdata"} (base64)."""
+    import base64
+
+    import numpy as np
+
+    values = trace[key]
+    if isinstance(values, dict):
+        return len(np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]))
+    return len(values)
+
+
+def trace_colours(spec: dict) -> dict[str, str]:
+    return {t["name"]: t["marker"]["color"] for t in spec["data"] if "marker" in t}
+
+
+def test_map_selection_survives_recolouring_and_counts_its_labels(
+    app: AppTest, catalog: pd.DataFrame
+) -> None:
+    at = app
+    picked = catalog["item_id"].iloc[[0, 5, 13, 30]].tolist()
+    at.session_state["map_chart_inception_v3"] = selection_event(picked)
+    at.run()
+    assert any(h.value == "Selection: 4 items" for h in at.subheader)
+    # The label counts shown are the picked items' labels.
+    counts = catalog.set_index("item_id").loc[picked, "label"].value_counts()
+    (line,) = [m.value for m in at.markdown if m.value.startswith("**Labels:**")]
+    for label, n in counts.items():
+        assert f"{n} {label}" in line
+    at.radio(key="map_color").set_value("cluster").run()
+    assert not at.exception
+    assert any(h.value == "Selection: 4 items" for h in at.subheader)
+    # The kept selection is drawn on the recoloured map.
+    (spec,) = chart_specs(at)
+    (rings,) = [t for t in spec["data"] if t["name"] == "selected"]
+    assert trace_length(rings) == 4
+    # Only the Map page drags a selection box; a CSV of the selection is offered.
+    assert spec["layout"]["dragmode"] == "select"
+    assert any(
+        b.proto.label.startswith("⬇ Download CSV (4 rows)") for b in at.get("download_button")
+    )
+
+
+def test_label_filter_greys_out_and_keeps_each_labels_colour(app: AppTest) -> None:
+    at = app
+    before = trace_colours(chart_specs(at)[0])
+    at.multiselect(key="map_labels").set_value(["hat"]).run()
+    assert not at.exception
+    after = trace_colours(chart_specs(at)[0])
+    assert after["hat"] == before["hat"]
+    assert set(after) == {"hat", "filtered out"}
+    assert any("9 of 36 items shown" in c.value for c in at.caption)
+
+
+def test_other_maps_pick_on_click_and_name_extractors(app: AppTest, catalog: pd.DataFrame) -> None:
+    at = open_page(app, "search")
+    (spec,) = chart_specs(at)
+    assert spec["layout"]["dragmode"] == "zoom"  # a click picks; no dead lasso
+    assert any(
+        h.value.startswith("10 nearest items · InceptionV3 (ImageNet) · ") for h in at.subheader
+    )
+    # Compare: a click on a map makes that item the query.
+    at = open_page(at, "compare")
+    target = next(i for i in catalog["item_id"] if i != at.session_state["query_id"])
+    at.session_state["compare_map_custom_cnn"] = selection_event([target])
+    at.run()
+    assert not at.exception and at.session_state["query_id"] == target
+
+
+def test_find_lookalikes_from_a_cluster_opens_search_and_history_goes_back(
+    app: AppTest, catalog: pd.DataFrame
+) -> None:
+    at = open_page(app, "search")
+    first = at.session_state["query_id"]
+    at = open_page(at, "clusters")
+    buttons = [b for b in at.button if b.key and b.key.startswith("cluster_pick_")]
+    assert buttons and all(b.label == "🔎 Find lookalikes" for b in buttons)
+    picked = next(b for b in buttons if b.key != f"cluster_pick_{first}")
+    item = picked.key.removeprefix("cluster_pick_")
+    picked.click().run()
+    assert not at.exception
+    assert at.session_state["query_id"] == item
+    assert [t.value for t in at.title] == ["Search"]
+    back = [b for b in at.button if b.key == f"history_{first}"]
+    assert back, "the previous query is in the history"
+    back[0].click().run()
+    assert at.session_state["query_id"] == first
+
+
+def test_cluster_rows_show_their_label_counts(app: AppTest, built: Config) -> None:
+    """Which thumbnails a row shows (the members nearest the centre) is checked on the table
+    in tests/test_browse_views.py; here, the counts the page prints are the cluster's own."""
+    at = open_page(app, "clusters")
+    catalog = pd.read_parquet(built.catalog_path)
+    clusters = pd.read_parquet(built.clusters_path("inception_v3"))
+    labels = catalog.set_index("item_id").loc[clusters["item_id"], "label"].to_numpy()
+    for cluster in sorted(clusters["cluster"].unique()):
+        counts = pd.Series(labels[clusters["cluster"].to_numpy() == cluster]).value_counts()
+        (row,) = [m.value for m in at.markdown if m.value.startswith(f"**Cluster {cluster}**")]
+        for label, n in counts.head(3).items():
+            assert f"{n} {label}" in row, row
+
+
+def test_health_and_photo_map_pages(app: AppTest, built: Config) -> None:
+    at = open_page(app, "health")
+    pairs = pd.read_parquet(built.health_path("inception_v3", "duplicates"))
+    (slider,) = [s for s in at.slider if s.key == "health_threshold_inception_v3"]
+    slider.set_value(float(slider.min)).run()
+    assert not at.exception
+    expected = int((pairs["similarity"] >= float(slider.min)).sum())
+    assert any(m.value.startswith(f"**{expected} pair") for m in at.markdown)
+    assert len(at.get("download_button")) == 3
+    at = open_page(at, "photo_map")
+    (spec,) = chart_specs(at)
+    assert spec["layout"]["images"][0]["source"].startswith("data:image/jpeg;base64,")
+    (trace,) = spec["data"]
+    assert len(trace["customdata"]) == len(pd.read_parquet(built.catalog_path))
+    # A click on a photo opens Search on it.
+    target = trace["customdata"][3]
+    at.session_state["photo_map_inception_v3"] = selection_event([target])
+    at.run()
+    assert not at.exception
+    assert at.session_state["query_id"] == target
+    assert [t.value for t in at.title] == ["Search"]
+
+
+def test_upload_warns_on_tiny_and_panoramic_photos(app: AppTest) -> None:
+    import io
+
+    from PIL import Image
+
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (90, 60, 40)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    at = open_page(app, "upload")
+    at.file_uploader(key="uploads").set_value(
+        [("dot.png", png(1, 1), "image/png"), ("pano.png", png(2000, 75), "image/png")]
+    ).run()
+    assert not at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert "dot.png is only 1×1 px" in warnings
+    assert "pano.png is 2000×75 px" in warnings
+    assert "Custom CNN (trained)" in " ".join(c.value for c in at.caption)
+    assert len(at.expander) >= 2  # each photo's results collapse

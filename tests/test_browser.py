@@ -201,7 +201,7 @@ def test_map_draws_the_scatter(page, catalog: pd.DataFrame) -> None:
         value = float(trust.locator('[data-testid="stMetricValue"]').inner_text())
         assert 0 < value <= 1
         expect(page.get_by_text(f"{len(catalog)} items · InceptionV3")).to_be_visible()
-        expect(page.get_by_role("heading", name="Selection: 0 item(s)")).to_be_visible()
+        expect(page.get_by_role("heading", name="Selection: 0 items")).to_be_visible()
 
 
 def test_search_grid_follows_extractor_and_k(page) -> None:
@@ -209,14 +209,14 @@ def test_search_grid_follows_extractor_and_k(page) -> None:
         open_page(page, "Search", "Search")
         inception = expect_neighbours(page, 10)
         expect(
-            page.get_by_role("heading", name="10 nearest items · inception_v3 · exact")
+            page.get_by_role("heading", name="10 nearest items · InceptionV3 (ImageNet) · exact")
         ).to_be_visible()
 
     with step(page, "03-search-custom-cnn-k10"):
         sidebar(page).locator('[data-testid="stSelectbox"]').filter(has_text="Extractor").click()
         page.get_by_role("option", name="Custom CNN (trained)").click()
         expect(
-            page.get_by_role("heading", name="10 nearest items · custom_cnn · exact")
+            page.get_by_role("heading", name="10 nearest items · Custom CNN (trained) · exact")
         ).to_be_visible()
         custom = expect_neighbours(page, 10)
         # Same query, another embedding: other neighbours or at least other similarities.
@@ -229,7 +229,7 @@ def test_search_grid_follows_extractor_and_k(page) -> None:
             set_slider(page, thumb, k)
             expect(thumb).to_have_attribute("aria-valuetext", str(k))
             expect(
-                page.get_by_role("heading", name=f"{k} nearest items · custom_cnn")
+                page.get_by_role("heading", name=f"{k} nearest items · Custom CNN (trained)")
             ).to_be_visible()
             captions = expect_neighbours(page, k)
             assert captions == custom[:k]  # the same ranking, cut at k
@@ -286,4 +286,226 @@ def test_upload_a_photo_then_files_that_are_not_photos(
             "Could not use notes.jpg: not a recognised image (jpg, png or webp expected)",
             timeout=UI_TIMEOUT_MS,
         )
+        expect_neighbours(page, 10)
+
+
+def test_search_heatmap_toggle_draws_an_overlay_on_both_photos(page) -> None:
+    from app.ui.heatmap import NEIGHBOUR_CAPTION as HEAT_NEIGHBOUR
+    from app.ui.heatmap import QUERY_CAPTION as HEAT_QUERY
+    from app.ui.heatmap import TOGGLE_LABEL
+
+    overlays = page.locator('[data-testid="stImage"]').filter(
+        has=page.locator('[data-testid="stImageCaption"]', has_text="Heatmap · ")
+    )
+    with step(page, "11-search-heatmap-off"):
+        open_page(page, "Search", "Search")
+        captions = expect_neighbours(page, 10)
+        expect(overlays).to_have_count(0)  # off by default: nothing computed
+
+    with step(page, "12-search-heatmap-on"):
+        page.get_by_text(TOGGLE_LABEL).click()
+        # The first heatmap loads InceptionV3 (up to a minute on 2 busy cores).
+        expect(overlays).to_have_count(2, timeout=RUN_TIMEOUT_MS)
+        settle(page, RUN_TIMEOUT_MS)
+        texts = overlays.locator('[data-testid="stImageCaption"]').all_inner_texts()
+        assert texts == [
+            f"{HEAT_QUERY} · where it matches #1",
+            f"{HEAT_NEIGHBOUR}1 · where it matches the query",
+        ], texts
+        images = overlays.locator("img")
+        wait_until(
+            lambda: images.evaluate_all(IMAGES_LOADED_JS), bool, 60, "the overlays did not load"
+        )
+        # Drawn at the model's input size (299 px), not the 128 px catalog thumbnails.
+        widths = images.evaluate_all("(imgs) => imgs.map(i => i.naturalWidth)")
+        assert widths == [299, 299], widths
+        # The pair's similarity under the heatmap is the #1 neighbour's similarity in the grid.
+        note = page.get_by_text(re.compile(r"^Similarity \d\.\d{3}: ")).inner_text()
+        assert float(note.split()[1].rstrip(":")) == pytest.approx(
+            float(captions[0].split(" · ")[-1]), abs=0.002
+        ), (note, captions[0])
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        page.locator('[data-testid="stHorizontalBlock"]').filter(
+            has=overlays.first
+        ).last.screenshot(path=str(OUTPUT / "search-heatmap-pair.png"))
+
+    with step(page, "13-search-heatmap-second-neighbour"):
+        # Type into the picker's search box and take the first match, as a keyboard user would
+        # (its dropdown can open below the viewport at the bottom of the page).
+        picker = page.locator('[data-testid="stSelectbox"]').filter(has_text="Neighbour to explain")
+        picker.locator("input").click()
+        page.keyboard.type("#2 ·")
+        page.keyboard.press("Enter")
+        expect(overlays.locator('[data-testid="stImageCaption"]').first).to_have_text(
+            f"{HEAT_QUERY} · where it matches #2"
+        )
+        expect_neighbours(page, 10)  # the grid stays
+
+
+# --------------------------------------------------------------------------- browsing (issue 14)
+
+# Screen positions of a plot's item points: [{id, x, y}] in page pixels, from plotly's own
+# axes (`l2p`) and the plot's place on the page. `names` limits the traces read (null: all
+# traces that carry item ids).
+POINTS_JS = """([plot, names]) => {
+    const box = plot.getBoundingClientRect();
+    const fl = plot._fullLayout, xa = fl.xaxis, ya = fl.yaxis;
+    const out = [];
+    for (const t of plot._fullData) {
+        if (!t.customdata || t.visible !== true) continue;
+        if (names && !names.includes(t.name)) continue;
+        for (let i = 0; i < t._length; i++) {
+            out.push({id: String(t.customdata[i]), trace: t.name,
+                      x: box.left + xa._offset + xa.l2p(t.x[i]),
+                      y: box.top + ya._offset + ya.l2p(t.y[i])});
+        }
+    }
+    return out;
+}"""
+
+
+def map_plot(page):
+    plot = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first
+    expect(plot.locator("canvas.gl-canvas-context")).to_be_attached(timeout=UI_TIMEOUT_MS)
+    return plot
+
+
+def loneliest(points: list[dict], exclude: set[str] = frozenset()) -> dict:
+    """The point farthest (on screen) from every other: a click there can only pick it."""
+
+    def gap(p):
+        return min(
+            ((p["x"] - q["x"]) ** 2 + (p["y"] - q["y"]) ** 2 for q in points if q is not p),
+            default=1e9,
+        )
+
+    return max((p for p in points if p["id"] not in exclude), key=gap)
+
+
+def shown_query(page) -> str:
+    """The query's item id under its card on Search ("`id`" caption)."""
+    code = page.locator('[data-testid="stCaptionContainer"] code').first
+    expect(code).to_be_visible()
+    return code.inner_text().strip()
+
+
+def test_a_click_on_the_search_map_changes_the_query(page) -> None:
+    with step(page, "20-search-map-click"):
+        open_page(page, "Search", "Search")
+        expect_neighbours(page, 10)
+        before = shown_query(page)
+        plot = map_plot(page)
+        plot.scroll_into_view_if_needed()
+        settle(page)
+        points = wait_until(
+            lambda: plot.evaluate(POINTS_JS, [plot.element_handle(), None]),
+            lambda p: len(p) > 10,
+            60,
+            "the Search map did not get its points",
+        )
+        target = loneliest(points, {before})
+        page.mouse.click(target["x"], target["y"])
+        expect(page.locator('[data-testid="stCaptionContainer"] code').first).to_have_text(
+            target["id"], timeout=UI_TIMEOUT_MS
+        )
+        expect_neighbours(page, 10)
+
+
+def test_hovering_a_point_shows_its_photo(page) -> None:
+    from app.ui.hover import PREVIEW_ID
+
+    with step(page, "21-map-hover-photo"):
+        expect(page.get_by_role("heading", name="Map", level=1)).to_be_visible()
+        plot = map_plot(page)
+        settle(page)
+        points = wait_until(
+            lambda: plot.evaluate(POINTS_JS, [plot.element_handle(), None]),
+            lambda p: len(p) > 10,
+            60,
+            "the map did not get its points",
+        )
+        target = loneliest(points)
+        preview = page.locator(f"#{PREVIEW_ID}")
+
+        # The hover script attaches within a moment of the chart drawing: move until it shows.
+        def hovered() -> bool:
+            page.mouse.move(target["x"] + 30, target["y"] + 30)
+            page.mouse.move(target["x"], target["y"], steps=3)
+            return preview.count() == 1 and preview.is_visible()
+
+        wait_until(hovered, bool, 30, "no photo appeared on hover")
+        expect(preview).to_have_attribute("data-item", target["id"])
+        image = preview.evaluate("(el) => getComputedStyle(el).backgroundImage")
+        assert image.startswith('url("data:image/jpeg;base64,'), image[:60]
+
+
+def test_a_box_selection_counts_its_labels_and_downloads_its_ids(
+    page, catalog: pd.DataFrame, tmp_path: Path
+) -> None:
+    labels = catalog.set_index("item_id")["label"]
+    with step(page, "22-map-box-selection"):
+        expect(page.get_by_role("heading", name="Map", level=1)).to_be_visible()
+        plot = map_plot(page)
+        settle(page)
+        points = wait_until(
+            lambda: plot.evaluate(POINTS_JS, [plot.element_handle(), None]),
+            lambda p: len(p) == len(catalog),
+            60,
+            "the map did not get its points",
+        )
+        xs = sorted(p["x"] for p in points)
+        ys = sorted(p["y"] for p in points)
+        # A box over the left half of the points (between two points, so none sits on an edge).
+        half = len(xs) // 2
+        x0, x1 = xs[0] - 5, (xs[half] + xs[half + 1]) / 2
+        y0, y1 = ys[0] - 5, ys[-1] + 5
+        inside = {p["id"] for p in points if x0 < p["x"] < x1 and y0 < p["y"] < y1}
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x1, y1, steps=12)
+        page.mouse.up()
+        heading = f"Selection: {len(inside)} item" + ("" if len(inside) == 1 else "s")
+        expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=UI_TIMEOUT_MS)
+        settle(page)
+        counts = labels.loc[sorted(inside)].value_counts()
+        line = page.get_by_text(re.compile(r"^Labels:")).inner_text()
+        for label, n in counts.items():
+            assert f"{n} {label}" in line, (line, counts.to_dict())
+        assert sum(int(part.split()[0]) for part in line.removeprefix("Labels:").split("·")) == (
+            len(inside)
+        )
+
+    with step(page, "23-map-selection-csv"):
+        with page.expect_download() as download:
+            page.get_by_role("button", name=re.compile(r"Download CSV")).click()
+        path = tmp_path / "selection.csv"
+        download.value.save_as(path)
+        table = pd.read_csv(path, dtype=str)
+        assert set(table["item_id"]) == inside
+        assert table.columns.tolist()[:3] == ["item_id", "path", "label"]
+
+
+def test_the_photo_map_opens_and_a_click_searches_from_that_photo(page) -> None:
+    with step(page, "24-photo-map"):
+        started = time.monotonic()
+        open_page(page, "Photo map", "Photo map")
+        plot = map_plot(page)
+        # The mosaic is drawn as the plot's layout image.
+        expect(plot.locator("g.layer-below image")).to_have_count(1, timeout=UI_TIMEOUT_MS)
+        print(f"photo map first paint: {time.monotonic() - started:.2f} s")
+        settle(page)
+        points = wait_until(
+            lambda: plot.evaluate(POINTS_JS, [plot.element_handle(), None]),
+            lambda p: len(p) > 10,
+            60,
+            "the photo map did not get its cells",
+        )
+        target = points[len(points) // 2]
+
+    with step(page, "25-photo-map-click-searches"):
+        page.mouse.click(target["x"], target["y"])
+        expect(page.get_by_role("heading", name="Search", level=1)).to_be_visible(
+            timeout=UI_TIMEOUT_MS
+        )
+        assert shown_query(page) == target["id"]
         expect_neighbours(page, 10)

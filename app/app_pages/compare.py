@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import heatmap, loaders, plots, widgets
+from app.ui import heatmap, hover, loaders, plots, selection, widgets
 from pipelines import browse, commands, metrics, neighbours
 from pipelines.config import EXTRACTORS, STRATEGIES
 
@@ -19,6 +19,11 @@ with widgets.user_errors():
     indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
     maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
 
+# A point clicked on either map (last run's chart state) becomes the query.
+for name in EXTRACTORS:
+    clicked = selection.new_click(f"compare_map_{name}")
+    if clicked is not None and clicked in set(catalog["item_id"]):
+        widgets.set_query(clicked)
 query_id = widgets.query_picker(catalog, "compare")
 query = catalog.set_index("item_id").loc[query_id]
 query["item_id"] = query_id
@@ -50,7 +55,7 @@ with top_right:
         help="Items both extractors return / items either returns, for the neighbours below.",
     )
     st.caption(
-        f"{len(shared)} item(s) in both lists · strategy: {settings.strategy} · "
+        f"{browse.plural(len(shared), 'item')} in both lists · strategy: {settings.strategy} · "
         f"map positions are aligned (the custom CNN's map is rotated onto InceptionV3's)"
     )
 
@@ -63,13 +68,23 @@ for column, name in zip(columns, EXTRACTORS, strict=True):
         shown = "n/a" if precision != precision else f"{precision:.2f}"
         st.subheader(widgets.EXTRACTOR_NAMES[name])
         st.caption(f"Precision@{settings.k} against the query's label: **{shown}**")
-        widgets.neighbour_grid(table, key=f"compare_{name}", columns=4)
+        widgets.neighbour_grid(table, key=f"compare_{name}", columns=4, catalog=catalog)
         if show_heatmaps:
             heatmap.show_pair(cfg, name, catalog, table, f"compare_{name}", query_item=query_id)
-        figure, _ = plots.map_figure(
-            maps[name], "label", query=query_id, neighbours=table["item_id"].tolist(), height=420
+        figure, trace_ids = plots.map_figure(
+            maps[name], "label", query=query_id, neighbours=table["item_id"].tolist(), height=520
         )
-        st.plotly_chart(figure, key=f"compare_map_{name}", width="stretch")
+        st.session_state[f"compare_map_{name}_traces"] = trace_ids
+        st.plotly_chart(
+            figure,
+            on_select="rerun",
+            selection_mode="points",
+            key=f"compare_map_{name}",
+            width="stretch",
+        )
+
+hover.photo_hover(cfg, settings.extractor)
+st.caption("Click a point on either map to compare from it; hover for its photo.")
 
 st.header("Evaluation")
 metrics = loaders.metrics(cfg)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import heatmap, loaders, plots, selection, widgets
-from pipelines import neighbours
+from app.ui import heatmap, hover, loaders, plots, selection, widgets
+from pipelines import browse, neighbours
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -38,6 +38,8 @@ with widgets.user_errors():
     )
 query = catalog.set_index("item_id").loc[query_id]
 query["item_id"] = query_id
+widgets.remember_query(query_id)
+widgets.query_history(catalog, query_id)
 precision = neighbours.query_precision(found, query.get("label"), settings.k)
 
 if note:
@@ -47,8 +49,10 @@ with left:
     widgets.query_card(query, precision, settings.k, len(found))
 with right:
     spread = f" · diversity {diversity:.1f}" if diversity > 0 else ""
-    st.subheader(f"{len(found)} nearest items · {settings.extractor} · {strategy}{spread}")
-    widgets.neighbour_grid(found, key="search")
+    name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
+    shown = browse.plural(len(found), "nearest item")
+    st.subheader(f"{shown} · {name} · {strategy}{spread}")
+    widgets.neighbour_grid(found, key="search", catalog=catalog)
     if heatmap.toggle("search"):
         heatmap.show_pair(cfg, settings.extractor, catalog, found, "search", query_item=query_id)
 
@@ -64,4 +68,8 @@ st.plotly_chart(
     key=chart_key,
     width="stretch",
 )
-st.caption("★ query · red rings: its neighbours. Click any point to search from it.")
+hover.photo_hover(cfg, settings.extractor)
+st.caption(
+    "★ query · red rings: its neighbours. Click any point to search from it; hover for its "
+    "photo; drag to zoom, double-click to zoom out."
+)

@@ -1,14 +1,15 @@
 """Upload page: photos embedded live by both extractors, with neighbours, category and map place.
 
-Several photos also get the three most common predicted categories.
+Several photos also get the most common predicted categories (ties included), with one map of
+all of them on top and each photo's results in its own collapsible section.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import heatmap, loaders, plots, widgets
-from pipelines import api, upload
+from app.ui import heatmap, hover, loaders, plots, selection, warmup, widgets
+from pipelines import api, browse, upload
 from pipelines.config import EXTRACTORS
 from pipelines.diversity import pool_size
 
@@ -23,6 +24,17 @@ with widgets.user_errors():
     indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
     maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
 
+# A point clicked on any map here opens Search on that catalog item.
+for chart_key in [k for k in st.session_state if str(k).startswith(("upload_all_", "upload_map_"))]:
+    if not str(chart_key).endswith(("_traces", "_seen")):
+        clicked = selection.new_click(str(chart_key))
+        if clicked is not None:
+            widgets.find_lookalikes(clicked)
+            st.switch_page("app_pages/search.py")
+
+# The category comes from the custom CNN's classifier head (pipelines.upload.embed_upload).
+CATEGORY_MODEL = widgets.EXTRACTOR_NAMES.get("custom_cnn", "custom_cnn")
+
 files = st.file_uploader(
     f"Photos of clothing: JPG, PNG or WebP, up to {upload.MAX_UPLOAD_MB} MB each",
     # MIME types (not extensions): the browser filters the file picker, and anything else that
@@ -34,7 +46,10 @@ files = st.file_uploader(
 )
 if not files:
     st.info("Upload one or several photos to find the most similar catalog items.")
+    # The models were started in the background when the app opened (app/ui/warmup.py).
+    warmup.note(cfg)
     st.stop()
+warmup.wait(cfg)
 
 results = []
 photo_bytes = {}
@@ -57,21 +72,35 @@ if not good:
     st.stop()
 
 if len(good) > 1:
-    st.subheader(f"Top categories across {len(good)} photos")
-    summary = upload.category_summary(good, top=3)
-    for cell, (_, row) in zip(st.columns(3), summary.iterrows(), strict=False):
-        cell.metric(row["category"], f"{row['count']} photo(s)")
+    st.subheader(f"Top categories across {browse.plural(len(good), 'photo')}")
+    summary = upload.category_summary(good, top=len(good))
+    top = browse.top_with_ties(summary, 3)
+    ties = " (ties included)" if len(top) > 3 else ""
+    distinct = browse.plural(len(summary), "distinct category", "distinct categories")
+    st.caption(
+        f"Top {len(top)} of {distinct}{ties}, as predicted by the {CATEGORY_MODEL} classifier."
+    )
+    for cell, (_, row) in zip(st.columns(len(top)), top.iterrows(), strict=False):
+        cell.metric(row["category"], browse.plural(int(row["count"]), "photo"))
     # One map per extractor with every photo on it: one chart per photo would slow the page.
     map_tabs = st.tabs([f"All photos on the {widgets.EXTRACTOR_NAMES[n]} map" for n in EXTRACTORS])
     for tab, name in zip(map_tabs, EXTRACTORS, strict=True):
         placed = [(r.name, *r.positions[name]) for r in good if name in r.positions]
-        figure, _ = plots.map_figure(maps[name], "label", extra=placed, height=460)
-        tab.plotly_chart(figure, key=f"upload_all_{name}", width="stretch")
+        figure, trace_ids = plots.map_figure(maps[name], "label", extra=placed, height=560)
+        st.session_state[f"upload_all_{name}_traces"] = trace_ids
+        tab.plotly_chart(
+            figure,
+            on_select="rerun",
+            selection_mode="points",
+            key=f"upload_all_{name}",
+            width="stretch",
+        )
 
 show_heatmaps = heatmap.toggle("upload")
 for i, result in enumerate(good):
-    st.divider()
-    head, body = st.columns([1, 4])
+    found = f" · {result.category}" if result.category is not None else ""
+    section = st.expander(f"{result.name}{found}", expanded=len(good) == 1)
+    head, body = section.columns([1, 4])
     with head:
         st.image(result.preview, caption=result.name, width="stretch")
         if result.category is not None:
@@ -80,14 +109,21 @@ for i, result in enumerate(good):
                 result.category,
                 f"{result.confidence:.0%} confidence",
                 delta_color="off",
+                delta_arrow="off",
+                help=f"Predicted by the {CATEGORY_MODEL} classifier.",
             )
+            st.caption(f"Category by the {CATEGORY_MODEL} classifier.")
+        for warning in upload.upload_warnings(
+            result.name, photo_bytes[result.name], result.confidence
+        ):
+            st.warning(warning)
         for note in result.notes:
             st.caption(note)
     with body:
         tabs = st.tabs([widgets.EXTRACTOR_NAMES[name] for name in result.neighbours])
         for tab, (name, table) in zip(tabs, result.neighbours.items(), strict=True):
             with tab:
-                widgets.neighbour_grid(table, key=f"upload_{i}_{name}")
+                widgets.neighbour_grid(table, key=f"upload_{i}_{name}", catalog=catalog)
                 if show_heatmaps:
                     heatmap.show_pair(
                         cfg,
@@ -99,11 +135,19 @@ for i, result in enumerate(good):
                     )
                 if len(good) == 1:
                     x, y = result.positions.get(name, (float("nan"), float("nan")))
-                    figure, _ = plots.map_figure(
+                    figure, trace_ids = plots.map_figure(
                         maps[name],
                         "label",
                         neighbours=table["item_id"].tolist(),
                         extra=[(result.name, x, y)],
-                        height=420,
+                        height=520,
                     )
-                    st.plotly_chart(figure, key=f"upload_map_{i}_{name}", width="stretch")
+                    st.session_state[f"upload_map_{i}_{name}_traces"] = trace_ids
+                    st.plotly_chart(
+                        figure,
+                        on_select="rerun",
+                        selection_mode="points",
+                        key=f"upload_map_{i}_{name}",
+                        width="stretch",
+                    )
+hover.photo_hover(cfg, settings.extractor)

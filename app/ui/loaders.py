@@ -233,3 +233,56 @@ def upload_embedding(cfg: Config, name: str, data: bytes) -> upload.UploadEmbedd
         *(sha(_model_file(cfg, name)) for name in EXTRACTORS),
     )
     return _upload(name, data, str(cfg.artifacts_dir), key)
+
+
+# --------------------------------------------------------------------------- photo map, health
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _mosaic(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> dict[str, Any]:
+    import base64
+
+    cfg = _config(artifacts_dir)
+    manifest = read_manifest(cfg.mosaic_cells_path(extractor)) or {}
+    cells = pd.read_parquet(cfg.mosaic_cells_path(extractor))
+    cells["item_id"] = cells["item_id"].astype(str)
+    labels = _catalog(artifacts_dir, key[0]).set_index("item_id")["label"]
+    cells["label"] = labels.reindex(cells["item_id"]).to_numpy()
+    image = base64.b64encode(cfg.mosaic_image_path(extractor).read_bytes()).decode("ascii")
+    return {
+        "uri": f"data:image/jpeg;base64,{image}",
+        "cells": cells,
+        "cols": int(manifest["cols"]),
+        "rows": int(manifest["rows"]),
+        "tile": int(manifest["tile"]),
+        "sha": key[1],
+    }
+
+
+def mosaic(cfg: Config, extractor: str) -> dict[str, Any] | None:
+    """The photo map of one extractor (see `pipelines.mosaic`): {"uri": the JPEG as a data URI,
+    "cells": item_id, col, row, label, "cols", "rows", "tile", "sha"}; None before the mosaic
+    stage ran."""
+    paths = (cfg.mosaic_image_path(extractor), cfg.mosaic_cells_path(extractor))
+    if status.missing_paths(paths):
+        return None
+    key = (sha(cfg.catalog_path), sha(paths[0]), sha(paths[1]))
+    return _mosaic(str(cfg.artifacts_dir), extractor, key)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _health(artifacts_dir: str, extractor: str, kind: str, key: str) -> pd.DataFrame:
+    table = pd.read_parquet(_config(artifacts_dir).health_path(extractor, kind))
+    for column in ("item_id", "item_a", "item_b"):
+        if column in table.columns:
+            table[column] = table[column].astype(str)
+    return table
+
+
+def health(cfg: Config, extractor: str, kind: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """One health list (duplicates, mislabelled or outliers; see `pipelines.health`) and its
+    manifest; None before the health stage ran."""
+    path = cfg.health_path(extractor, kind)
+    if status.missing_paths([path]):
+        return None
+    return _health(str(cfg.artifacts_dir), extractor, kind, sha(path)), read_manifest(path) or {}

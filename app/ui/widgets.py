@@ -31,6 +31,13 @@ K_LABEL = "Neighbours (k)"
 GRID_COLUMNS = 6
 # Thumbnails a grid shows at most; a larger selection says how many it left out.
 GRID_LIMIT = 60
+# The button under every thumbnail that searches from it.
+LOOKALIKES_LABEL = "🔎 Find lookalikes"
+# Set by `find_lookalikes`; the router opens Search on the next run when it is set.
+GOTO_SEARCH = "goto_search"
+# Recent Search queries kept for "back" (newest last).
+HISTORY_KEY = "query_history"
+HISTORY_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,8 @@ def thumbnail_grid(
     path_column : column holding the thumbnail path.
     columns : thumbnails per row.
     limit : at most this many are drawn; a note says how many were left out.
-    pick : when given, a "Use as query" button under each thumbnail calls pick(item_id).
+    pick : when given, a "Find lookalikes" button under each thumbnail calls pick(item_id)
+        (`find_lookalikes` opens Search on that item).
     key : prefix of the buttons' keys.
     """
     if items.empty:
@@ -213,7 +221,7 @@ def thumbnail_grid(
                 st.image(paths[i], caption=captions[i], width="stretch")
                 if pick is not None:
                     st.button(
-                        "Use as query",
+                        LOOKALIKES_LABEL,
                         key=f"{key}_pick_{ids[i]}",
                         on_click=pick,
                         args=(ids[i],),
@@ -223,15 +231,27 @@ def thumbnail_grid(
         st.caption(f"Showing {limit} of {len(items)}.")
 
 
-def neighbour_grid(neighbours: pd.DataFrame, key: str = "neighbours", columns: int = 5) -> None:
+def neighbour_grid(
+    neighbours: pd.DataFrame,
+    key: str = "neighbours",
+    columns: int = 5,
+    catalog: pd.DataFrame | None = None,
+) -> None:
     """A neighbour table (`neighbours.neighbours_table`) as a grid captioned "#rank · label ·
-    similarity", with the table itself (ids included) in an expander."""
+    similarity", each with a "Find lookalikes" button, with the table itself (ids included)
+    and its CSV download (paths too when `catalog` is given) in an expander."""
     captions = [
         caption(row, int(row["rank"]), float(row["similarity"])) for _, row in neighbours.iterrows()
     ]
     # Every neighbour is drawn: k is at most max_k (50), so no "showing n of m" cut.
     thumbnail_grid(
-        neighbours, captions, path_column="thumb", columns=columns, limit=len(neighbours), key=key
+        neighbours,
+        captions,
+        path_column="thumb",
+        columns=columns,
+        limit=len(neighbours),
+        pick=find_lookalikes,
+        key=key,
     )
     with st.expander("As a table"):
         st.dataframe(
@@ -239,6 +259,63 @@ def neighbour_grid(neighbours: pd.DataFrame, key: str = "neighbours", columns: i
             hide_index=True,
             width="stretch",
         )
+        table = neighbours[["rank", "item_id", "similarity", "label"]]
+        if catalog is not None:
+            table = browse.export_table(neighbours, catalog)
+        csv_download(table, f"{key}-neighbours", key=f"{key}_csv")
+
+
+def csv_download(table: pd.DataFrame, name: str, key: str, label: str | None = None) -> None:
+    """A "Download CSV" button for a table (no rerun on click).
+
+    Parameters
+    ----------
+    table : what the file holds (see `browse.export_table`).
+    name : file name without ".csv".
+    key : the button's widget key.
+    label : button text; default "⬇ Download CSV (n rows)".
+    """
+    st.download_button(
+        label or f"⬇ Download CSV ({browse.plural(len(table), 'row')})",
+        data=browse.to_csv(table),
+        file_name=f"{name}.csv",
+        mime="text/csv",
+        key=key,
+        on_click="ignore",
+    )
+
+
+def find_lookalikes(item_id: str) -> None:
+    """Make `item_id` the query and open Search on it (the router switches page)."""
+    set_query(item_id)
+    st.session_state[GOTO_SEARCH] = True
+
+
+def remember_query(item_id: str) -> None:
+    """Add a query to the short Search history (no repeats; the newest last)."""
+    history = [i for i in st.session_state.get(HISTORY_KEY, []) if i != item_id]
+    st.session_state[HISTORY_KEY] = (history + [str(item_id)])[-HISTORY_SIZE:]
+
+
+def query_history(catalog: pd.DataFrame, current: str) -> None:
+    """The recent queries as small thumbnails, each with a button to go back to it."""
+    known = set(catalog["item_id"])
+    earlier = [i for i in st.session_state.get(HISTORY_KEY, []) if i != current and i in known]
+    if not earlier:
+        return
+    rows = catalog.set_index("item_id").loc[earlier[::-1]].reset_index()
+    with st.expander(f"Recent queries ({len(rows)})", expanded=False):
+        cells = st.columns(HISTORY_SIZE)
+        for cell, (_, row) in zip(cells, rows.iterrows(), strict=False):
+            with cell:
+                st.image(row["thumb_file"], caption=caption(row), width="stretch")
+                st.button(
+                    "↩ Back",
+                    key=f"history_{row['item_id']}",
+                    on_click=set_query,
+                    args=(row["item_id"],),
+                    width="stretch",
+                )
 
 
 def set_query(item_id: str) -> None:
@@ -270,8 +347,9 @@ def query_picker(
     """
     ids = set(catalog["item_id"])
     if st.session_state.get("query_id") not in ids:
-        # Deterministic first query, so a fresh session always opens on the same item.
-        set_query(browse.random_item(catalog, np.random.default_rng(0)))
+        # A new session opens on a random item, so each visit shows another part of the
+        # catalog.
+        set_query(browse.random_item(catalog))
     pending = st.session_state.pop("query_id_pending", None)
     if pending is not None:
         if pending in ids:
