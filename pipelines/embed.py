@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from pipelines import artifacts, commands, pixel_cache
 from pipelines.catalog import catalog_hash, load_catalog
-from pipelines.config import Config
+from pipelines.config import ENGINES, Config
 from pipelines.errors import LookalikeError
 from pipelines.extractors import CustomCNNExtractor, Extractor, get_extractor
 from pipelines.images import ImageError, load_array
@@ -154,7 +155,12 @@ class ChunkWriter:
 
 
 def run_embed(
-    config: Config, extractor: str, force: bool = False, progress: bool = True
+    config: Config,
+    extractor: str,
+    force: bool = False,
+    progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
 ) -> StageResult:
     """Embed every catalog row with one extractor; resumable chunk by chunk.
 
@@ -162,7 +168,14 @@ def run_embed(
     i) and its manifest; for the custom CNN also `categories.parquet` (predicted category per
     item). Reading (`pixel_stream`), the model step and writing (`ChunkWriter`) are separate
     parts; the parts folder is removed once the array is written.
+
+    `engine` "local" (default) reads and embeds in this process; "ray" reads, decodes and
+    embeds on Ray Data (`pipelines.embed_ray`), joining the cluster at `address` or starting
+    Ray on this machine. Both write the same chunks and manifest key, so either one resumes
+    the other's run and their embeddings are interchangeable.
     """
+    if engine not in ENGINES:
+        raise LookalikeError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     start = time.perf_counter()
     ext = get_extractor(extractor, config)
     if hasattr(ext, "embed_catalog"):  # a head on another extractor's stored vectors
@@ -197,14 +210,30 @@ def run_embed(
     forward_s = 0.0
     bar = tqdm(
         total=n, initial=n - len(rows), desc=f"embed {extractor}", unit="img", disable=not progress
+    engine_stats: dict[str, Any] = {}
     )
     with bar:
-        for _index, pixels in pixel_stream(catalog, rows, ext.input_size, config):
-            t0 = time.perf_counter()
-            emb, probs = step(pixels)
-            forward_s += time.perf_counter() - t0
-            writer.add(emb, probs)
-            bar.update(len(pixels))
+        if engine == "ray":
+            from pipelines.embed_ray import RayStats, embedded_batches
+
+            stats = RayStats()
+            batches = embedded_batches(
+                config, extractor, catalog, rows, wants_categories, address, stats
+            )
+            # closing: a failed write stops Ray's actors now, not when the generator is freed.
+            with contextlib.closing(batches):
+                for emb, probs in batches:
+                    writer.add(emb, probs)
+                    bar.update(len(emb))
+            forward_s = sum(stats.busy_s_per_actor.values()) / max(stats.actors, 1)
+            engine_stats = stats.summary()
+        else:
+            for _index, pixels in pixel_stream(catalog, rows, ext.input_size, config):
+                t0 = time.perf_counter()
+                emb, probs = step(pixels)
+                forward_s += time.perf_counter() - t0
+                writer.add(emb, probs)
+                bar.update(len(pixels))
 
     embeddings = writer.assemble()
     if embeddings.shape != (n, ext.dim):
@@ -225,6 +254,8 @@ def run_embed(
         "embedded": embedded,
         "seconds": round(seconds, 2),
         "images_per_s": round(embedded / seconds, 2) if embedded else None,
+        "engine": engine,
+        **engine_stats,
         "forward_share": round(forward_s / seconds, 3) if embedded else None,
     }
     artifacts.write_manifest(out, STAGE, params, inputs, extra={"run": summary, "dim": ext.dim})

@@ -12,7 +12,11 @@ from pipelines.stage import StageResult
 
 
 def _stages(
-    config: Config, extractors: Sequence[str], force: bool
+    config: Config,
+    extractors: Sequence[str],
+    force: bool,
+    engine: str = "local",
+    address: str | None = None,
 ) -> list[tuple[str, Callable[[], StageResult]]]:
     """(name, thunk) for every stage; imports stay lazy so `--help` never loads TensorFlow.
 
@@ -41,7 +45,14 @@ def _stages(
     if HEAD in extractors and "inception_v3" not in base:
         base.insert(0, "inception_v3")
     for name in base:
-        stages.append((f"embed {name}", lambda name=name: run_embed(config, name, force=force)))
+        stages.append(
+            (
+                f"embed {name}",
+                lambda name=name: run_embed(
+                    config, name, force=force, engine=engine, address=address
+                ),
+            )
+        )
     if HEAD in extractors:
 
         def train_head() -> StageResult:
@@ -66,16 +77,20 @@ def _stages(
 
 
 def run_all(
-    config: Config, extractors: Sequence[str] = EXTRACTORS, force: bool = False
+    config: Config,
+    extractors: Sequence[str] = EXTRACTORS,
+    force: bool = False,
+    engine: str = "local",
+    address: str | None = None,
 ) -> list[StageResult]:
     """Run every stage; each skips itself when its inputs and settings are unchanged.
 
     Returns each stage's result, in order. Prints a table of them and the evaluation report
-    at the end.
+    at the end. `engine` and `address` choose where the embed stages run (see `run_embed`).
     """
     results: list[tuple[str, StageResult]] = []
     total = time.perf_counter()
-    stages = _stages(config, list(extractors), force)
+    stages = _stages(config, list(extractors), force, engine, address)
     for i, (name, thunk) in enumerate(stages, 1):
         print(f"\n[{i}/{len(stages)}] {name}", flush=True)
         results.append((name, thunk()))
