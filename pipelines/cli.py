@@ -154,18 +154,6 @@ def _api(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _extractors(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--extractor",
-        action="append",
-        default=None,
-        help=f"extractor to use, repeatable: {', '.join(EXTRACTORS)} (default: all)",
-    )
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--artifacts",
 def _engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
@@ -183,6 +171,18 @@ def _engine(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _extractors(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--extractor",
+        action="append",
+        default=None,
+        help=f"extractor to use, repeatable: {', '.join(EXTRACTORS)} (default: all)",
+    )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--artifacts",
         type=Path,
         default=None,
         help="folder the stages write to "
@@ -240,7 +240,7 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
     "embed": (
         "embed every catalog image with the chosen extractors into artifacts/embeddings/",
         _embed,
-        [_extractors],
+        [_extractors, _engine],
     ),
     "maps": (
         "2-D UMAP map per extractor into artifacts/maps/, with its trustworthiness",
@@ -250,7 +250,7 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
     "clusters": (
         "k-means clusters per extractor into artifacts/clusters/",
         _clusters,
-        [_extractors, _engine],
+        [_extractors],
     ),
     "evaluate": (
         "precision@k, mAP@10 and latency per extractor x strategy into artifacts/metrics.json",

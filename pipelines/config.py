@@ -281,6 +281,9 @@ _WHOLE_MINIMUMS = {
     "thumb_size": 16,
     "batch_size": 1,
     "chunk_size": 1,
+    "ray_actors": 0,
+    "ray_actor_cpus": 1,
+    "ray_gpu_batch_size": 1,
     "cnn_image_size": 32,
     "cnn_embedding_dim": 2,
     "cnn_epochs": 1,
@@ -300,16 +303,13 @@ _WHOLE_MINIMUMS = {
 _OPEN_RANGES = {
     "cnn_learning_rate": (0.0, 1.0),
     "cnn_time_budget_s": (0.0, 7 * 24 * 3600.0),
+    "ray_actor_gpus": (0.0, 65.0),
     "head_learning_rate": (0.0, 1.0),
 }
 # Shares: closed interval [0, 1] (NaN fails).
 _SHARES = ("map_min_dist", "head_raw_share", "category_cover", "category_exact_below")
-    "ray_actors": 0,
-    "ray_actor_cpus": 1,
-    "ray_gpu_batch_size": 1,
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise LookalikeError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    "ray_actor_gpus": (0.0, 65.0),

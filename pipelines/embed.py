@@ -210,8 +210,8 @@ def run_embed(
     forward_s = 0.0
     bar = tqdm(
         total=n, initial=n - len(rows), desc=f"embed {extractor}", unit="img", disable=not progress
-    engine_stats: dict[str, Any] = {}
     )
+    engine_stats: dict[str, Any] = {}
     with bar:
         if engine == "ray":
             from pipelines.embed_ray import RayStats, embedded_batches
@@ -254,9 +254,9 @@ def run_embed(
         "embedded": embedded,
         "seconds": round(seconds, 2),
         "images_per_s": round(embedded / seconds, 2) if embedded else None,
+        "forward_share": round(forward_s / seconds, 3) if embedded else None,
         "engine": engine,
         **engine_stats,
-        "forward_share": round(forward_s / seconds, 3) if embedded else None,
     }
     artifacts.write_manifest(out, STAGE, params, inputs, extra={"run": summary, "dim": ext.dim})
     writer.remove()
