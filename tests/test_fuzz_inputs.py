@@ -103,7 +103,6 @@ WRITE_FORMATS = [
     "GIF",
     "ICNS",
     "ICO",
-    "IM",
     "JPEG",
     "JPEG2000",
     "MSP",
