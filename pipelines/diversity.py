@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipelines.errors import LookalikeError
 from pipelines.index import Index
+from pipelines.topk import one_blas_thread
 
 # Candidates re-ranked per query: a few times k, so MMR can reach past a run of near-duplicates,
 # but few enough that every result stays close to the query.
@@ -68,7 +69,10 @@ def mmr_order(
     vectors = np.asarray(candidates, dtype=np.float64)
     if vectors.shape[0] != n:
         raise LookalikeError(f"{n} similarities for {vectors.shape[0]} candidate vectors")
-    pair = vectors @ vectors.T
+    # A small (n, n) product: one BLAS thread is ~50x faster than waking a thread pool for it
+    # on a busy machine (8.5 ms -> 0.16 ms for 40 x 2048 under load).
+    with one_blas_thread():
+        pair = vectors @ vectors.T
     picked: list[int] = []
     # Largest similarity of each candidate to anything picked so far.
     redundancy = np.full(n, -np.inf)
@@ -156,7 +160,8 @@ def diversity_table(
             cand, sim = cand[:pool], sim[:pool]
             order = mmr_order(sim, index.vectors[cand], k, diversity)
             chosen = cand[order]
-            ils.append(intra_list_similarity(index.vectors[chosen]))
+            with one_blas_thread():
+                ils.append(intra_list_similarity(index.vectors[chosen]))
             precision.append(float(np.mean(labels[chosen] == labels[query])))
             closeness.append(float(np.mean(sim[order])))
         out.append(
