@@ -184,7 +184,7 @@ def create_app(
         return {**current.records[_row(current, item_id)], "thumbnail_url": _thumb_url(item_id)}
 
     @app.get("/items/{item_id}/similar", response_model=m.Neighbours, tags=["search"], **protected)
-    async def similar(
+    def similar(
         item_id: str,
         k: Annotated[int, Query(description=f"neighbours, 1 to {config.max_k}")] = 10,
         extractor: Annotated[str, Query(description=" or ".join(EXTRACTORS))] = EXTRACTORS[0],
@@ -195,8 +195,8 @@ def create_app(
         ] = None,
     ) -> dict[str, Any]:
         """The k catalog items most similar to a catalog item (never the item itself)."""
-        # Runs on the event loop, not a worker thread: a query is a millisecond of work, less
-        # than the hand-off to the thread pool would cost; photos (POST /search) use threads.
+        # A worker thread, not the event loop: the matrix product releases the GIL, so two
+        # queries use both cores (BLAS runs one thread per query in the server, see run_server).
         start = time.perf_counter()
         current = state()
         k = checked(k, strategy)
