@@ -120,6 +120,25 @@ def test_similar_label_filter_returns_only_that_label(client: TestClient, ids: l
     assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
 
 
+def test_similar_diversity_is_passed_to_the_engine(
+    client: TestClient, built: Config, ids: list[str]
+) -> None:
+    from pipelines.neighbours import item_neighbours
+
+    def similar(**params) -> list[str]:
+        response = client.get(f"/items/{ids[2]}/similar", params={"k": 6, **params})
+        assert response.status_code == 200, response.text
+        return [r["item_id"] for r in response.json()["results"]]
+
+    assert similar(diversity=0) == similar()
+    catalog, _ = read_catalog(built)
+    expected = item_neighbours(load_index(built, "inception_v3"), catalog, ids[2], 6, diversity=1)
+    assert similar(diversity=1) == expected["item_id"].tolist()
+    response = client.get(f"/items/{ids[2]}/similar", params={"diversity": 2})
+    assert response.status_code == 422
+    assert "diversity must be between 0" in _one_line(response)
+
+
 @pytest.mark.parametrize("strategy", ["cluster", "category"])
 def test_similar_pool_strategies_are_used(client: TestClient, ids: list[str], strategy) -> None:
     body = client.get(f"/items/{ids[0]}/similar", params={"k": 3, "strategy": strategy}).json()

@@ -191,7 +191,8 @@ def create_app(
         strategy: Annotated[str, Query(description=", ".join(STRATEGIES))] = "exact",
         label: Annotated[str | None, Query(description="only neighbours with this label")] = None,
         diversity: Annotated[
-            float | None, Query(description="0 = pure similarity (when the engine supports it)")
+            float | None,
+            Query(description="0 = plain nearest neighbours; up to 1 spreads out near-duplicates"),
         ] = None,
     ) -> dict[str, Any]:
         """The k catalog items most similar to a catalog item (never the item itself)."""
@@ -204,11 +205,7 @@ def create_app(
         _row(current, item_id)
         if label is not None and label not in current.labels:
             raise _error(400, f"unknown label {label!r}; valid labels: {', '.join(current.labels)}")
-        extra: dict[str, Any] = {}
-        if diversity is not None:
-            if not _DIVERSITY:
-                raise _error(400, "diversity is not supported by this engine version; omit it")
-            extra["diversity"] = diversity
+        extra = _diversity(diversity)
         use, note = resolve_strategy(index, strategy)
 
         def search(width: int) -> pd.DataFrame:
@@ -323,6 +320,20 @@ def create_app(
         return Response(data, media_type="image/jpeg", headers=headers)
 
     return app
+
+
+def _diversity(diversity: float | None) -> dict[str, Any]:
+    """The engine's diversity keyword, checked by the engine's own check (422 when invalid)."""
+    if diversity is None:
+        return {}
+    if not _DIVERSITY:
+        raise _error(400, "diversity is not supported by this engine version; omit it")
+    from pipelines.diversity import check_diversity
+
+    try:
+        return {"diversity": check_diversity(diversity)}
+    except LookalikeError as err:
+        raise _error(422, str(err)) from None
 
 
 def _row(current: ServiceState, item_id: str) -> int:
