@@ -165,7 +165,19 @@ def run_neighbours(
     wrote: list[Path] = []
     details: dict[str, dict] = {}
     n = 0
+    missing = [e for e in extractors if not config.embeddings_path(e).exists()]
+    if len(missing) == len(extractors):
+        raise LookalikeError(
+            f"{config.embeddings_path(missing[0])} is missing — run `{commands.embed(missing[0])}`"
+        )
     for extractor in extractors:
+        if extractor in missing:  # say, a head this catalog has no labels for
+            print(
+                f"neighbours {extractor}: skipped, {config.embeddings_path(extractor)} is missing "
+                f"— run `{commands.embed(extractor)}` to include it"
+            )
+            details[extractor] = {"skipped": True, "missing": True}
+            continue
         index = load_index(config, extractor)
         n = index.size
         out = neighbours_path(config, extractor, fmt)

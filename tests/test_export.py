@@ -107,3 +107,14 @@ def test_stage_on_the_real_build_writes_once(built: Config, tmp_path: Path) -> N
     assert again.skipped and again.wrote == ()
     other = run_neighbours(config, ["custom_cnn"], k=3, progress=False)
     assert other.wrote == (out,) and len(pd.read_parquet(out)) == len(catalog) * 3
+
+
+def test_stage_skips_extractors_without_embeddings(built: Config, tmp_path: Path) -> None:
+    config = built.replace(artifacts_dir=tmp_path / "artifacts")
+    shutil.copytree(built.artifacts_dir, config.artifacts_dir)
+    config.embeddings_path("inception_v3").unlink()
+    result = run_neighbours(config, ["inception_v3", "custom_cnn"], k=3, progress=False)
+    assert result.wrote == (neighbours_path(config, "custom_cnn"),)
+    assert result.details["inception_v3"]["missing"]
+    with pytest.raises(LookalikeError, match="inception_v3.npy is missing — run"):
+        run_neighbours(config, ["inception_v3"], k=3, progress=False)
