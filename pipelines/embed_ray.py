@@ -237,6 +237,10 @@ class EmbedActor:
         # take cores Ray gave to other actors and to the decode tasks.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
+        # Ray shows the actor only its own GPUs (CUDA_VISIBLE_DEVICES); growing memory on
+        # demand lets actors that share one (ray_actor_gpus < 1) fit side by side.
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
         from pipelines.embed import _model_step
         from pipelines.extractors import get_extractor
 
@@ -407,49 +411,37 @@ def _per_actor(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int, float]]
 
 
 def compare_engines(config: Config, extractor: str = "inception_v3") -> dict[str, Any]:
-    """Embed the catalog with the local engine, then the Ray engine, in one process; returns
-    each one's images/s end to end and in steady state (first batch to last, so without
-    starting Ray and the model), the Ray/local ratio of both, and Ray's per-actor rate.
+    """Embed the catalog with the local engine, then the Ray engine, in one process.
 
-    Writes the embeddings artifact twice (`force`); both runs are identical in output.
+    Returns per engine: images/s end to end (start-up included), and images/s while the model
+    runs (rows / model seconds: the local engine's one model with all cores, one Ray actor
+    with `ray_actor_cpus`); the Ray/local ratio of the end-to-end rates; Ray's start-up and
+    actor count. Writes the embeddings artifact twice (`force`), identical both times.
     """
-    from pipelines import embed
+    from pipelines.embed import run_embed
 
-    add = embed.ChunkWriter.add
     results: dict[str, Any] = {}
+    rows = 0
     for engine in ENGINES:
-        stamps: list[tuple[float, int]] = []
-
-        def timed_add(
-            self: Any, emb: np.ndarray, probs: np.ndarray | None, stamps: list = stamps
-        ) -> None:
-            add(self, emb, probs)
-            stamps.append((time.perf_counter(), len(emb)))
-
-        embed.ChunkWriter.add = timed_add  # type: ignore[method-assign]
-        try:
-            result = embed.run_embed(config, extractor, force=True, engine=engine)
-        finally:
-            embed.ChunkWriter.add = add  # type: ignore[method-assign]
-        steady_rows = sum(n for _t, n in stamps[1:])
-        steady_s = stamps[-1][0] - stamps[0][0] if len(stamps) > 1 else 0.0
+        details = run_embed(config, extractor, force=True, engine=engine).details
+        rows = int(details["embedded"])
+        model_s = details["forward_share"] * details["seconds"]
         results[engine] = {
-            "images_per_s": result.details["images_per_s"],
-            "steady_images_per_s": round(steady_rows / steady_s, 2) if steady_s else None,
-            "seconds": result.details["seconds"],
-            **{
-                k: result.details[k]
-                for k in ("actors", "per_actor_images_per_s", "ray_start_s")
-                if k in result.details
-            },
+            "images_per_s": details["images_per_s"],
+            "seconds": details["seconds"],
+            "model_images_per_s": round(rows / model_s, 2) if model_s else None,
         }
-    local, ray = results["local"], results["ray"]
-    results["rows"] = int(result.rows or 0)
-    results["ratio_end_to_end"] = round(ray["images_per_s"] / local["images_per_s"], 3)
-    if local["steady_images_per_s"] and ray["steady_images_per_s"]:
-        results["ratio_steady"] = round(
-            ray["steady_images_per_s"] / local["steady_images_per_s"], 3
-        )
+        if engine == "ray":
+            results[engine].update(
+                actors=details["actors"],
+                actor_cpus=config.ray_actor_cpus,
+                ray_start_s=details["ray_start_s"],
+                model_images_per_s=details["per_actor_images_per_s"],
+            )
+    results["rows"] = rows
+    results["ratio_ray_to_local"] = round(
+        results["ray"]["images_per_s"] / results["local"]["images_per_s"], 3
+    )
     return results
 
 
