@@ -363,7 +363,43 @@ def embedded_batches(
                 num_gpus=gpus or None,
             )
         )
-        yield from _in_order(ds.iter_batches(batch_size=None, batch_format="numpy"), rows, stats)
+        try:
+            yield from _in_order(
+                ds.iter_batches(batch_size=None, batch_format="numpy"), rows, stats
+            )
+        except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as err:
+            raise _worker_error(err) from err
+
+
+def _worker_error(err: Exception) -> LookalikeError:
+    """A failure inside a Ray task or actor as one actionable line: our own LookalikeError
+    with its message, anything else with its error line and where to look.
+
+    Ray hands the driver a wrapper (RayTaskError, Ray Data's UserCodeException) whose cause
+    may not survive the trip between processes, so the worker's traceback text is read too.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = getattr(current, "cause", None) or current.__cause__
+    for link in chain:
+        if isinstance(link, LookalikeError):
+            return LookalikeError(str(link))
+    first = ""
+    for line in str(err).splitlines():
+        name, sep, text = line.strip().partition(": ")
+        kind = name.rsplit(".", 1)[-1]  # "pipelines.errors.LookalikeError" -> the class
+        if sep and name.replace(".", "").replace("_", "").isalnum() and kind[:1].isupper():
+            first = first or line.strip()  # the worker's own error comes before Ray's
+            if name.endswith(("LookalikeError", "ImageError")):
+                return LookalikeError(text)
+    return LookalikeError(
+        f"a Ray worker failed ({(first or type(chain[-1]).__name__)[:300]}) — check that every "
+        f"node has this repo's requirements and sees the catalog photos and the artifacts "
+        f"folder at the same paths; finished chunks are kept, so run the command again, or "
+        f"use the local engine"
+    )
 
 
 def _in_order(
@@ -374,6 +410,8 @@ def _in_order(
     waiting: list[tuple[int, int, dict[str, np.ndarray]]] = []
     position = 0
     for seq, batch in enumerate(batches):
+        if not len(batch["row"]):
+            continue
         bad = [str(e) for e in batch["error"] if e]
         if bad:
             raise LookalikeError(

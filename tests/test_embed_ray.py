@@ -170,6 +170,31 @@ def test_interrupted_ray_run_resumes_without_repeating_or_losing_rows(
     assert not list(parts.glob("*"))
 
 
+def _fails(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if batch["id"][0] == 0:
+        raise LookalikeError("photo.jpg: cannot be decoded — run the catalog stage again")
+    raise ValueError("disk on fire\nsecond line")
+
+
+@pytest.mark.parametrize(
+    ("first_id", "message"),
+    [
+        (0, "^photo.jpg: cannot be decoded — run the catalog stage again$"),
+        (1, r"a Ray worker failed \(.*ValueError: disk on fire\) — check that every node"),
+    ],
+)
+def test_a_failure_inside_ray_is_one_actionable_line(
+    ray_up: None, first_id: int, message: str
+) -> None:
+    import ray
+
+    ds = ray.data.range(1).map_batches(lambda b: {"id": b["id"] + first_id}).map_batches(_fails)
+    with pytest.raises((ray.exceptions.RayError, ray.data.exceptions.UserCodeException)) as caught:
+        ds.take_all()
+    with pytest.raises(LookalikeError, match=message):
+        raise embed_ray._worker_error(caught.value)
+
+
 def test_rows_come_back_in_catalog_order_whatever_order_ray_returns_them() -> None:
     rows = np.arange(10, 22)
 
