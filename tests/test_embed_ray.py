@@ -8,6 +8,7 @@ still starts its actor, which imports TensorFlow and builds InceptionV3 once.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,6 +169,73 @@ def test_interrupted_ray_run_resumes_without_repeating_or_losing_rows(
     assert np.sum(vectors * local_vectors, axis=1).min() >= 0.9999
     assert len({row.tobytes() for row in vectors}) == n  # no row twice
     assert not list(parts.glob("*"))
+
+
+def _in_session(session: int) -> set[int]:
+    """Live processes of one session (a process started with start_new_session and all it
+    started, Ray's head processes and workers included), from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_ray_run_resumes_and_leaves_no_process(
+    catalog_config: Config,
+    local_vectors: np.ndarray,
+    ray_up: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Small chunks so the kill lands mid-run: 40 photos in 20 chunks of 2.
+    config = catalog_config.replace(batch_size=2, chunk_size=2)
+    out = config.embeddings_path("inception_v3")
+    parts = out.parent / ".inception_v3.parts"
+    out.unlink(missing_ok=True)
+    cmd = [
+        sys.executable, "-m", "pipelines", "embed", "--extractor", "inception_v3",
+        "--engine", "ray", "--artifacts", str(config.artifacts_dir),
+        "--set", "batch_size=2", "--set", "chunk_size=2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(parts.glob("*/*.npy"))) >= 3:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
+    leftover = _in_session(proc.pid)
+    for _ in range(40):
+        if not leftover:
+            break
+        time.sleep(0.25)
+        leftover = _in_session(proc.pid)
+    for pid in leftover:  # never leave them running, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not leftover, f"the killed run left processes behind: {sorted(leftover)}"
+    assert not out.exists()  # nothing that looks complete
+    done = len(list(parts.glob("*/*.npy")))
+    assert 3 <= done < 20
+
+    capsys.readouterr()
+    result = run_embed(config, "inception_v3", progress=False, engine="ray")
+    assert f"resuming, {done} of 20 chunks already done" in capsys.readouterr().out
+    n = len(load_catalog(config))
+    assert result.details["embedded"] == n - 2 * done  # finished chunks not redone
+    vectors = np.load(out)
+    assert np.sum(vectors * local_vectors, axis=1).min() >= 0.9999  # none lost or shifted
+    assert len({row.tobytes() for row in vectors}) == n
 
 
 def _fails(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
