@@ -312,6 +312,7 @@ def run_evaluate(
         "latency_k": LATENCY_K,
         "likeness": LIKENESS_VERSION,
         "copy_queries": config.eval_copy_queries,
+        "cluster_search_width": config.cluster_search_width,
         "seed": config.seed,
     }
     table_path = config.per_class_path

@@ -257,12 +257,37 @@ class InceptionHeadExtractor(InceptionV3Extractor):
     def weights_id(self) -> str:
         return artifacts.artifact_hash(self.config.head_path, commands.RUN)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return self.from_base(normalize_rows(super().forward(x)))
+    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
+        """(n, 299, 299, 3) uint8 -> (n, dim): InceptionV3, then the head (and, when the head
+        fuses the custom CNN, the CNN on the same pixels resized to its own input side)."""
+        images = np.asarray(images)
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        base = super().embed_arrays(images)  # InceptionV3's unit vectors (forward unchanged)
+        cnn = None
+        if self.head.cnn_share > 0:
+            from PIL import Image
 
-    def from_base(self, vectors: np.ndarray) -> np.ndarray:
-        """(n, 2048) InceptionV3 unit vectors -> (n, dim) head vectors."""
-        return self.head.apply(vectors)
+            cnn_ext = self._cnn()
+            side = cnn_ext.input_size
+            small = np.stack(
+                [
+                    np.asarray(Image.fromarray(p).resize((side, side), Image.Resampling.BILINEAR))
+                    for p in images
+                ]
+            )
+            cnn = cnn_ext.embed_arrays(small)
+        return self.from_base(base, cnn)
+
+    def _cnn(self) -> Extractor:
+        if getattr(self, "_cnn_ext", None) is None:
+            self._cnn_ext = CustomCNNExtractor(self.config)
+        return self._cnn_ext
+
+    def from_base(self, vectors: np.ndarray, cnn: np.ndarray | None = None) -> np.ndarray:
+        """(n, 2048) InceptionV3 unit vectors (and the custom CNN's, when the head fuses
+        them) -> (n, dim) head vectors."""
+        return self.head.apply(vectors, cnn)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "head": str(self.config.head_path.name)}

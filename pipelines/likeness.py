@@ -82,9 +82,10 @@ def altered_vectors(
         else:
             out[name] = embed_bytes(ext, photos)
     for name, ext in heads:
-        if "inception_v3" not in out:
-            out["inception_v3"] = embed_bytes(get_extractor("inception_v3", config), photos)
-        out[name] = ext.from_base(out["inception_v3"])
+        for base in ("inception_v3", "custom_cnn"):
+            if base not in out and (base == "inception_v3" or ext.head.cnn_share > 0):
+                out[base] = embed_bytes(get_extractor(base, config), photos)
+        out[name] = ext.from_base(out["inception_v3"], out.get("custom_cnn"))
     return {name: out[name] for name in extractors}
 
 

@@ -75,6 +75,19 @@ def neighbours_table(
     )
 
 
+def only_colour(
+    table: pd.DataFrame, result: SearchResult, colours: np.ndarray | None, colour: str | None
+) -> pd.DataFrame:
+    """`table` (a `neighbours_table` of `result`) cut to the items of one colour, re-ranked
+    1..n; unchanged when `colour` is None."""
+    if colour is None or colours is None:
+        return table
+    keep = np.asarray(colours, dtype=object)[np.asarray(result.rows, dtype=np.int64)] == colour
+    table = table[keep].reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table
+
+
 def item_neighbours(
     index: Index,
     catalog: pd.DataFrame,
@@ -84,6 +97,8 @@ def item_neighbours(
     artifacts_dir: Path | None = None,
     *,
     diversity: float = 0.0,
+    colour: str | None = None,
+    colours: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The k nearest catalog items of a catalog item (never itself), best first.
 
@@ -99,6 +114,9 @@ def item_neighbours(
     diversity : 0 (default) gives plain nearest neighbours; above 0 (up to 1) re-ranks the
         nearest `diversity.pool_size` candidates by maximal marginal relevance
         (`pipelines.diversity.mmr_order`), so near-duplicates do not fill the list.
+    colour, colours : only items whose colour (`colours`, (n,) per catalog row, from
+        `pipelines.colour.read_colours`) is `colour`; the whole ranking is filtered, so up
+        to k of that colour come back. None (default) filters nothing.
 
     Returns
     -------
@@ -107,13 +125,16 @@ def item_neighbours(
     row = index.rows_of([item_id])
     k = clip_k(k, index.size - 1)
     pool = diversity_pool_size(k, diversity, index.size - 1)
+    if colour is not None and colours is not None:
+        pool = index.size - 1  # rank everything, then keep one colour
     clusters = None
     if strategy == "cluster" and index.clusters is not None:
         clusters = index.clusters[row]
     result = index.search(
         index.vectors[row], pool, strategy, exclude_rows=row, query_clusters=clusters
     )[0]
-    return diversify_table(neighbours_table(result, catalog, artifacts_dir), index, k, diversity)
+    table = only_colour(neighbours_table(result, catalog, artifacts_dir), result, colours, colour)
+    return diversify_table(table, index, k, diversity)
 
 
 def vector_neighbours(

@@ -41,6 +41,11 @@ def far_check(index: Index, quantile: float = FAR_QUANTILE, sample: int = SAMPLE
     return FarCheck(index.name, float(np.quantile(sims[:, 0], quantile)), quantile, len(rows))
 
 
+def nearest_similarity(index: Index, vector: np.ndarray) -> float:
+    """Cosine similarity of an outside vector to its nearest catalog item (exact search)."""
+    return float(index.search(vector, 1, "exact")[0].similarities[0])
+
+
 def far_message(top_similarity: float, check: FarCheck) -> str | None:
     """A warning when the photo's nearest catalog item is below the threshold, else None."""
     if not np.isfinite(top_similarity) or top_similarity >= check.threshold:

@@ -1,4 +1,5 @@
-"""Compare page: one query through both extractors side by side, their overlap, and evaluation."""
+"""Compare page: one query through every extractor side by side, their overlap, and evaluation
+(category and likeness metrics)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, widgets
 from pipelines import browse, commands, metrics, neighbours
-from pipelines.config import EXTRACTORS, STRATEGIES
+from pipelines.config import STRATEGIES
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -16,6 +17,7 @@ widgets.require(cfg, ("catalog", "embeddings", "maps"))
 
 with widgets.user_errors():
     catalog = loaders.catalog(cfg)
+    EXTRACTORS = cfg.extractors_built()  # the metric head only where the catalog had labels
     indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
     maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
 
@@ -42,7 +44,8 @@ for note in notes:
     st.warning(note)
 
 ids = {name: table["item_id"].tolist() for name, table in results.items()}
-jaccard = metrics.jaccard_at_k(*ids.values())
+first, second = list(ids)[:2]  # InceptionV3 and the custom CNN
+jaccard = metrics.jaccard_at_k(ids[first], ids[second])
 shared = set.intersection(*(set(v) for v in ids.values()))
 
 top_left, top_right = st.columns([1, 4])
@@ -52,7 +55,7 @@ with top_right:
     st.metric(
         f"Jaccard@{settings.k}",
         f"{jaccard:.3f}",
-        help="Items both extractors return / items either returns, for the neighbours below.",
+        help=f"Items both {first} and {second} return / items either returns, below.",
     )
     st.caption(
         f"{browse.plural(len(shared), 'item')} in both lists · strategy: {settings.strategy} · "
@@ -94,6 +97,18 @@ elif not metrics.get("labels", False):
     st.info(str(metrics.get("message", "The catalog has no labels to evaluate against.")))
 else:
     st.caption(f"Protocol: {metrics.get('protocol')}")
+    likeness = [(name, by.get("exact", {})) for name, by in (metrics.get("results") or {}).items()]
+    for cell, (name, exact) in zip(st.columns(max(1, len(likeness))), likeness, strict=False):
+        copy, colour = exact.get("copy_r@1"), exact.get("colour@10")
+        cell.metric(
+            f"{widgets.EXTRACTOR_NAMES.get(name, name)} · copy R@1",
+            "n/a" if copy is None else f"{copy:.3f}",
+            "colour@10 n/a" if colour is None else f"colour@10 {colour:.3f}",
+            delta_color="off",
+            help="Copy R@1: altered test photos (crop, flip, light, JPEG 60) that find their "
+            "original first. Colour@10: share of the 10 neighbours (exact search) whose "
+            "dominant colour is the query's.",
+        )
     long = browse.metrics_long(metrics)
     a, b = st.columns(2)
     a.plotly_chart(plots.precision_figure(long), key="eval_precision", width="stretch")

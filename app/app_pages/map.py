@@ -22,9 +22,12 @@ with widgets.user_errors():
 
 colour_col, filter_col, trust_col = st.columns([2, 3, 1])
 with colour_col:
-    color_by = st.radio(
-        "Colour by", ["label", "cluster", "split"], key="map_color", horizontal=True
-    )
+    colours = widgets.colours(cfg, catalog)
+    options = ["label", "cluster", "split"] + (["colour"] if colours is not None else [])
+    color_by = st.radio("Colour by", options, key="map_color", horizontal=True)
+    if color_by == "colour":  # the dominant colour of each item (pipelines/colour.py)
+        by_id = dict(zip(catalog["item_id"].astype(str), colours, strict=True))
+        points = points.assign(colour=points["item_id"].astype(str).map(by_id).fillna("none"))
 with filter_col:
     labels = sorted(points["label"].dropna().astype(str).unique())
     chosen = st.multiselect("Show labels", labels, key="map_labels", placeholder="all labels")

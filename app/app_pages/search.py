@@ -32,10 +32,12 @@ if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
 
 query_id = widgets.query_picker(catalog, "search", ("Random", "Item id", "Browse", "Map"))
 strategy, note = neighbours.resolve_strategy(index, settings.strategy)
+colour, colours = widgets.colour_filter(cfg, catalog, "search")
 with widgets.user_errors():
     found = neighbours.item_neighbours(
-        index, catalog, query_id, settings.k, strategy, diversity=diversity
-    )
+        index, catalog, query_id, settings.k, strategy, diversity=diversity,
+        colour=colour, colours=colours,
+    )  # fmt: skip
 query = catalog.set_index("item_id").loc[query_id]
 query["item_id"] = query_id
 widgets.remember_query(query_id)

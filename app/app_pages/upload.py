@@ -6,11 +6,12 @@ all of them on top and each photo's results in its own collapsible section.
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, warmup, widgets
-from pipelines import api, browse, upload
-from pipelines.config import EXTRACTORS
+from pipelines import api, browse, classify, novelty, upload
 from pipelines.diversity import pool_size
 
 cfg = loaders.config()
@@ -21,8 +22,13 @@ widgets.require(cfg, ("catalog", "embeddings", "maps", "models"))
 
 with widgets.user_errors():
     catalog = loaders.catalog(cfg)
+    EXTRACTORS = cfg.extractors_built()  # the metric head only where the catalog had labels
     indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
     maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
+    # The classifier chosen on validation (pipelines/classify.py) predicts the category, and
+    # InceptionV3's similarities say when a photo is far from the whole catalog.
+    category_model = classify.load_category_model(cfg)
+    far = widgets.far_check(cfg, novelty.REFERENCE) if novelty.REFERENCE in indexes else None
 
 # A point clicked on any map here opens Search on that catalog item.
 for chart_key in [k for k in st.session_state if str(k).startswith(("upload_all_", "upload_map_"))]:
@@ -32,8 +38,12 @@ for chart_key in [k for k in st.session_state if str(k).startswith(("upload_all_
             widgets.find_lookalikes(clicked)
             st.switch_page("app_pages/search.py")
 
-# The category comes from the custom CNN's classifier head (pipelines.upload.embed_upload).
-CATEGORY_MODEL = widgets.EXTRACTOR_NAMES.get("custom_cnn", "custom_cnn")
+# The category comes from the classifier chosen on validation, else the custom CNN's head.
+CATEGORY_MODEL = (
+    category_model.name
+    if category_model is not None
+    else widgets.EXTRACTOR_NAMES.get("custom_cnn", "custom_cnn")
+)
 
 files = st.file_uploader(
     f"Photos of clothing: JPG, PNG or WebP, up to {upload.MAX_UPLOAD_MB} MB each",
@@ -59,7 +69,22 @@ with widgets.user_errors():
     for file in files:
         photo_bytes[file.name] = file.getvalue()
         embedding = loaders.upload_embedding(cfg, file.name, photo_bytes[file.name])
+        predicted = None
+        if category_model is not None and embedding.error is None:
+            predicted = classify.predict_upload(category_model, embedding.vectors, cfg)
+        if predicted is not None:  # search the categories the classifier is unsure between
+            embedding = dataclasses.replace(embedding, category=predicted[2])
         result = upload.analyse_upload(embedding, indexes, catalog, maps, pool, settings.strategy)
+        if predicted is not None:
+            result = dataclasses.replace(result, category=predicted[0], confidence=predicted[1])
+            searched = "everything" if predicted[2] == "*" else predicted[2].replace("|", ", ")
+            result.notes.append(f"The category strategy searches: {searched}")
+        if far is not None and embedding.error is None:
+            vector = embedding.vectors[novelty.REFERENCE]
+            nearest = novelty.nearest_similarity(indexes[novelty.REFERENCE], vector)
+            warning = novelty.far_message(nearest, far)
+            if warning:
+                result.notes.insert(0, f"⚠ {warning}")
         if diversity > 0:
             result = api.diversify_upload(result, indexes, settings.k, diversity, maps)
         results.append(result)
@@ -118,7 +143,7 @@ for i, result in enumerate(good):
         ):
             st.warning(warning)
         for note in result.notes:
-            st.caption(note)
+            (st.warning if note.startswith("⚠") else st.caption)(note)
     with body:
         tabs = st.tabs([widgets.EXTRACTOR_NAMES[name] for name in result.neighbours])
         for tab, (name, table) in zip(tabs, result.neighbours.items(), strict=True):

@@ -18,7 +18,7 @@ import streamlit as st
 
 from pipelines import browse, status, upload
 from pipelines.artifacts import read_manifest
-from pipelines.config import EXTRACTORS, Config
+from pipelines.config import Config
 from pipelines.index import Index
 from pipelines.readers import load_index, read_catalog
 
@@ -153,6 +153,8 @@ def index(cfg: Config, extractor: str) -> Index:
 def _model_file(cfg: Config, extractor: str) -> Path:
     if extractor == "custom_cnn":
         return cfg.models_dir / "custom_cnn.keras"
+    if extractor == "inception_head":
+        return cfg.head_path
     return cfg.models_dir / "inception_v3.weights.h5"
 
 
@@ -215,7 +217,7 @@ def extractors(cfg: Config) -> dict[str, Any]:
     cnn = (cfg.cnn_image_size, cfg.cnn_embedding_dim)
     return {
         name: _extractor(str(cfg.artifacts_dir), name, cnn, sha(_model_file(cfg, name)))
-        for name in EXTRACTORS
+        for name in cfg.extractors_built()
     }
 
 
@@ -230,7 +232,7 @@ def upload_embedding(cfg: Config, name: str, data: bytes) -> upload.UploadEmbedd
     widget change does not embed it again)."""
     key = (
         (cfg.cnn_image_size, cfg.cnn_embedding_dim),
-        *(sha(_model_file(cfg, name)) for name in EXTRACTORS),
+        *(sha(_model_file(cfg, name)) for name in cfg.extractors_built()),
     )
     return _upload(name, data, str(cfg.artifacts_dir), key)
 

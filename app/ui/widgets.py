@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,15 @@ from pipelines.errors import LookalikeError
 
 # Settings shared by every page: session key -> default. The router sets these once.
 DEFAULTS = {"extractor": EXTRACTORS[0], "k": 10, "strategy": STRATEGIES[0], "query_id": None}
-EXTRACTOR_NAMES = {"inception_v3": "InceptionV3 (ImageNet)", "custom_cnn": "Custom CNN (trained)"}
+EXTRACTOR_NAMES = {
+    "inception_v3": "InceptionV3 (ImageNet)",
+    "custom_cnn": "Custom CNN (trained)",
+    "inception_head": "Metric head (InceptionV3 + CNN)",
+}
 STRATEGY_NAMES = {
     "exact": "exact (whole catalog)",
-    "cluster": "cluster (query's k-means cluster)",
-    "category": "category (predicted category)",
+    "cluster": "cluster (query's nearest k-means clusters)",
+    "category": "category (predicted; wider when unsure)",
 }
 # Sidebar labels, spelled once: tests and the benchmark find the widgets by them.
 EXTRACTOR_LABEL = "Extractor"
@@ -79,9 +84,12 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
         st.session_state[f"sidebar_{name}"] = st.session_state[name]
     with st.sidebar:
         st.header("Settings")
+        offered = cfg.extractors_built()  # the head only where the catalog had labels
+        if st.session_state["sidebar_extractor"] not in offered:
+            st.session_state["sidebar_extractor"] = st.session_state["extractor"] = offered[0]
         st.selectbox(
             EXTRACTOR_LABEL,
-            EXTRACTORS,
+            offered,
             format_func=lambda n: EXTRACTOR_NAMES.get(n, n),
             key="sidebar_extractor",
             on_change=_keep,
@@ -140,7 +148,52 @@ def diversity_slider() -> float:
     return float(st.session_state["diversity"])
 
 
-def require(cfg: Config, parts: Sequence[str], extractors: Sequence[str] = EXTRACTORS) -> None:
+@st.cache_data(show_spinner=False, max_entries=4)
+def _colours(artifacts_dir: str, catalog_key: tuple[str, ...]) -> np.ndarray | None:
+    from pipelines.colour import read_colours
+
+    return read_colours(Config(artifacts_dir=artifacts_dir), np.asarray(catalog_key, dtype=object))
+
+
+def colours(cfg: Config, catalog: pd.DataFrame) -> np.ndarray | None:
+    """(n,) dominant colour per catalog row (`colours.parquet`), or None before it is built."""
+    if not cfg.colours_path.exists():
+        return None
+    return _colours(str(cfg.artifacts_dir), tuple(catalog["item_id"].astype(str)))
+
+
+def colour_filter(cfg: Config, catalog: pd.DataFrame, key: str) -> tuple[str | None, Any]:
+    """A "Colour" select box ("any colour" or one palette name): (chosen colour or None,
+    the colours array to filter with)."""
+    from pipelines.colour import COLOURS
+
+    values = colours(cfg, catalog)
+    if values is None:
+        return None, None
+    choice = st.selectbox(
+        "Colour",
+        ["any colour", *COLOURS],
+        key=f"{key}_colour",
+        help="Only items whose dominant colour (of the garment's central region) is this one.",
+    )
+    return (None if choice == "any colour" else choice), values
+
+
+@st.cache_data(show_spinner="Measuring how close catalog photos are to each other…", max_entries=4)
+def _far_check(artifacts_dir: str, extractor: str, key: str) -> Any:
+    from pipelines.novelty import far_check
+    from pipelines.readers import load_index
+
+    return far_check(load_index(Config(artifacts_dir=artifacts_dir), extractor))
+
+
+def far_check(cfg: Config, extractor: str) -> Any:
+    """`pipelines.novelty.far_check` of one extractor, once per embeddings file."""
+    path = cfg.embeddings_path(extractor)
+    return _far_check(str(cfg.artifacts_dir), extractor, str(path.stat().st_mtime_ns))
+
+
+def require(cfg: Config, parts: Sequence[str], extractors: Sequence[str] | None = None) -> None:
     """Stop the page with guidance when artifacts it needs are missing (never a traceback).
 
     Parameters
@@ -148,6 +201,8 @@ def require(cfg: Config, parts: Sequence[str], extractors: Sequence[str] = EXTRA
     parts : see `pipelines.status.required_paths`.
     extractors : extractors whose artifacts the page needs.
     """
+    if extractors is None:  # every extractor this catalog has
+        extractors = cfg.extractors_built()
     missing = status.missing_artifacts(cfg, parts, extractors)
     if not missing:
         return

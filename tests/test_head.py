@@ -1,0 +1,123 @@
+"""The metric-learned head: it learns on real InceptionV3 vectors, its gradients are right, its
+fusion is the weighted sum of cosines it claims, and the extractor built on it finds a catalog
+photo uploaded live; a photo that is not clothing is flagged as far from the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.config import Config
+from pipelines.head import Head, _loss_and_grads, precision_at_k, run_train_head, train_head
+from tests.conftest import unit, write_vector_artifacts
+
+# InceptionV3 vectors (float16) of 12 train and 5 validation photos per class of clothing-small,
+# taken from a full run's embeddings/inception_v3.npy (paths included).
+SUBSET = Path(__file__).parent / "data" / "inception_subset.npz"
+
+
+@pytest.mark.parametrize("loss", ["norm_softmax", "supcon"])
+def test_gradients_match_finite_differences(loss: str) -> None:
+    rng = np.random.default_rng(0)
+    params = {
+        "w1": rng.normal(size=(6, 5)) * 0.5,
+        "b1": rng.normal(size=5) * 0.1,
+        "w2": rng.normal(size=(5, 4)) * 0.5,
+        "b2": rng.normal(size=4) * 0.1,
+    }
+    if loss == "norm_softmax":
+        params["proxies"] = rng.normal(size=(3, 4))
+    x, y = rng.normal(size=(8, 6)), np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    _, grads = _loss_and_grads(params, x, y, loss, 3)
+    for key, value in params.items():
+        numeric = np.zeros_like(value)
+        for i in np.ndindex(value.shape):
+            old = value[i]
+            value[i] = old + 1e-6
+            up, _ = _loss_and_grads(params, x, y, loss, 3)
+            value[i] = old - 1e-6
+            down, _ = _loss_and_grads(params, x, y, loss, 3)
+            value[i] = old
+            numeric[i] = (up - down) / 2e-6
+        np.testing.assert_allclose(grads[key], numeric, atol=2e-5, err_msg=f"{loss} {key}")
+
+
+def test_head_improves_validation_precision_over_raw_vectors_on_real_photos() -> None:
+    data = np.load(SUBSET)
+    x = data["vectors"].astype(np.float32)
+    classes = sorted(set(data["labels"].tolist()))
+    y = np.array([classes.index(v) for v in data["labels"]])
+    fit, val = data["splits"] == "train", data["splits"] == "validation"
+    config = Config(head_raw_share=0.0, head_cnn_share=0.0, head_epochs=40)
+    head, history = train_head(x[fit], y[fit], x[val], y[val], config)
+    raw = precision_at_k(x[val], y[val], x[fit], y[fit], 10)
+    learned = precision_at_k(head.apply(x[val]), y[val], head.apply(x[fit]), y[fit], 10)
+    assert learned == pytest.approx(max(h["val_p@10"] for h in history), abs=1e-6)
+    assert learned >= raw + 0.05, (raw, learned)
+    # Same settings, same head: no hidden randomness.
+    again, _ = train_head(x[fit], y[fit], x[val], y[val], config)
+    np.testing.assert_array_equal(head.w1, again.w1)
+
+
+def test_fusion_is_the_weighted_sum_of_cosines_and_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    d, hidden, dim = 32, 16, 8
+    head = Head(
+        rng.normal(size=(d, hidden)).astype(np.float32),
+        np.zeros(hidden, np.float32),
+        rng.normal(size=(hidden, dim)).astype(np.float32),
+        np.zeros(dim, np.float32),
+        np.zeros(d, np.float32),
+        np.linalg.qr(rng.normal(size=(d, 6)))[0].astype(np.float32),
+        0.3,
+        0.2,
+        5,
+    )
+    x, cnn = unit(rng.normal(size=(4, d))), unit(rng.normal(size=(4, 5)))
+    fused = head.apply(x, cnn)
+    assert fused.shape == (4, head.dim) == (4, dim + 6 + 5)
+    np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-5)
+    learned = head.learned(x)
+    raw = unit(x @ head.raw_axes)
+    expected = 0.5 * learned @ learned.T + 0.3 * raw @ raw.T + 0.2 * cnn @ cnn.T
+    np.testing.assert_allclose(fused @ fused.T, expected, atol=1e-5)
+    head.save(tmp_path / "head.npz")
+    np.testing.assert_array_equal(Head.load(tmp_path / "head.npz").apply(x, cnn), fused)
+
+
+def test_catalog_without_labels_skips_the_head_with_a_note(tmp_path: Path) -> None:
+    config = Config(artifacts_dir=tmp_path)
+    write_vector_artifacts(config, {"inception_v3": unit(np.random.rand(12, 16))})
+    result = run_train_head(config)
+    assert result.skipped and "no labels" in result.note
+    assert not config.head_path.exists()
+    assert config.extractors_built() == ["inception_v3", "custom_cnn"]
+
+
+@pytest.mark.slow
+def test_upload_through_the_head_finds_the_photo_and_a_non_photo_is_far(built: Config) -> None:
+    from PIL import Image
+
+    from pipelines.extractors import get_extractor
+    from pipelines.novelty import far_check, far_message, nearest_similarity
+    from pipelines.readers import load_index, read_catalog
+
+    catalog, _ = read_catalog(built)
+    head_index = load_index(built, "inception_head")
+    path = catalog["path"].iloc[5]
+    vector = get_extractor("inception_head", built).embed_images([path])[0]
+    found = head_index.search(vector, 3)[0]
+    assert found.item_ids[0] == catalog["item_id"].iloc[5]
+    assert found.similarities[0] > 0.98
+    # A smooth synthetic pattern, nothing like a garment: far from every catalog photo.
+    yy, xx = np.mgrid[0:256, 0:256]
+    pattern = np.stack([xx, yy, (xx * yy) % 256], axis=-1).astype(np.uint8)
+    inception = load_index(built, "inception_v3")
+    check = far_check(inception)
+    ext = get_extractor("inception_v3", built)
+    odd = ext.embed_arrays(np.asarray(Image.fromarray(pattern).resize((299, 299)))[None])[0]
+    assert far_message(nearest_similarity(inception, odd), check) is not None
+    photo = ext.embed_images([catalog["path"].iloc[7]])[0]
+    assert far_message(nearest_similarity(inception, photo), check) is None
