@@ -130,6 +130,17 @@ class Config:
     max_k: int = 50
     eval_ks: tuple[int, ...] = (1, 5, 10, 20)
 
+    # --- catalog health and the photo map (pipelines/health.py, pipelines/mosaic.py) ---
+    # Near-duplicate pairs are listed from this cosine similarity up (the app's slider starts
+    # here); at most about health_max_pairs of the most similar, so a tight embedding (the
+    # custom CNN's) does not list every same-class pair.
+    health_min_similarity: float = 0.9
+    health_max_pairs: int = 5000
+    # Neighbours whose labels vote on an item's label, and whose similarity scores outliers.
+    health_neighbors: int = 10
+    # Side of one photo in the photo map's mosaic, pixels: sharp enough for a hover preview,
+    # small enough that the 3,781-photo mosaic stays a ~2 MB JPEG.
+    mosaic_tile: int = 48
     # Test photos altered for copy-retrieval R@1 (evenly spread over the queries; 0 = off):
     # each runs once through every extractor's model, about 40 s for 400 on InceptionV3.
     eval_copy_queries: int = 400
@@ -277,6 +288,18 @@ class Config:
         """Per-class precision@10 of every extractor and strategy."""
         return self.artifacts_dir / "metrics_per_class.parquet"
 
+    def health_path(self, extractor: str, kind: str) -> Path:
+        """One health list of one extractor: kind is duplicates, mislabelled or outliers."""
+        return self.artifacts_dir / "health" / f"{extractor}_{kind}.parquet"
+
+    def mosaic_image_path(self, extractor: str) -> Path:
+        """The photo map of one extractor's map: every thumbnail on a grid (JPEG)."""
+        return self.artifacts_dir / "mosaic" / f"{extractor}.jpg"
+
+    def mosaic_cells_path(self, extractor: str) -> Path:
+        """Which grid cell of the photo map holds each item (item_id, col, row)."""
+        return self.artifacts_dir / "mosaic" / f"{extractor}_cells.parquet"
+
     @property
     def bench_dir(self) -> Path:
         return self.artifacts_dir / "bench"
@@ -305,6 +328,9 @@ _WHOLE_MINIMUMS = {
     "map_neighbors": 2,
     "n_clusters": 1,
     "max_k": 1,
+    "health_max_pairs": 1,
+    "health_neighbors": 1,
+    "mosaic_tile": 8,
     "seed": 0,
 }
 # Real-valued settings and their open interval (a NaN or infinity is outside every one).
@@ -313,6 +339,7 @@ _OPEN_RANGES = {
     "cnn_time_budget_s": (0.0, 7 * 24 * 3600.0),
     "ray_actor_gpus": (0.0, 65.0),
     "head_learning_rate": (0.0, 1.0),
+    "health_min_similarity": (-1.0, 1.0),
 }
 # Shares: closed interval [0, 1] (NaN fails).
 _SHARES = (

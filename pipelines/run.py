@@ -32,7 +32,9 @@ def _stages(
     from pipelines.evaluate import run_evaluate
     from pipelines.head import EXTRACTOR as HEAD
     from pipelines.head import run_embed_head, run_train_head
+    from pipelines.health import run_health
     from pipelines.maps import run_maps
+    from pipelines.mosaic import run_mosaic
     from pipelines.train import run_train
 
     stages: list[tuple[str, Callable[[], StageResult]]] = [
@@ -71,6 +73,8 @@ def _stages(
     stages += [
         ("maps", lambda: run_maps(config, extractors, force=force)),
         ("clusters", lambda: run_clusters(config, extractors, force=force)),
+        ("mosaic", lambda: run_mosaic(config, extractors, force=force)),
+        ("health", lambda: run_health(config, extractors, force=force)),
         ("evaluate", lambda: run_evaluate(config, extractors, force=force)),
     ]
     return stages

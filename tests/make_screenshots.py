@@ -1,6 +1,6 @@
 """Regenerate the README's screenshots from the real app on built artifacts (not a test).
 
-    python -m tests.make_screenshots [--artifacts artifacts] [--upload PHOTO]
+    python -m tests.make_screenshots [--artifacts artifacts] [--upload PHOTO] [--pages NAME...]
 
 Starts the app on a free localhost port against the artifacts folder, opens each page in
 Debian's Chromium, and writes app/screenshots/<page>.png, downscaled to 1000 px wide and
@@ -91,6 +91,13 @@ def main() -> None:
         default=sorted((DEFAULT_SOURCE / "test" / "dress").glob("*.jpg"))[0],
         help="photo to upload on the Upload page",
     )
+    parser.add_argument(
+        "--pages",
+        nargs="+",
+        choices=[name for _, _, name in PAGES],
+        default=[name for _, _, name in PAGES],
+        help="only these pages (default: all)",
+    )
     args = parser.parse_args()
     require_browser()
     from playwright.sync_api import sync_playwright
@@ -104,6 +111,8 @@ def main() -> None:
         page.set_default_timeout(RUN_TIMEOUT_MS)
         page.goto(url, wait_until="domcontentloaded")
         for title, heading, name in PAGES:
+            if name not in args.pages:
+                continue
             page.locator('[data-testid="stSidebarNavLink"]').filter(has_text=title).click()
             page.get_by_role("heading", name=heading, level=1).wait_for()
             if name == "map":

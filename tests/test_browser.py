@@ -347,7 +347,7 @@ def test_search_heatmap_toggle_draws_an_overlay_on_both_photos(page) -> None:
 # Screen positions of a plot's item points: [{id, x, y}] in page pixels, from plotly's own
 # axes (`l2p`) and the plot's place on the page. `names` limits the traces read (null: all
 # traces that carry item ids).
-POINTS_JS = """([plot, names]) => {
+POINTS_JS = """(plot, names) => {
     const box = plot.getBoundingClientRect();
     const fl = plot._fullLayout, xa = fl.xaxis, ya = fl.yaxis;
     const out = [];
@@ -362,6 +362,11 @@ POINTS_JS = """([plot, names]) => {
     }
     return out;
 }"""
+
+
+# The photo map's mosaic is in the plot: an SVG <image> whose href is the JPEG data URI.
+MOSAIC_DRAWN_JS = """(plot) => [...plot.querySelectorAll('image')].some(
+    (i) => (i.getAttribute('href') || '').startsWith('data:image/jpeg'))"""
 
 
 def map_plot(page):
@@ -384,7 +389,7 @@ def loneliest(points: list[dict], exclude: set[str] = frozenset()) -> dict:
 
 def shown_query(page) -> str:
     """The query's item id under its card on Search ("`id`" caption)."""
-    code = page.locator('[data-testid="stCaptionContainer"] code').first
+    code = page.locator('[data-testid="stMain"] [data-testid="stCaptionContainer"] code').first
     expect(code).to_be_visible()
     return code.inner_text().strip()
 
@@ -398,16 +403,16 @@ def test_a_click_on_the_search_map_changes_the_query(page) -> None:
         plot.scroll_into_view_if_needed()
         settle(page)
         points = wait_until(
-            lambda: plot.evaluate(POINTS_JS, [plot.element_handle(), None]),
+            lambda: plot.evaluate(POINTS_JS, None),
             lambda p: len(p) > 10,
             60,
             "the Search map did not get its points",
         )
-        target = loneliest(points, {before})
+        height = page.viewport_size["height"]
+        target = loneliest([p for p in points if 0 < p["y"] < height - 10], {before})
         page.mouse.click(target["x"], target["y"])
-        expect(page.locator('[data-testid="stCaptionContainer"] code').first).to_have_text(
-            target["id"], timeout=UI_TIMEOUT_MS
-        )
+        query = page.locator('[data-testid="stMain"] [data-testid="stCaptionContainer"] code')
+        expect(query.first).to_have_text(target["id"], timeout=UI_TIMEOUT_MS)
         expect_neighbours(page, 10)
 
 
@@ -419,7 +424,7 @@ def test_hovering_a_point_shows_its_photo(page) -> None:
         plot = map_plot(page)
         settle(page)
         points = wait_until(
-            lambda: plot.evaluate(POINTS_JS, [plot.element_handle(), None]),
+            lambda: plot.evaluate(POINTS_JS, None),
             lambda p: len(p) > 10,
             60,
             "the map did not get its points",
@@ -448,7 +453,7 @@ def test_a_box_selection_counts_its_labels_and_downloads_its_ids(
         plot = map_plot(page)
         settle(page)
         points = wait_until(
-            lambda: plot.evaluate(POINTS_JS, [plot.element_handle(), None]),
+            lambda: plot.evaluate(POINTS_JS, None),
             lambda p: len(p) == len(catalog),
             60,
             "the map did not get its points",
@@ -468,7 +473,11 @@ def test_a_box_selection_counts_its_labels_and_downloads_its_ids(
         expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=UI_TIMEOUT_MS)
         settle(page)
         counts = labels.loc[sorted(inside)].value_counts()
-        line = page.get_by_text(re.compile(r"^Labels:")).inner_text()
+        line = (
+            page.locator('[data-testid="stMarkdownContainer"] p')
+            .filter(has_text=re.compile(r"^Labels:"))
+            .inner_text()
+        )
         for label, n in counts.items():
             assert f"{n} {label}" in line, (line, counts.to_dict())
         assert sum(int(part.split()[0]) for part in line.removeprefix("Labels:").split("·")) == (
@@ -491,18 +500,28 @@ def test_the_photo_map_opens_and_a_click_searches_from_that_photo(page) -> None:
         open_page(page, "Photo map", "Photo map")
         plot = map_plot(page)
         # The mosaic is drawn as the plot's layout image.
-        expect(plot.locator("g.layer-below image")).to_have_count(1, timeout=UI_TIMEOUT_MS)
+        wait_until(
+            lambda: plot.evaluate(MOSAIC_DRAWN_JS),
+            bool,
+            UI_TIMEOUT_MS / 1000,
+            "the photo map's mosaic was not drawn",
+            interval_s=0.05,
+        )
         print(f"photo map first paint: {time.monotonic() - started:.2f} s")
         settle(page)
+
+    with step(page, "25-photo-map-click-searches"):
+        # Positions read right before the click: the step's screenshot resizes the page.
         points = wait_until(
-            lambda: plot.evaluate(POINTS_JS, [plot.element_handle(), None]),
+            lambda: plot.evaluate(POINTS_JS, None),
             lambda p: len(p) > 10,
             60,
             "the photo map did not get its cells",
         )
-        target = points[len(points) // 2]
-
-    with step(page, "25-photo-map-click-searches"):
+        # A photo the viewport shows (the map is taller than the window).
+        height = page.viewport_size["height"]
+        visible = [p for p in points if 0 < p["y"] < height - 10]
+        target = visible[len(visible) // 2]
         page.mouse.click(target["x"], target["y"])
         expect(page.get_by_role("heading", name="Search", level=1)).to_be_visible(
             timeout=UI_TIMEOUT_MS

@@ -51,6 +51,10 @@ BAD_VALUES: dict[str, list[str]] = {
     "map_min_dist": ["-0.1", "1.5", "nan", "close"],
     "n_clusters": ["0", "-2"],
     "max_k": ["0", "lots"],
+    "health_min_similarity": ["-1", "1", "nan", "high"],
+    "health_max_pairs": ["0", "many"],
+    "health_neighbors": ["0", "-1"],
+    "mosaic_tile": ["4", "0", "big"],
     "eval_ks": ["0", "1,x", "", "-5,10"],
     "seed": ["-1", "random"],
 }

@@ -1,7 +1,7 @@
 """Photos on the maps: a hover over any point shows the item's photo, cut from the photo map's
 mosaic (one image the browser already holds), beside the pointer.
 
-A zero-height component injects a small script into the page: it listens to every plotly
+A 1-px iframe injects a small script into the page: it listens to every plotly
 chart's hover events and moves one floating <div> whose background is the mosaic. Points
 carry their item id as customdata (see `plots.map_figure`), which names the mosaic cell.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from app.ui import loaders
 from pipelines.config import EXTRACTORS, Config
@@ -112,5 +111,6 @@ def photo_hover(cfg: Config, extractor: str) -> None:
         mosaic = loaders.mosaic(cfg, name)
         if mosaic is not None:
             html = _component_html(str(cfg.artifacts_dir), name, mosaic["sha"])
-            components.html(html, height=0)
+            # A 1-px iframe: the script needs a document of its own, not room on the page.
+            st.iframe(html, height=1)
             return
