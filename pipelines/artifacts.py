@@ -33,13 +33,28 @@ _VERSIONED = (
 )
 
 
+# sha256 of files this process already hashed, keyed by what any rewrite changes (inode,
+# size, mtime in ns): freshness checks and readers hash every input, and the app, the
+# service and `run` ask about the same files again and again.
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+_HASHED_MAX = 4096
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (remembered per process until the
+    file is rewritten)."""
     with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        key = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key in _HASHED:
+            return _HASHED[key]
+        digest = hashlib.sha256()
         while block := handle.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+    if len(_HASHED) >= _HASHED_MAX:
+        _HASHED.clear()
+    _HASHED[key] = digest.hexdigest()
+    return _HASHED[key]
 
 
 def sha256_json(obj: Any) -> str:

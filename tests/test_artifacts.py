@@ -132,3 +132,19 @@ def test_ensure_writable_dir_creates_the_folder(tmp_path: Path) -> None:
 
     folder = ensure_writable_dir(tmp_path / "a" / "b")
     assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_a_rewritten_file_is_hashed_again_not_remembered(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from pipelines.artifacts import sha256_file
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"first")
+    assert sha256_file(path) == hashlib.sha256(b"first").hexdigest()
+    # Same size, rewritten in place within the same second: the mtime in ns still moves.
+    path.write_bytes(b"other")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert sha256_file(path) == hashlib.sha256(b"other").hexdigest()
