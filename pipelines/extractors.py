@@ -178,10 +178,10 @@ class InceptionV3Extractor(Extractor):
 
 
 class CustomCNNExtractor(Extractor):
-    """Our CNN trained on the catalog: its 128-d embedding layer, and a category head."""
+    """Our CNN trained on the catalog: its embedding layer (`cnn_embedding_dim` wide, 128 by
+    default), and a category head."""
 
     name = "custom_cnn"
-    dim = 128
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -193,6 +193,12 @@ class CustomCNNExtractor(Extractor):
         # setting (before `train` reruns) must still get the pixels it was built for.
         saved = artifacts.read_manifest(self.config.custom_cnn_path) or {}
         return int(saved.get("image_size") or self.config.cnn_image_size)
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        # Likewise the saved model's own embedding width, not the current setting's.
+        saved = artifacts.read_manifest(self.config.custom_cnn_path) or {}
+        return int(saved.get("embedding_dim") or self.config.cnn_embedding_dim)
 
     @property
     def manifest(self) -> dict[str, Any]:

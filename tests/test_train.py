@@ -292,3 +292,14 @@ def test_same_settings_train_the_same_model_on_a_quiet_and_a_busy_machine(tmp_pa
     assert quiet.stopped_by == busy.stopped_by == "epochs"
     for a, b in zip(quiet.model.get_weights(), busy.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_extractor_takes_size_and_width_from_the_saved_model(classifier):
+    from pipelines.extractors import CustomCNNExtractor
+
+    config, df, _, _ = classifier
+    # Settings changed since training must not change what the saved model is fed or gives.
+    extractor = CustomCNNExtractor(config.replace(cnn_image_size=64, cnn_embedding_dim=128))
+    assert (extractor.input_size, extractor.dim) == (SIZE, DIM)
+    pixels = np.stack([load_array(p, SIZE) for p in df["path"].iloc[:3]])
+    assert extractor.embed_arrays(pixels).shape == (3, DIM)
