@@ -32,7 +32,7 @@ FEATURE_SETS: tuple[tuple[str, ...], ...] = (
     ("inception_v3", "custom_cnn"),
 )
 # Inverse regularisation strengths tried on standardised features.
-C_VALUES = (0.05, 0.5)
+C_VALUES = (0.05,)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ class Index:
         being shut out of its own kind.
     category : only items whose predicted category is one of the query's categories. A
         query's categories are one name, several joined by "|" (the classifier was unsure
-        between them), or "*" (too unsure: the whole catalog, as exact search).
+        between them), or "*" (too unsure: the whole catalog, as exact search). With
+        `category_queries`, an unsure catalog item likewise belongs to each of its categories.
 
     Everything a strategy needs (each pool's rows and its contiguous sub-matrix) is built
     once here, so a query only does matrix products and a partial sort. The one exception is
@@ -161,6 +162,26 @@ class Index:
                 raise LookalikeError(f"{name}: {len(queries)} category queries for {n} vectors")
             own = pd.Series(self.categories, dtype=object)
             self.category_queries = queries.where(queries.notna(), own).to_numpy(dtype=object)
+            self._widen_category_pools()
+
+    def _widen_category_pools(self) -> None:
+        """An item the classifier is unsure about belongs to each category it might be (its
+        `category_queries`; "*" = every category), so a query finds it in any of them."""
+        names = list(self._category_pools)
+        extra: dict[object, list[int]] = {name: [] for name in names}
+        for row, wanted in enumerate(self.category_queries):
+            if wanted is None or wanted == self.categories[row]:
+                continue
+            cats = names if wanted == WHOLE_CATALOG else str(wanted).split(SEPARATOR)
+            for cat in cats:
+                if cat in extra:
+                    extra[cat].append(row)
+        for name, rows in extra.items():
+            if rows:
+                members = np.union1d(self._category_pools[name][0], rows).astype(np.int64)
+                matrix = np.ascontiguousarray(self.vectors[members])
+                matrix.setflags(write=False)
+                self._category_pools[name] = (members, matrix)
 
     def _pools(
         self, keys: np.ndarray, rows: np.ndarray | None = None
@@ -347,7 +368,7 @@ class Index:
             found = [pools[p][0] for p in parts if p in pools]
             if not found:
                 return None
-            members = np.sort(np.concatenate(found))
+            members = np.unique(np.concatenate(found))  # unsure items sit in several
             matrix = np.ascontiguousarray(self.vectors[members])
             matrix.setflags(write=False)
             cached = (members, matrix)

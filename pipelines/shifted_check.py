@@ -72,12 +72,16 @@ def precision_table(config: Config, cache: Path, split: str) -> pd.DataFrame:
             q_feat = {e: (v if setting == "shifted queries" else v[qr]) for e, v in q_src.items()}
             g_feat = {e: (v if setting == "shifted gallery" else v[gr]) for e, v in g_src.items()}
             g_probs = model.probabilities(g_feat)
+            g_sets = search_categories(
+                g_probs, model.classes, config.category_cover, config.category_exact_below
+            )
             index = Index(
                 g,
                 [str(r) for r in gr],
                 clusters=np.argmax(g @ centroids.T, axis=1),
                 centroids=centroids,
                 categories=model.classes[g_probs.argmax(axis=1)].astype(object),
+                category_queries=g_sets,
                 cluster_width=config.cluster_search_width,
             )
             q_sets = search_categories(
