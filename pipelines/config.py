@@ -300,6 +300,10 @@ class Config:
         """Which grid cell of the photo map holds each item (item_id, col, row)."""
         return self.artifacts_dir / "mosaic" / f"{extractor}_cells.parquet"
 
+    def pixel_cache_path(self, size: int) -> Path:
+        """The catalog's decoded pixels at `size` px (uint8, written by train, read by embed)."""
+        return self.artifacts_dir / "cache" / f"pixels_{size}.npy"
+
     @property
     def bench_dir(self) -> Path:
         return self.artifacts_dir / "bench"

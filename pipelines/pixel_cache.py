@@ -46,11 +46,6 @@ class PixelCache:
     path: Path | None = None
 
 
-def cache_path(config: Config, size: int) -> Path:
-    """Where the cache of the catalog at `size` px lives: artifacts/cache/pixels_<size>.npy."""
-    return config.artifacts_dir / "cache" / f"pixels_{size}.npy"
-
-
 def bytes_per_item(size: int) -> int:
     """Disk bytes one catalog item costs in the cache at `size` px (the .npy header aside)."""
     return size * size * 3
@@ -76,7 +71,7 @@ def _key(config: Config, catalog: pd.DataFrame, size: int) -> tuple[dict, dict] 
 def open_cache(config: Config, catalog: pd.DataFrame, size: int) -> PixelCache | None:
     """The cache of `catalog` at `size`, memory-mapped, when one matches; else None."""
     key = _key(config, catalog, size)
-    path = cache_path(config, size)
+    path = config.pixel_cache_path(size)
     manifest = artifacts.read_manifest(path)
     # Key and byte count, not artifacts.is_fresh's sha256: hashing gigabytes of pixels on every
     # read would cost more than decoding small batches saves. Decoding is deterministic, so
@@ -114,7 +109,7 @@ def build_cache(config: Config, catalog: pd.DataFrame, size: int) -> PixelCache:
     key = _key(config, catalog, size)
     if key is None:
         return PixelCache(pixels, ok, skipped, None)
-    path = cache_path(config, size)
+    path = config.pixel_cache_path(size)
     artifacts.write_npy(pixels, path)
     extra = {"rows": len(catalog), "failed_rows": np.flatnonzero(~ok).tolist()}
     artifacts.write_manifest(path, STAGE, *key, extra={**extra, "skipped": skipped})

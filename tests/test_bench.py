@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import artifacts, commands, pixel_cache
+from pipelines import artifacts, commands
 from pipelines.bench import SECTIONS, check_sections, results_path, run_bench
 from pipelines.bench.common import interleaved, jsonable
 from pipelines.bench.exact_search import (
@@ -113,7 +113,7 @@ def test_bytes_per_item_matches_the_files_on_disk(tmp_path: Path) -> None:
     artifacts.write_npy(np.zeros((4, 3), np.float32), config.embeddings_path("x"))
     (config.bench_dir).mkdir()
     (config.bench_dir / "results.json").write_text("x" * 10_000)  # not an artifact
-    cache = pixel_cache.cache_path(config, 32)
+    cache = config.pixel_cache_path(32)
     artifacts.write_npy(np.zeros((4, 32, 32, 3), np.uint8), cache)
 
     found = bytes_per_item(config)

@@ -45,7 +45,7 @@ def _decoded(config: Config, rows: list[int]) -> np.ndarray:
 def test_rows_equal_load_array_and_the_cache_is_memory_mapped(small: Config) -> None:
     catalog = load_catalog(small)
     built = pixel_cache.build_cache(small, catalog, SIZE)
-    path = pixel_cache.cache_path(small, SIZE)
+    path = small.pixel_cache_path(SIZE)
     assert built.path == path == small.artifacts_dir / "cache" / f"pixels_{SIZE}.npy"
     assert built.ok.all() and built.skipped == []
 
@@ -76,7 +76,7 @@ def test_stream_from_the_cache_equals_decoding(small: Config) -> None:
 def test_a_matching_cache_is_read_not_rebuilt(small: Config, monkeypatch) -> None:
     catalog = load_catalog(small)
     pixel_cache.catalog_pixels(small, catalog, SIZE)
-    path = pixel_cache.cache_path(small, SIZE)
+    path = small.pixel_cache_path(SIZE)
     written = path.stat().st_mtime_ns
 
     def no_decoding(*args, **kwargs):
@@ -104,7 +104,7 @@ def test_any_input_change_makes_the_cache_stale(small: Config, tmp_path: Path) -
     assert pixel_cache.open_cache(small, load_catalog(small), SIZE) is None
     # A cache file replaced by hand (other size on disk) is stale too.
     pixel_cache.build_cache(small, load_catalog(small), SIZE)
-    np.save(pixel_cache.cache_path(small, SIZE), np.zeros((1, SIZE, SIZE, 3), np.uint8))
+    np.save(small.pixel_cache_path(SIZE), np.zeros((1, SIZE, SIZE, 3), np.uint8))
     assert pixel_cache.open_cache(small, load_catalog(small), SIZE) is None
 
 
@@ -130,7 +130,7 @@ def test_an_interrupted_write_leaves_no_cache(small: Config, monkeypatch) -> Non
     monkeypatch.setattr(np, "save", fail)
     with pytest.raises(OSError, match="disk full"):
         pixel_cache.build_cache(small, load_catalog(small), SIZE)
-    folder = pixel_cache.cache_path(small, SIZE).parent
+    folder = small.pixel_cache_path(SIZE).parent
     assert list(folder.iterdir()) == []
 
 
@@ -139,7 +139,7 @@ def test_without_a_catalog_manifest_nothing_is_written(small: Config) -> None:
     artifacts.manifest_path(small.catalog_path).unlink()
     built = pixel_cache.catalog_pixels(small, catalog, SIZE)
     assert built.path is None and built.pixels.shape == (len(catalog), SIZE, SIZE, 3)
-    assert not pixel_cache.cache_path(small, SIZE).exists()
+    assert not small.pixel_cache_path(SIZE).exists()
 
 
 @pytest.mark.slow

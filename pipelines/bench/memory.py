@@ -78,7 +78,7 @@ def pixel_cache_cost(config: Config) -> dict[str, Any]:
     """Disk cost of the custom CNN's pixel cache per item: measured when it exists, else the
     size it will take (size x size x 3 bytes)."""
     size = config.cnn_image_size
-    path = pixel_cache.cache_path(config, size)
+    path = config.pixel_cache_path(size)
     expected = pixel_cache.bytes_per_item(size)
     if not config.catalog_path.exists() or not path.exists():
         return {"size": size, "exists": False, "per_item_bytes_expected": expected}
