@@ -88,6 +88,18 @@ def only_colour(
     return table
 
 
+def keep_colour(
+    table: pd.DataFrame, colour_of: dict[str, str], colour: str | None, k: int
+) -> pd.DataFrame:
+    """The first k rows of a neighbours table whose item's colour (`colour_of`: item_id ->
+    colour) is `colour`, re-ranked 1..; the first k rows unchanged when `colour` is None."""
+    if colour is not None:
+        table = table[table["item_id"].astype(str).map(colour_of) == colour]
+    table = table.head(k).reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table
+
+
 def item_neighbours(
     index: Index,
     catalog: pd.DataFrame,

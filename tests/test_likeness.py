@@ -77,3 +77,30 @@ def test_palette_colours_map_to_themselves() -> None:
     from pipelines.colour import PALETTE
 
     assert [COLOURS[i] for i in nearest_colour(np.array(list(PALETTE.values())))] == list(COLOURS)
+
+
+def test_colour_filter_returns_k_items_of_that_colour_in_rank_order() -> None:
+    import pandas as pd
+
+    from pipelines.index import Index
+    from pipelines.neighbours import item_neighbours, keep_colour
+    from tests.conftest import blobs
+
+    vectors, _ = blobs((6, 6), d=8)
+    ids = [f"i{i}" for i in range(12)]
+    colours = np.array(["red", "blue"] * 6, dtype=object)
+    catalog = pd.DataFrame({"item_id": ids, "label": "x", "thumb": [f"t{i}.jpg" for i in ids]})
+    index = Index(vectors, ids)
+    plain = item_neighbours(index, catalog, "i0", 11)
+    red = item_neighbours(index, catalog, "i0", 3, colour="red", colours=colours)
+    expected = [i for i in plain["item_id"] if colours[ids.index(i)] == "red"][:3]
+    assert red["item_id"].tolist() == expected and red["rank"].tolist() == [1, 2, 3]
+    # Only 5 other red items exist: asking for 8 returns those 5.
+    assert len(item_neighbours(index, catalog, "i0", 8, colour="red", colours=colours)) == 5
+    # No colour chosen: the plain neighbours, unchanged.
+    pd.testing.assert_frame_equal(item_neighbours(index, catalog, "i0", 11, colours=colours), plain)
+    colour_of = dict(zip(ids, colours, strict=True))
+    assert (
+        keep_colour(plain, colour_of, "blue", 2)["item_id"].tolist()
+        == [i for i in plain["item_id"] if colour_of[i] == "blue"][:2]
+    )

@@ -11,7 +11,7 @@ import dataclasses
 import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, warmup, widgets
-from pipelines import api, browse, classify, novelty, upload
+from pipelines import api, browse, classify, neighbours, novelty, upload
 from pipelines.diversity import pool_size
 
 cfg = loaders.config()
@@ -63,9 +63,14 @@ warmup.wait(cfg)
 
 results = []
 photo_bytes = {}
+colour, colours = widgets.colour_filter(cfg, catalog, "upload")
 with widgets.user_errors():
     # Diversity re-ranks a larger pool of nearest candidates down to k (pipelines.diversity).
     pool = pool_size(settings.k, diversity, min(index.size for index in indexes.values()))
+    if colour is not None:  # rank the whole catalog, then keep the items of that colour
+        colour_of = dict(zip(catalog["item_id"].astype(str), colours, strict=True))
+        keep = pool
+        pool = min(index.size for index in indexes.values())
     for file in files:
         photo_bytes[file.name] = file.getvalue()
         embedding = loaders.upload_embedding(cfg, file.name, photo_bytes[file.name])
@@ -85,6 +90,12 @@ with widgets.user_errors():
             warning = novelty.far_message(nearest, far)
             if warning:
                 result.notes.insert(0, f"⚠ {warning}")
+        if colour is not None and result.error is None:
+            tables = {
+                n: neighbours.keep_colour(t, colour_of, colour, keep)
+                for n, t in result.neighbours.items()
+            }
+            result = dataclasses.replace(result, neighbours=tables)
         if diversity > 0:
             result = api.diversify_upload(result, indexes, settings.k, diversity, maps)
         results.append(result)
