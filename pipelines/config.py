@@ -300,6 +300,10 @@ class Config:
         """Which grid cell of the photo map holds each item (item_id, col, row)."""
         return self.artifacts_dir / "mosaic" / f"{extractor}_cells.parquet"
 
+    def neighbours_path(self, extractor: str, fmt: str = "parquet") -> Path:
+        """Every item's top-k table of the neighbours stage (one file per format)."""
+        return self.artifacts_dir / "neighbours" / f"{extractor}.{fmt}"
+
     def pixel_cache_path(self, size: int) -> Path:
         """The catalog's decoded pixels at `size` px (uint8, written by train, read by embed)."""
         return self.artifacts_dir / "cache" / f"pixels_{size}.npy"

@@ -28,11 +28,6 @@ PART_ROWS = 4096
 NEIGHBOUR_TABLE_COLUMNS = ("item_id", "rank", "neighbour_id", "similarity")
 
 
-def neighbours_path(config: Config, extractor: str, fmt: str = "parquet") -> Path:
-    """Where the neighbours stage writes `extractor`'s table (one file per format)."""
-    return config.artifacts_dir / "neighbours" / f"{extractor}.{fmt}"
-
-
 def check_format(fmt: str) -> str:
     """`fmt` when it is one of FORMATS; otherwise an error listing them."""
     if fmt not in FORMATS:
@@ -158,7 +153,7 @@ def run_neighbours(
     """The neighbours stage: each extractor's top-k table, skipped when its embeddings, k and
     format are unchanged; resumable part by part when interrupted.
 
-    Writes `neighbours_path(config, extractor, fmt)` and its manifest per extractor.
+    Writes `config.neighbours_path(extractor, fmt)` and its manifest per extractor.
     """
     check_format(fmt)
     start = time.perf_counter()
@@ -180,7 +175,7 @@ def run_neighbours(
             continue
         index = load_index(config, extractor)
         n = index.size
-        out = neighbours_path(config, extractor, fmt)
+        out = config.neighbours_path(extractor, fmt)
         params = {"extractor": extractor, "k": k, "format": fmt, "ann": index.approximate}
         inputs = {
             "catalog": artifacts.artifact_hash(config.catalog_path, commands.CATALOG),

@@ -13,7 +13,7 @@ import pytest
 from pipelines import artifacts
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.export import neighbours_path, run_neighbours, write_neighbours
+from pipelines.export import run_neighbours, write_neighbours
 from pipelines.index import Index
 from tests.conftest import blobs
 
@@ -95,7 +95,7 @@ def test_stage_on_the_real_build_writes_once(built: Config, tmp_path: Path) -> N
     config = built.replace(artifacts_dir=tmp_path / "artifacts")
     shutil.copytree(built.artifacts_dir, config.artifacts_dir)
     first = run_neighbours(config, ["custom_cnn"], k=5, progress=False)
-    out = neighbours_path(config, "custom_cnn")
+    out = config.neighbours_path("custom_cnn")
     assert first.wrote == (out,)
     table = pd.read_parquet(out)
     catalog = pd.read_parquet(config.catalog_path)
@@ -114,7 +114,7 @@ def test_stage_skips_extractors_without_embeddings(built: Config, tmp_path: Path
     shutil.copytree(built.artifacts_dir, config.artifacts_dir)
     config.embeddings_path("inception_v3").unlink()
     result = run_neighbours(config, ["inception_v3", "custom_cnn"], k=3, progress=False)
-    assert result.wrote == (neighbours_path(config, "custom_cnn"),)
+    assert result.wrote == (config.neighbours_path("custom_cnn"),)
     assert result.details["inception_v3"]["missing"]
     with pytest.raises(LookalikeError, match="inception_v3.npy is missing — run"):
         run_neighbours(config, ["inception_v3"], k=3, progress=False)
