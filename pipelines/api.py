@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipelines import commands
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
-from pipelines.diversity import check_diversity, diversify_table, pool_size
+from pipelines.diversity import check_diversity, diversify_table
 from pipelines.errors import LookalikeError
 from pipelines.index import Index
 from pipelines.topk import check_k
@@ -265,16 +265,17 @@ class Lookalike:
             for name in EXTRACTORS
             if name in chosen or name in self.available_models()
         }
-        # MMR needs more candidates than it keeps: ask for its pool, then re-rank to k.
-        pool = pool_size(k, diversity, min(index.size for index in indexes.values()))
         results = []
         for name, data in photos:
             if isinstance(data, str):
                 results.append(UploadResult(name, error=data))
                 continue
             embedding = embed_upload(name, data, embedders, max_pixels=self.config.max_pixels)
-            result = analyse_upload(embedding, indexes, self.catalog, {}, pool, strategy)
-            results.append(diversify_upload(result, indexes, k, diversity))
+            results.append(
+                analyse_upload(
+                    embedding, indexes, self.catalog, {}, k, strategy, diversity=diversity
+                )
+            )
         return results
 
     def available_models(self) -> list[str]:

@@ -221,6 +221,8 @@ def analyse_upload(
     maps: Mapping[str, pd.DataFrame],
     k: int,
     strategy: str = "exact",
+    *,
+    diversity: float = 0.0,
 ) -> UploadResult:
     """Neighbours of an embedded upload in every extractor's index, and its place on each map.
 
@@ -234,6 +236,7 @@ def analyse_upload(
     k : neighbours per extractor.
     strategy : one of STRATEGIES; falls back to exact (with a note) where unavailable. The
         category strategy searches the photo's predicted category.
+    diversity : 0 (plain nearest neighbours) to 1; see `pipelines.neighbours.item_neighbours`.
     """
     base = {
         "name": embedding.name,
@@ -255,7 +258,13 @@ def analyse_upload(
         if note:
             notes.append(f"{name}: {note}")
         table = vector_neighbours(
-            index, catalog, embedding.vectors[name], k, use, category=embedding.category
+            index,
+            catalog,
+            embedding.vectors[name],
+            k,
+            use,
+            category=embedding.category,
+            diversity=diversity,
         )
         neighbours[name] = table
         if name in maps:
@@ -272,12 +281,20 @@ def analyse_uploads(
     k: int,
     strategy: str = "exact",
     max_bytes: int = MAX_UPLOAD_BYTES,
+    *,
+    diversity: float = 0.0,
 ) -> list[UploadResult]:
     """`embed_upload` then `analyse_upload` for each (name, bytes); one result per upload, in
     order, bad files included with their `error`."""
     return [
         analyse_upload(
-            embed_upload(name, data, extractors, max_bytes), indexes, catalog, maps, k, strategy
+            embed_upload(name, data, extractors, max_bytes),
+            indexes,
+            catalog,
+            maps,
+            k,
+            strategy,
+            diversity=diversity,
         )
         for name, data in uploads
     ]

@@ -181,6 +181,24 @@ def test_search_one_photo_both_extractors(client: TestClient, hat_photo: bytes) 
     assert first["label"] == "hat" and first["similarity"] > 0.99
 
 
+def test_search_diversity_is_passed_to_the_engine(client: TestClient, hat_photo: bytes) -> None:
+    def search(**params) -> list[str]:
+        files = [("photo", ("hat.jpg", hat_photo, "image/jpeg"))]
+        response = client.post(
+            "/search", files=files, params={"k": 6, "extractor": "inception_v3", **params}
+        )
+        assert response.status_code == 200, response.text
+        return [r["item_id"] for r in response.json()["photos"][0]["searches"][0]["results"]]
+
+    plain, spread = search(), search(diversity=1)
+    assert search(diversity=0) == plain
+    # The photo itself stays first; diversity reorders (or replaces) the rest.
+    assert spread[0] == plain[0] and spread != plain
+    files = [("photo", ("hat.jpg", hat_photo, "image/jpeg"))]
+    response = client.post("/search", files=files, params={"diversity": -1})
+    assert response.status_code == 422 and "diversity must be between 0" in _one_line(response)
+
+
 def test_search_several_photos_and_the_set_summary(client: TestClient, hat_photo: bytes) -> None:
     dress = real_photos("dress", 1, "test")[0].read_bytes()
     png = io.BytesIO()

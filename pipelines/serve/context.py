@@ -1,0 +1,173 @@
+"""What every endpoint shares: the current `ServiceState`, the request checks, and the
+one response shape of neighbours. Reads artifacts through the state; writes nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from fastapi import HTTPException
+
+from pipelines import commands
+from pipelines.config import EXTRACTORS, STRATEGIES, Config
+from pipelines.errors import LookalikeError
+from pipelines.serve.state import ServiceState, StateHolder
+from pipelines.topk import check_k
+
+
+def error(status: int, detail: str) -> HTTPException:
+    """An HTTP error whose body is `{"detail": detail}` (one line)."""
+    return HTTPException(status_code=status, detail=detail)
+
+
+def upload_status(problem: str) -> int:
+    """HTTP status of an upload's problem, as `embed_upload` words it."""
+    if "upload limit" in problem:
+        return 413
+    if "not a recognised image" in problem:
+        return 415
+    return 422  # empty, truncated or corrupt, too many pixels (decompression bomb)
+
+
+@dataclass
+class Service:
+    """The service's settings and its hot-swapped state, with the checks every route uses."""
+
+    config: Config
+    holder: StateHolder
+    embed_mode: str
+    max_upload_bytes: int
+
+    def state(self) -> ServiceState:
+        """The state to answer from; 503 with the command to run while there is none."""
+        current = self.holder.state
+        if current is None:
+            raise error(
+                503,
+                f"no usable artifacts in {self.config.artifacts_dir}: {self.holder.error} — "
+                f"build them with `{commands.RUN}`",
+            )
+        return current
+
+    def index_of(self, current: ServiceState, extractor: str) -> Any:
+        """`extractor`'s index: 400 for an unknown name, 503 for one not built yet."""
+        if extractor in EXTRACTORS and extractor not in current.indexes:
+            raise error(
+                503,
+                f"the {extractor} embeddings are not built in {self.config.artifacts_dir} — run "
+                f"`{commands.embed(extractor)}`; served: {', '.join(current.indexes)}",
+            )
+        if extractor not in current.indexes:
+            raise error(
+                400,
+                f"unknown extractor {extractor!r}; valid extractors: {', '.join(current.indexes)}",
+            )
+        return current.indexes[extractor]
+
+    def checked(self, k: int, strategy: str) -> int:
+        """`k` checked by the engine (422) and `strategy` by name (400)."""
+        if strategy not in STRATEGIES:
+            raise error(
+                400, f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
+            )
+        try:
+            return check_k(k, self.config.max_k)
+        except LookalikeError as err:
+            raise error(422, str(err)) from None
+
+
+def diversity_keyword(diversity: float | None) -> dict[str, Any]:
+    """The engine's diversity keyword, checked by the engine's own check (422 when invalid)."""
+    if diversity is None:
+        return {}
+    from pipelines.diversity import check_diversity
+
+    try:
+        return {"diversity": check_diversity(diversity)}
+    except LookalikeError as err:
+        raise error(422, str(err)) from None
+
+
+def row_of(current: ServiceState, item_id: str) -> int:
+    row = current.row_of.get(item_id)
+    if row is None:
+        raise error(
+            404,
+            f"no catalog item {item_id!r} ({current.size} items) — list ids with the catalog, "
+            "or take one from a search result",
+        )
+    return row
+
+
+def thumb_url(item_id: str) -> str:
+    return f"/thumbs/{item_id}"
+
+
+def ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
+
+
+def engine(call: Callable[[], Any]) -> Any:
+    """Run an engine call; its user-facing errors (stale artifacts, a strategy without data)
+    become 409 with the engine's own message, which says how to fix them."""
+    try:
+        return call()
+    except LookalikeError as err:
+        raise error(409, str(err)) from None
+
+
+def filtered(
+    search: Callable[[int], pd.DataFrame], k: int, label: str | None, most: int, max_k: int
+) -> pd.DataFrame:
+    """`search(k)`, or with a label: the first k neighbours with that label, found by widening
+    the engine's search (4k, 16k, ... up to the catalog) until k of them are in it."""
+    if label is None:
+        return search(k)
+    width = min(most, max(4 * k, max_k))
+    while True:
+        table = search(width)
+        hits = table[table["label"] == label]
+        if len(hits) >= k or width >= most or len(table) < width:
+            hits = hits.head(k).copy()
+            hits["rank"] = range(1, len(hits) + 1)
+            return hits
+        width = min(most, width * 4)
+
+
+def neighbours_body(
+    current: ServiceState,
+    query: str,
+    extractor: str,
+    strategy: str,
+    k: int,
+    start: float,
+    table: pd.DataFrame,
+    note: str | None,
+) -> dict[str, Any]:
+    results = []
+    for rank, item_id, similarity, label in zip(
+        table["rank"], table["item_id"], table["similarity"], table["label"], strict=True
+    ):
+        row = current.row_of[item_id]
+        results.append(
+            {
+                **current.records[row],
+                "rank": int(rank),
+                "item_id": item_id,
+                "similarity": round(float(similarity), 6),
+                "label": None if pd.isna(label) else str(label),
+                "thumbnail_url": thumb_url(item_id),
+            }
+        )
+    return {
+        "query": query,
+        "extractor": extractor,
+        "strategy": strategy,
+        "k": k,
+        "took_ms": ms(start),
+        "note": note or None,
+        "results": results,
+    }

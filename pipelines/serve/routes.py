@@ -1,0 +1,241 @@
+"""The endpoints, in three groups, each added to the app by one function: the service's own
+(/health, /extractors, /strategies), catalog items (/items, /similar, /thumbs) and photos
+(/search). Every answer comes from the engine functions the app uses.
+
+No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime,
+and their annotations name values local to each add_* function."""
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import FastAPI, File, Query, Request, Response, UploadFile
+from fastapi.responses import JSONResponse
+
+from pipelines import commands, upload
+from pipelines.config import EXTRACTORS, STRATEGIES
+from pipelines.neighbours import item_neighbours, resolve_strategy
+from pipelines.serve import models as m
+from pipelines.serve.context import (
+    Service,
+    diversity_keyword,
+    engine,
+    error,
+    filtered,
+    ms,
+    neighbours_body,
+    row_of,
+    thumb_url,
+    upload_status,
+)
+from pipelines.serve.state import ServiceState
+
+# Photos one POST /search may carry; the body limit covers them all together.
+MAX_PHOTOS = 8
+STRATEGY_TEXT = {
+    "exact": "the whole catalog (the ANN index above 100k items)",
+    "cluster": "only the query's k-means cluster",
+    "category": "only items with the query's predicted category (custom CNN)",
+}
+THUMB_CACHE = "public, max-age=86400"
+
+
+def add_service_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> None:
+    """/health (open), /extractors and /strategies."""
+
+    @app.get("/health", response_model=m.Health, tags=["service"])
+    async def health() -> JSONResponse:
+        """Whether the service can answer: artifacts, catalog size, build time, models."""
+        current = svc.holder.state
+        body = m.Health(
+            ok=current is not None,
+            artifacts=str(svc.config.artifacts_dir),
+            artifacts_present=current is not None,
+            catalog_size=0 if current is None else current.size,
+            built=None if current is None else current.built,
+            extractors_loaded=[] if current is None else sorted(current.extractors),
+            reloads=svc.holder.reloads,
+            error=svc.holder.error,
+            embed_mode=svc.embed_mode,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if current else 503)
+
+    @app.get("/extractors", response_model=list[m.ExtractorInfo], tags=["catalog"], **protected)
+    def extractors() -> list[m.ExtractorInfo]:
+        """The extractors to search with, their strategies and whether photos can be used."""
+        current = svc.state()
+        return [
+            m.ExtractorInfo(
+                name=name,
+                dim=index.dim,
+                strategies=list(index.strategies),
+                unavailable={s: r for s, r in index.unavailable.items() if s in STRATEGIES},
+                approximate=index.approximate,
+                model_loaded=name in current.extractors,
+                model_error=current.model_errors.get(name),
+            )
+            for name, index in current.indexes.items()
+        ]
+
+    @app.get("/strategies", response_model=list[m.StrategyInfo], tags=["catalog"], **protected)
+    def strategies() -> list[m.StrategyInfo]:
+        """The search strategies; /extractors says which have their data built."""
+        return [m.StrategyInfo(name=s, description=STRATEGY_TEXT.get(s, s)) for s in STRATEGIES]
+
+
+def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> None:
+    """/items/{id}, /items/{id}/similar and /thumbs/{id}: catalog items by id only."""
+
+    @app.get("/items/{item_id}", response_model=m.Item, tags=["catalog"], **protected)
+    async def item(item_id: str) -> dict[str, Any]:
+        """One catalog item: its public columns and thumbnail URL."""
+        current = svc.state()
+        return {**current.records[row_of(current, item_id)], "thumbnail_url": thumb_url(item_id)}
+
+    @app.get("/items/{item_id}/similar", response_model=m.Neighbours, tags=["search"], **protected)
+    def similar(
+        item_id: str,
+        k: Annotated[int, Query(description=f"neighbours, 1 to {svc.config.max_k}")] = 10,
+        extractor: Annotated[str, Query(description=" or ".join(EXTRACTORS))] = EXTRACTORS[0],
+        strategy: Annotated[str, Query(description=", ".join(STRATEGIES))] = "exact",
+        label: Annotated[str | None, Query(description="only neighbours with this label")] = None,
+        diversity: Annotated[
+            float | None,
+            Query(description="0 = plain nearest neighbours; up to 1 spreads out near-duplicates"),
+        ] = None,
+    ) -> dict[str, Any]:
+        """The k catalog items most similar to a catalog item (never the item itself)."""
+        # A worker thread, not the event loop: the matrix product releases the GIL, so two
+        # queries use both cores (BLAS runs one thread per query in the server, see run_server).
+        start = time.perf_counter()
+        current = svc.state()
+        k = svc.checked(k, strategy)
+        index = svc.index_of(current, extractor)
+        row_of(current, item_id)
+        if label is not None and label not in current.labels:
+            raise error(400, f"unknown label {label!r}; valid labels: {', '.join(current.labels)}")
+        extra = diversity_keyword(diversity)
+        use, note = resolve_strategy(index, strategy)
+
+        def search(width: int) -> pd.DataFrame:
+            return item_neighbours(index, current.catalog, item_id, width, use, **extra)
+
+        table = engine(lambda: filtered(search, k, label, index.size - 1, svc.config.max_k))
+        return neighbours_body(current, item_id, extractor, use, k, start, table, note)
+
+    @app.get(
+        "/thumbs/{item_id}",
+        tags=["catalog"],
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, 304: {"description": "not modified"}},
+        **protected,
+    )
+    def thumb(item_id: str, request: Request) -> Response:
+        """The item's JPEG thumbnail, with an ETag and a day of caching."""
+        current = svc.state()
+        row = row_of(current, item_id)
+        # The path comes from the catalog row found by id, never from the request's text.
+        path = Path(current.catalog["thumb_file"].iat[row])
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise error(
+                404, f"the thumbnail of {item_id} is missing — rebuild with `{commands.CATALOG}`"
+            ) from None
+        etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        headers = {"ETag": etag, "Cache-Control": THUMB_CACHE}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> None:
+    """POST /search: photos in, neighbours per extractor and the set's top categories out."""
+
+    @app.post("/search", response_model=m.SearchResponse, tags=["search"], **protected)
+    def search(
+        photo: Annotated[
+            list[UploadFile], File(description=f"one to {MAX_PHOTOS} photos (jpg, png, webp)")
+        ],
+        k: Annotated[int, Query(description=f"neighbours, 1 to {svc.config.max_k}")] = 10,
+        extractor: Annotated[
+            list[str] | None, Query(description="repeatable; default: every loaded extractor")
+        ] = None,
+        strategy: Annotated[str, Query(description=", ".join(STRATEGIES))] = "exact",
+        diversity: Annotated[
+            float | None,
+            Query(description="0 = plain nearest neighbours; up to 1 spreads out near-duplicates"),
+        ] = None,
+    ) -> dict[str, Any]:
+        """Photos -> predicted category (custom CNN) and neighbours per extractor; with several
+        photos also the set's three most common categories."""
+        start = time.perf_counter()
+        current = svc.state()
+        k = svc.checked(k, strategy)
+        extra = diversity_keyword(diversity)
+        names = list(dict.fromkeys(extractor or current.extractors or current.indexes))
+        indexes = {name: svc.index_of(current, name) for name in names}
+        for name in names:
+            if name not in current.extractors:
+                reason = current.model_errors.get(name, "not loaded")
+                raise error(503, f"the {name} model cannot embed photos: {reason}")
+        if len(photo) > MAX_PHOTOS:
+            raise error(413, f"at most {MAX_PHOTOS} photos per request, got {len(photo)}")
+        models = {name: current.extractors[name] for name in names}
+        results: list[upload.UploadResult] = []
+        for i, part in enumerate(photo, start=1):
+            name = Path(part.filename or "").name or f"photo-{i}"
+            data = part.file.read(svc.max_upload_bytes + 1)  # bounded: one byte tells "too large"
+            embedding = _embed(svc, current, name, data, models)
+            results.append(
+                engine(
+                    lambda e=embedding: upload.analyse_upload(
+                        e, indexes, current.catalog, {}, k, strategy, **extra
+                    )
+                )
+            )
+        if not any(r.error is None for r in results):
+            first = results[0].error or "no usable photo"
+            raise error(upload_status(first), first)
+        summary = upload.category_summary(results, top=3)
+        return {
+            "took_ms": ms(start),
+            "photos": [_photo(current, r, strategy, k, start) for r in results],
+            "top_categories": summary.to_dict(orient="records"),
+        }
+
+
+def _embed(
+    svc: Service, current: ServiceState, name: str, data: bytes, models: dict[str, Any]
+) -> upload.UploadEmbedding:
+    """`embed_upload`, with any decoder failure it did not word kept as the photo's error."""
+    try:
+        return upload.embed_upload(
+            name, data, models, svc.max_upload_bytes, max_pixels=current.config.max_pixels
+        )
+    except Exception as err:  # the photo's problem, never the service's
+        return upload.UploadEmbedding(
+            name, error=f"{name}: unreadable image ({type(err).__name__}: {err})"
+        )
+
+
+def _photo(
+    current: ServiceState, result: upload.UploadResult, strategy: str, k: int, start: float
+) -> m.PhotoResult:
+    """One photo's answer: its category and one neighbours body per extractor."""
+    searches = []
+    for name, table in result.neighbours.items():
+        notes = [n.split(": ", 1)[1] for n in result.notes if n.startswith(f"{name}: ")]
+        used = strategy if not notes else "exact"
+        searches.append(
+            neighbours_body(current, result.name, name, used, k, start, table, "; ".join(notes))
+        )
+    return m.PhotoResult(
+        name=result.name,
+        category=result.category,
+        confidence=result.confidence,
+        error=result.error,
+        searches=searches,
+    )
