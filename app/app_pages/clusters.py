@@ -8,6 +8,9 @@ import streamlit as st
 from app.ui import loaders, plots, widgets
 from pipelines import browse
 
+# Thumbnails of one cluster shown at once (each is an image and a button).
+DETAIL_LIMIT = 30
+
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
 st.title("Clusters")
@@ -62,9 +65,13 @@ with left:
 with right:
     st.subheader(f"Cluster {cluster}: {browse.plural(len(items), 'item')}")
     st.caption("Nearest the cluster's centre first.")
+    shown = items.head(DETAIL_LIMIT)
     widgets.thumbnail_grid(
-        items,
-        [widgets.caption(r) for _, r in items.iterrows()],
+        shown,
+        [widgets.caption(r) for r in shown[["label"]].to_dict("records")],
+        limit=DETAIL_LIMIT,
         pick=widgets.find_lookalikes,
         key="cluster",
     )
+    if len(items) > DETAIL_LIMIT:
+        st.caption(f"Showing the {DETAIL_LIMIT} most central of {len(items):,}; the CSV has all.")

@@ -84,7 +84,7 @@ else:
         st.caption(f"Showing {len(sample)} of {len(rows):,}, drawn in proportion to their labels.")
     widgets.thumbnail_grid(
         sample,
-        [widgets.caption(r) for _, r in sample.iterrows()],
+        [widgets.caption(r) for r in sample[["label"]].to_dict("records")],
         limit=SAMPLE_SIZE,
         pick=widgets.find_lookalikes,
         key="map",

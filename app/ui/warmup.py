@@ -15,7 +15,7 @@ import streamlit as st
 
 from app.ui import loaders
 from pipelines import status
-from pipelines.config import EXTRACTORS, Config
+from pipelines.config import Config
 
 
 @dataclass
@@ -51,7 +51,12 @@ _BUILDS: dict[tuple[str, ...], Build] = {}
 
 
 def _key(cfg: Config) -> tuple[str, ...]:
-    return (str(cfg.artifacts_dir), *(loaders.model_sha(cfg, name) for name in EXTRACTORS))
+    return (str(cfg.artifacts_dir), *(loaders.model_sha(cfg, n) for n in _names(cfg)))
+
+
+def _names(cfg: Config) -> tuple[str, ...]:
+    """The extractors the Upload page embeds with (`loaders.extractors`): those built."""
+    return tuple(cfg.extractors_built())
 
 
 def _run(cfg: Config, build: Build) -> None:
@@ -77,7 +82,7 @@ def start(cfg: Config) -> Build | None:
     with _LOCK:
         build = _BUILDS.get(key)
         if build is None:
-            build = Build(tuple(EXTRACTORS))
+            build = Build(_names(cfg))
             _BUILDS[key] = build
             threading.Thread(
                 target=_run, args=(cfg, build), name="lookalike-model-warmup", daemon=True
