@@ -93,7 +93,7 @@ def test_every_page_renders_concrete_values(app: AppTest, catalog: pd.DataFrame)
 
     open_page(at, "compare")
     assert 0 <= float(metric(at, "Jaccard@10")) <= 1
-    assert len(neighbour_captions(at)) == 20
+    assert len(neighbour_captions(at)) == 30  # three extractors (issue 12's metric head)
 
     open_page(at, "clusters")
     overview = [m.value for m in at.markdown if m.value.startswith("**Cluster ")]
@@ -161,7 +161,7 @@ def test_search_shows_exactly_k_neighbours(app: AppTest, catalog: pd.DataFrame) 
     assert len(neighbour_captions(at)) == 8
     # The setting persists across pages (session state, not the widget's own state).
     open_page(at, "compare")
-    assert len(neighbour_captions(at)) == 16
+    assert len(neighbour_captions(at)) == 24  # three extractors
 
 
 def test_switching_extractor_changes_the_neighbours(app: AppTest) -> None:
@@ -232,8 +232,8 @@ def test_compare_jaccard_matches_the_sets_shown(app: AppTest) -> None:
     for k in (3, 10):
         at.slider(key="sidebar_k").set_value(k).run()
         tables = shown_tables(at)
-        assert len(tables) == 2 and all(len(t) == k for t in tables)
-        assert len(neighbour_captions(at)) == 2 * k
+        assert len(tables) == 3 and all(len(t) == k for t in tables)
+        assert len(neighbour_captions(at)) == 3 * k
         expected = jaccard_at_k(tables[0]["item_id"], tables[1]["item_id"])
         assert metric(at, f"Jaccard@{k}") == f"{expected:.3f}"
     # Evaluation results are charted (P@k, mAP, per-class P@10).
@@ -252,10 +252,11 @@ def test_uploading_a_catalog_photo_returns_that_item_first(
     at.file_uploader(key="uploads").set_value(("mine.jpg", data, "image/jpeg")).run()
     assert not at.exception and not at.error
     tables = shown_tables(at)
-    assert len(tables) == 2  # one per extractor
+    assert len(tables) == 3  # one per extractor
     for table in tables:
         assert table["item_id"].iloc[0] == row["item_id"]
-        assert table["similarity"].iloc[0] >= 0.999
+        # The metric head's CNN part sees the photo resized from 299 px: a hair below 1.
+        assert table["similarity"].iloc[0] >= 0.99
         assert len(table) == 10
     assert metric(at, "Predicted category") in {"dress", "hat", "pants", "shoes"}
 
@@ -281,7 +282,7 @@ def test_bad_uploads_show_an_error_and_the_page_keeps_working(
     assert "broken.png" in errors[1]
     assert "huge.jpg" in errors[2] and "over the 20.0 MB upload limit" in errors[2]
     # The two good photos still get their neighbours and a category summary.
-    assert len(shown_tables(at)) == 4
+    assert len(shown_tables(at)) == 6  # 2 photos x 3 extractors
     assert any(h.value == "Top categories across 2 photos" for h in at.subheader)
     assert (
         sum(int(m.value.split()[0]) for m in at.metric if m.value.endswith(("photo", "photos")))
@@ -312,6 +313,11 @@ def test_upload_works_with_keras_inception_weights(
     model.save_weights(config.inception_weights_path)
     write_manifest(config.inception_weights_path, "weights", {"source": "keras-imagenet"}, {})
     run_embed(config, "inception_v3", progress=False)
+    # The metric head learns on the InceptionV3 vectors: new weights, new head (as `run` does).
+    from pipelines.head import run_embed_head, run_train_head
+
+    run_train_head(config)
+    run_embed_head(config)
 
     monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(artifacts))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -324,10 +330,11 @@ def test_upload_works_with_keras_inception_weights(
     at.file_uploader(key="uploads").set_value(("mine.jpg", data, "image/jpeg")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     tables = shown_tables(at)
-    assert len(tables) == 2
+    assert len(tables) == 3
     for table in tables:
         assert table["item_id"].iloc[0] == row["item_id"]
-        assert table["similarity"].iloc[0] >= 0.999
+        # The metric head's CNN part sees the photo resized from 299 px: a hair below 1.
+        assert table["similarity"].iloc[0] >= 0.99
 
 
 # --------------------------------------------------------------------------- no artifacts
@@ -504,5 +511,10 @@ def test_upload_warns_on_tiny_and_panoramic_photos(app: AppTest) -> None:
     warnings = " ".join(w.value for w in at.warning)
     assert "dot.png is only 1×1 px" in warnings
     assert "pano.png is 2000×75 px" in warnings
-    assert "Custom CNN (trained)" in " ".join(c.value for c in at.caption)
+    # The page names the model that predicts the category (the classify stage's choice).
+    import re
+
+    named = [re.fullmatch(r"Category by the (.+) classifier\.", c.value) for c in at.caption]
+    models = {m.group(1) for m in named if m}
+    assert len(models) == 1 and "None" not in models, models
     assert len(at.expander) >= 2  # each photo's results collapse
