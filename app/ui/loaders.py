@@ -31,11 +31,14 @@ def config() -> Config:
     return status.app_config(Config())
 
 
-def _config(artifacts_dir: str, cnn: tuple[int, int] | None = None) -> Config:
+def _config(artifacts_dir: str, cnn: tuple | None = None) -> Config:
     base = Config(artifacts_dir=Path(artifacts_dir))
     if cnn is None:
         return base
-    return base.replace(cnn_image_size=cnn[0], cnn_embedding_dim=cnn[1])
+    # (cnn image size, cnn width[, InceptionV3 weights source]): the settings `app_config`
+    # read from the manifests, so live uploads use the weights the catalog was embedded with.
+    weights = {"inception_weights": cnn[2]} if len(cnn) > 2 else {}
+    return base.replace(cnn_image_size=cnn[0], cnn_embedding_dim=cnn[1], **weights)
 
 
 # --------------------------------------------------------------------------- tables
@@ -185,7 +188,7 @@ def _keep_kernels_across_reruns() -> None:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _extractor(artifacts_dir: str, name: str, cnn: tuple[int, int], weights_sha: str) -> Any:
+def _extractor(artifacts_dir: str, name: str, cnn: tuple, weights_sha: str) -> Any:
     from pipelines.extractors import get_extractor
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
@@ -208,13 +211,13 @@ def model_sha(cfg: Config, name: str) -> str:
 
 def extractor(cfg: Config, name: str) -> Any:
     """One extractor, loaded once and warmed up (the heatmap needs only the page's one)."""
-    cnn = (cfg.cnn_image_size, cfg.cnn_embedding_dim)
+    cnn = (cfg.cnn_image_size, cfg.cnn_embedding_dim, cfg.inception_weights)
     return _extractor(str(cfg.artifacts_dir), name, cnn, sha(_model_file(cfg, name)))
 
 
 def extractors(cfg: Config) -> dict[str, Any]:
     """Both extractors, loaded once and warmed up: {name: Extractor}."""
-    cnn = (cfg.cnn_image_size, cfg.cnn_embedding_dim)
+    cnn = (cfg.cnn_image_size, cfg.cnn_embedding_dim, cfg.inception_weights)
     return {
         name: _extractor(str(cfg.artifacts_dir), name, cnn, sha(_model_file(cfg, name)))
         for name in cfg.extractors_built()
@@ -231,7 +234,7 @@ def upload_embedding(cfg: Config, name: str, data: bytes) -> upload.UploadEmbedd
     """One uploaded photo embedded by both extractors (cached on its name and bytes, so a
     widget change does not embed it again)."""
     key = (
-        (cfg.cnn_image_size, cfg.cnn_embedding_dim),
+        (cfg.cnn_image_size, cfg.cnn_embedding_dim, cfg.inception_weights),
         *(sha(_model_file(cfg, name)) for name in cfg.extractors_built()),
     )
     return _upload(name, data, str(cfg.artifacts_dir), key)
