@@ -212,7 +212,7 @@ def _source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         dest="source_format",
-        default="auto",
+        default=None,
         help=f"layout of --source: {', '.join(SOURCE_FORMATS)} (default: auto-detect)",
     )
 
