@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import artifacts, embed, embed_ray
+from pipelines import artifacts, embed, embed_ray, ray_session
 from pipelines.catalog import load_catalog, run_catalog
 from pipelines.cli import build_parser
 from pipelines.config import REPO_ROOT, Config
@@ -58,7 +58,7 @@ def _descendants(pid: int) -> set[int]:
 def ray_up() -> Iterator[None]:
     """One local Ray for the module; afterwards it is shut down and no process of it is left."""
     before = _descendants(os.getpid())
-    with embed_ray.ray_session(Config()):
+    with ray_session.ray_session(Config()):
         yield
     leftover = _descendants(os.getpid()) - before
     for _ in range(60):  # Ray's processes exit within a few seconds of ray.shutdown()
@@ -304,12 +304,12 @@ def test_actor_pool_size_follows_the_settings_and_the_cluster() -> None:
 def test_ray_not_installed_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
     with pytest.raises(LookalikeError, match=r"pip install 'ray\[data\]==2\.60\.0'"):
-        embed_ray.import_ray()
+        ray_session.import_ray()
 
 
 def test_a_malformed_address_is_refused_before_ray_starts() -> None:
     with pytest.raises(LookalikeError, match="--address must be HOST:PORT"):
-        embed_ray._check_reachable("my-cluster")
+        ray_session._check_reachable("my-cluster")
 
 
 def test_unreachable_address_is_one_clear_line_from_the_cli(catalog_config: Config) -> None:
