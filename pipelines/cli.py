@@ -22,7 +22,7 @@ def _catalog(config: Config, args: argparse.Namespace) -> Any:
 def _check_engine(args: argparse.Namespace) -> None:
     """Before any stage runs: with --engine ray, Ray is installed and --address answers."""
     if args.engine == "ray":
-        from pipelines.embed_ray import preflight
+        from pipelines.ray_session import preflight
 
         preflight(args.address)
     elif args.address:
