@@ -113,7 +113,10 @@ def main() -> None:
         for title, heading, name in PAGES:
             if name not in args.pages:
                 continue
-            page.locator('[data-testid="stSidebarNavLink"]').filter(has_text=title).click()
+            # Exact text: "Map" is also part of "Photo map".
+            page.locator('[data-testid="stSidebarNavLink"]').filter(
+                has=page.get_by_text(title, exact=True)
+            ).click()
             page.get_by_role("heading", name=heading, level=1).wait_for()
             if name == "map":
                 _select_a_box(page)

@@ -272,6 +272,8 @@ def map_figure(
         },
         dragmode=dragmode,
         hovermode="closest",
+        # A vertical toolbar down the right edge never covers the legend band on top.
+        modebar={"orientation": "v"},
         # Keeps zoom and legend state across reruns of the same map.
         uirevision="map",
     )

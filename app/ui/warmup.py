@@ -7,6 +7,8 @@ One build per process and set of model files: every session shares the result th
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,6 +64,10 @@ def _names(cfg: Config) -> tuple[str, ...]:
 def _run(cfg: Config, build: Build) -> None:
     from app.ui.widgets import EXTRACTOR_NAMES
 
+    # A lower priority for this thread (and the TensorFlow threads it starts): the pages
+    # the user is browsing meanwhile come first.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     try:
         for name in build.names:
             build.current = EXTRACTOR_NAMES.get(name, name)
