@@ -60,6 +60,18 @@ def _clusters(config: Config, args: argparse.Namespace) -> Any:
     return run_clusters(config, args.extractor, force=args.force)
 
 
+def _mosaic(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.mosaic import run_mosaic
+
+    return run_mosaic(config, args.extractor, force=args.force)
+
+
+def _health(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.health import run_health
+
+    return run_health(config, args.extractor, force=args.force)
+
+
 def _evaluate(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.evaluate import format_report, run_evaluate
 
@@ -250,6 +262,17 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
     "clusters": (
         "k-means clusters per extractor into artifacts/clusters/",
         _clusters,
+        [_extractors],
+    ),
+    "mosaic": (
+        "the photo map: every thumbnail on a grid laid out by each map, into artifacts/mosaic/",
+        _mosaic,
+        [_extractors],
+    ),
+    "health": (
+        "near-duplicates, likely-mislabelled items and outliers per extractor into "
+        "artifacts/health/",
+        _health,
         [_extractors],
     ),
     "evaluate": (
