@@ -202,38 +202,20 @@ def run_embed(
     key = artifacts.stage_key(STAGE, params, inputs)[:16]
     writer = ChunkWriter(out, key, n, config.chunk_size, force)
     if writer.done:
-        print(
-            f"embed {extractor}: resuming, {len(writer.done)} of {len(writer.bounds)} chunks done"
-        )
+        done, total = len(writer.done), len(writer.bounds)
+        print(f"embed {extractor}: resuming, {done} of {total} chunks already done")
     rows = writer.rows_todo()
-    step = _model_step(ext, wants_categories)
-    forward_s = 0.0
     bar = tqdm(
         total=n, initial=n - len(rows), desc=f"embed {extractor}", unit="img", disable=not progress
     )
-    engine_stats: dict[str, Any] = {}
     with bar:
         if engine == "ray":
-            from pipelines.embed_ray import RayStats, embedded_batches
-
-            stats = RayStats()
-            batches = embedded_batches(
-                config, extractor, catalog, rows, wants_categories, address, stats
+            forward_s, engine_stats = _embed_on_ray(
+                config, extractor, catalog, rows, wants_categories, address, writer, bar
             )
-            # closing: a failed write stops Ray's actors now, not when the generator is freed.
-            with contextlib.closing(batches):
-                for emb, probs in batches:
-                    writer.add(emb, probs)
-                    bar.update(len(emb))
-            forward_s = sum(stats.busy_s_per_actor.values()) / max(stats.actors, 1)
-            engine_stats = stats.summary()
         else:
-            for _index, pixels in pixel_stream(catalog, rows, ext.input_size, config):
-                t0 = time.perf_counter()
-                emb, probs = step(pixels)
-                forward_s += time.perf_counter() - t0
-                writer.add(emb, probs)
-                bar.update(len(pixels))
+            step = _model_step(ext, wants_categories)
+            forward_s, engine_stats = _embed_locally(config, ext, catalog, rows, step, writer, bar)
 
     embeddings = writer.assemble()
     if embeddings.shape != (n, ext.dim):
@@ -247,20 +229,10 @@ def run_embed(
         _write_categories(config, catalog, writer.assemble(".probs"), ext, params, inputs)
         wrote.append(config.categories_path)
     seconds = time.perf_counter() - start
-    embedded = len(rows)
-    summary = {
-        "skipped": False,
-        "rows": n,
-        "embedded": embedded,
-        "seconds": round(seconds, 2),
-        "images_per_s": round(embedded / seconds, 2) if embedded else None,
-        "forward_share": round(forward_s / seconds, 3) if embedded else None,
-        "engine": engine,
-        **engine_stats,
-    }
+    summary = _run_summary(n, len(rows), seconds, forward_s, engine, engine_stats)
     artifacts.write_manifest(out, STAGE, params, inputs, extra={"run": summary, "dim": ext.dim})
     writer.remove()
-    rate = f"{summary['images_per_s']} img/s" if embedded else "all chunks were done"
+    rate = f"{summary['images_per_s']} img/s" if len(rows) else "all chunks were done"
     print(f"embed {extractor}: {n} rows x {ext.dim} dims, {rate}, {seconds:.1f} s")
     return StageResult(
         STAGE,
@@ -270,6 +242,67 @@ def run_embed(
         note=rate,
         details={"extractor": extractor, **summary},
     )
+
+
+def _embed_locally(
+    config: Config,
+    ext: Extractor,
+    catalog: pd.DataFrame,
+    rows: np.ndarray,
+    step: Any,
+    writer: ChunkWriter,
+    bar: tqdm,
+) -> tuple[float, dict[str, Any]]:
+    """The local engine: `pixel_stream` -> model step -> writer. Returns (seconds in the model
+    step, engine facts for the manifest)."""
+    forward_s = 0.0
+    for _index, pixels in pixel_stream(catalog, rows, ext.input_size, config):
+        t0 = time.perf_counter()
+        emb, probs = step(pixels)
+        forward_s += time.perf_counter() - t0
+        writer.add(emb, probs)
+        bar.update(len(pixels))
+    return forward_s, {}
+
+
+def _embed_on_ray(
+    config: Config,
+    extractor: str,
+    catalog: pd.DataFrame,
+    rows: np.ndarray,
+    wants_categories: bool,
+    address: str | None,
+    writer: ChunkWriter,
+    bar: tqdm,
+) -> tuple[float, dict[str, Any]]:
+    """The Ray engine (`pipelines.embed_ray`) feeding the same writer. Returns (mean busy
+    seconds per actor, the engine's stats for the manifest)."""
+    from pipelines.embed_ray import RayStats, embedded_batches
+
+    stats = RayStats()
+    batches = embedded_batches(config, extractor, catalog, rows, wants_categories, address, stats)
+    # closing: a failed write stops Ray's actors now, not when the generator is freed.
+    with contextlib.closing(batches):
+        for emb, probs in batches:
+            writer.add(emb, probs)
+            bar.update(len(emb))
+    return sum(stats.busy_s_per_actor.values()) / max(stats.actors, 1), stats.summary()
+
+
+def _run_summary(
+    n: int, embedded: int, seconds: float, forward_s: float, engine: str, stats: dict[str, Any]
+) -> dict[str, Any]:
+    """The embed run's record in the manifest: rows, throughput, model share, engine."""
+    return {
+        "skipped": False,
+        "rows": n,
+        "embedded": embedded,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(embedded / seconds, 2) if embedded else None,
+        "forward_share": round(forward_s / seconds, 3) if embedded else None,
+        "engine": engine,
+        **stats,
+    }
 
 
 def _write_categories(
