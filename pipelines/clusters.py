@@ -21,7 +21,7 @@ from pipelines.artifacts import (
 )
 from pipelines.config import Config
 from pipelines.readers import read_catalog, read_embeddings
-from pipelines.stage import StageResult, per_extractor
+from pipelines.stage import StageResult, note_of, per_extractor, written
 
 STAGE = "clusters"
 # k-means restarts: a few suffice on unit vectors and keep 2 cores busy for seconds, not minutes.
@@ -147,9 +147,9 @@ def run_clusters(
         name: _cluster_one(config, name, item_ids, labels, catalog_hash, force)
         for name in dict.fromkeys(extractors)
     }
-    return per_extractor(
-        STAGE, results, len(item_ids), time.perf_counter() - began, _PATHS, "purity"
-    )
+    wrote, note = written(results, _PATHS), note_of(results, "purity")
+    seconds = time.perf_counter() - began
+    return per_extractor(STAGE, results, len(item_ids), seconds, wrote, note)
 
 
 _PATHS = ("path", "summary_path", "centroids_path")

@@ -15,7 +15,7 @@ from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_p
 from pipelines.browse import HEALTH_KINDS
 from pipelines.config import EXTRACTORS, Config
 from pipelines.readers import read_catalog, read_embeddings
-from pipelines.stage import StageResult
+from pipelines.stage import StageResult, per_extractor
 
 STAGE = "health"
 # Rows of the similarity matrix computed at once: 1,024 x 3,781 float32 is 15 MB.
@@ -185,15 +185,7 @@ def likely_mislabelled(
         )
     table = pd.DataFrame(
         records,
-        columns=[
-            "row",
-            "label",
-            "suggested",
-            "evidence",
-            "own_share",
-            "suggested_share",
-            "mean_similarity",
-        ],
+        columns=["row", *MISLABELLED_COLUMNS[1:]],
     )
     return table.sort_values(
         ["evidence", "mean_similarity", "row"], ascending=[False, False, True], kind="stable"
@@ -309,18 +301,11 @@ def run_health(
             f"health {name}: {len(duplicates)} near-duplicate pairs >= {floor:.3f}, "
             f"{len(mislabelled)} likely mislabelled"
         )
-    return StageResult(
-        STAGE,
-        wrote=tuple(wrote),
-        rows=len(ids),
-        seconds=time.perf_counter() - began,
-        skipped=bool(details) and all(d["skipped"] for d in details.values()),
-        note=", ".join(
-            f"{name} {d.get('duplicates')} pairs, {d.get('mislabelled')} mislabelled"
-            for name, d in details.items()
-        ),
-        details=details,
+    note = ", ".join(
+        f"{name} {d.get('duplicates')} pairs, {d.get('mislabelled')} mislabelled"
+        for name, d in details.items()
     )
+    return per_extractor(STAGE, details, len(ids), time.perf_counter() - began, wrote, note)
 
 
 _COUNTS = ("floor", "duplicates", "mislabelled")

@@ -16,7 +16,7 @@ from sklearn.manifold import trustworthiness
 from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_parquet
 from pipelines.config import EXTRACTORS, Config
 from pipelines.readers import read_catalog, read_embeddings
-from pipelines.stage import StageResult, per_extractor
+from pipelines.stage import StageResult, note_of, per_extractor, written
 
 STAGE = "maps"
 # Every other extractor's map is rotated onto this one so an item sits in a similar place on both.
@@ -178,9 +178,9 @@ def run_maps(
     ordered = sorted(dict.fromkeys(extractors), key=lambda name: name != REFERENCE)
     began = time.perf_counter()
     results = {name: _one_map(config, name, item_ids, catalog_hash, force) for name in ordered}
-    return per_extractor(
-        STAGE, results, len(catalog), time.perf_counter() - began, ("path",), "trustworthiness"
-    )
+    wrote, note = written(results, ("path",)), note_of(results, "trustworthiness")
+    seconds = time.perf_counter() - began
+    return per_extractor(STAGE, results, len(catalog), seconds, wrote, note)
 
 
 def _reference(

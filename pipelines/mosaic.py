@@ -23,7 +23,7 @@ from pipelines.artifacts import (
 )
 from pipelines.config import EXTRACTORS, Config
 from pipelines.readers import read_catalog
-from pipelines.stage import StageResult
+from pipelines.stage import StageResult, per_extractor
 
 STAGE = "mosaic"
 # Cells per item: a little slack lets crowded regions spread without drifting far.
@@ -171,12 +171,5 @@ def run_mosaic(
         wrote += [image_path, cells_path]
         details[name] = {"skipped": False, "cols": cols, "rows": rows, "tile": config.mosaic_tile}
         print(f"mosaic {name}: {len(ids)} photos on a {cols} x {rows} grid -> {image_path}")
-    return StageResult(
-        STAGE,
-        wrote=tuple(wrote),
-        rows=len(ids),
-        seconds=time.perf_counter() - began,
-        skipped=bool(details) and all(d["skipped"] for d in details.values()),
-        note=", ".join(f"{n} {d.get('cols')}x{d.get('rows')}" for n, d in details.items()),
-        details=details,
-    )
+    note = ", ".join(f"{n} {d.get('cols')}x{d.get('rows')}" for n, d in details.items())
+    return per_extractor(STAGE, details, len(ids), time.perf_counter() - began, wrote, note)

@@ -49,26 +49,32 @@ def per_extractor(
     parts: dict[str, dict[str, Any]],
     rows: int,
     seconds: float,
-    path_keys: Sequence[str],
-    note_key: str,
+    wrote: Sequence[Path],
+    note: str,
 ) -> StageResult:
-    """One result for a stage that runs per extractor (maps, clusters).
+    """One result for a stage that runs per extractor (maps, clusters, mosaic, health):
+    skipped only when it had extractors and every one of them was up to date.
 
-    `parts` maps each extractor to its row: "skipped", the paths under `path_keys`, and the
-    number under `note_key` (e.g. "purity") that the run table shows per extractor.
+    `parts` maps each extractor to its row of the result's details (with "skipped").
     """
     return StageResult(
         stage,
-        wrote=tuple(
-            Path(part[key]) for part in parts.values() if not part["skipped"] for key in path_keys
-        ),
+        wrote=tuple(wrote),
         rows=rows,
         seconds=seconds,
-        skipped=all(part["skipped"] for part in parts.values()),
-        note=", ".join(
-            f"{name} {note_key} {part[note_key]:.3f}"
-            for name, part in parts.items()
-            if part.get(note_key) is not None
-        ),
+        skipped=bool(parts) and all(part["skipped"] for part in parts.values()),
+        note=note,
         details=parts,
     )
+
+
+def note_of(parts: dict[str, dict[str, Any]], key: str) -> str:
+    """ "name key 0.948, ..." for the extractors whose row has a number under `key`."""
+    return ", ".join(
+        f"{name} {key} {part[key]:.3f}" for name, part in parts.items() if part.get(key) is not None
+    )
+
+
+def written(parts: dict[str, dict[str, Any]], keys: Sequence[str]) -> list[Path]:
+    """The paths under `keys` of every part that was not skipped."""
+    return [Path(part[k]) for part in parts.values() if not part["skipped"] for k in keys]
