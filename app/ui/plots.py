@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,9 +96,88 @@ def map_figure(
     (figure, item ids of each trace in figure order; None for traces that are not
     selectable items). Every item trace carries its ids as customdata too.
     """
-    traces: list[dict] = []
-    trace_ids: list[list[str] | None] = []
+    ids = points["item_id"].to_numpy(dtype=object)
+    labels = points["label"].fillna("").astype(str).to_numpy()
+    xs, ys = points["x"].to_numpy(), points["y"].to_numpy()
+    out = _Traces()
+    keep = np.ones(len(points), bool)
+    if len(shown_labels):
+        keep = np.isin(labels, [str(label) for label in shown_labels])
+        hidden = np.flatnonzero(~keep)
+        marker = {"size": 4, "color": FILTERED_COLOUR, "opacity": 0.6}
+        out.add(_markers(xs[hidden], ys[hidden], "filtered out", marker))
     highlighted = query is not None or len(neighbours) > 0 or len(extra) > 0
+    _add_groups(out, points, color_by, keep, highlighted)
+
+    position = {item: row for row, item in enumerate(ids)}
+    chosen = [position[s] for s in selected if s in position]
+    if chosen:
+        ring = {
+            "size": 10,
+            "color": "rgba(0,0,0,0)",
+            "line": {"color": SELECTED_COLOUR, "width": 1.5},
+        }
+        out.add(_markers(xs[chosen], ys[chosen], "selected", ring))
+    neighbour_rows = [position[n] for n in neighbours if n in position]
+    q = position.get(query) if query is not None else None
+    if q is not None and neighbour_rows:
+        out.add(_query_lines(xs, ys, q, neighbour_rows))
+    if neighbour_rows:
+        ring = {
+            "size": 11,
+            "color": "rgba(0,0,0,0)",
+            "line": {"color": NEIGHBOUR_COLOUR, "width": 2},
+        }
+        hover = [f"#{i + 1} {labels[r]} · {ids[r]}" for i, r in enumerate(neighbour_rows)]
+        trace = _markers(xs[neighbour_rows], ys[neighbour_rows], "neighbours", ring, hover)
+        out.add(trace, [str(ids[r]) for r in neighbour_rows], ids[neighbour_rows])
+    if q is not None:
+        star = {"size": 17, "symbol": "star", "color": QUERY_COLOUR}
+        trace = _markers([xs[q]], [ys[q]], "query", star, [f"query: {labels[q]} · {ids[q]}"])
+        out.add(trace, [str(ids[q])], [ids[q]])
+    if extra:
+        out.add(_uploads_trace(extra))
+    # One figure from the whole list, unvalidated: add_trace re-validates every earlier trace
+    # each time, and validating 3,781-point arrays costs more than drawing them. The shapes
+    # here are fixed; the page tests check the figure the browser receives.
+    fig = go.Figure(data=out.traces, _validate=False)
+    _map_layout(fig, height, title, dragmode)
+    return fig, out.ids
+
+
+class _Traces:
+    """The traces of a map in figure order, with the item ids of each (None: not items)."""
+
+    def __init__(self) -> None:
+        self.traces: list[dict] = []
+        self.ids: list[list[str] | None] = []
+
+    def add(self, trace: dict, ids: list[str] | None = None, customdata: Any = None) -> None:
+        if customdata is not None:
+            trace["customdata"] = customdata
+        self.traces.append(trace)
+        self.ids.append(ids)
+
+
+def _ring(size: int, colour: str, width: float) -> dict:
+    """A hollow circle marker (selections, neighbours)."""
+    return {"size": size, "color": "rgba(0,0,0,0)", "line": {"color": colour, "width": width}}
+
+
+def _markers(x: Any, y: Any, name: str, marker: dict, hover: list[str] | None = None) -> dict:
+    """A WebGL marker trace; hover text when given, none otherwise."""
+    trace = dict(type="scattergl", x=x, y=y, mode="markers", name=name, marker=marker)
+    if hover is None:
+        trace["hoverinfo"] = "skip"
+    else:
+        trace.update(hovertext=hover, hoverinfo="text")
+    return trace
+
+
+def _add_groups(
+    out: _Traces, points: pd.DataFrame, color_by: str, keep: np.ndarray, highlighted: bool
+) -> None:
+    """One selectable trace per colour group (test points drawn over train points)."""
     ids = points["item_id"].to_numpy(dtype=object)
     labels = points["label"].fillna("").astype(str).to_numpy()
     xs, ys = points["x"].to_numpy(), points["y"].to_numpy()
@@ -107,156 +187,63 @@ def map_figure(
         rank = np.zeros(len(points))
     values = _values(points, color_by)
     colours = group_colours(points, color_by)
-    keep = np.ones(len(points), bool)
-    if len(shown_labels):
-        keep = np.isin(labels, [str(label) for label in shown_labels])
-        hidden = np.flatnonzero(~keep)
-        traces.append(
-            dict(
-                type="scattergl",
-                x=xs[hidden],
-                y=ys[hidden],
-                mode="markers",
-                name="filtered out",
-                hoverinfo="skip",
-                marker={"size": 4, "color": FILTERED_COLOUR, "opacity": 0.6},
-            )
-        )
-        trace_ids.append(None)
     for name in _group_names(values):
         rows = np.flatnonzero((values == name) & keep)
         if len(rows) == 0:
             continue
         rows = rows[np.argsort(rank[rows], kind="stable")]
+        marker = {"size": 6, "color": colours[name], "opacity": 0.35 if highlighted else 0.8}
+        trace = _markers(xs[rows], ys[rows], name, marker)
         # Coloured by label, the trace's name is the label: a template saves sending a hover
         # string per point (half of a 3,781-point map's payload).
-        hover = (
-            {"hovertemplate": "%{fullData.name} · %{customdata}<extra></extra>"}
-            if color_by == "label"
-            else {"hovertext": [f"{labels[r]} · {ids[r]}" for r in rows], "hoverinfo": "text"}
-        )
-        traces.append(
-            dict(
-                type="scattergl",
-                x=xs[rows],
-                y=ys[rows],
-                mode="markers",
-                name=name,
-                customdata=ids[rows],
-                **hover,
-                marker={
-                    "size": 6,
-                    "color": colours[name],
-                    "opacity": 0.35 if highlighted else 0.8,
-                },
-            )
-        )
-        trace_ids.append([str(v) for v in ids[rows]])
+        trace.pop("hoverinfo")
+        if color_by == "label":
+            trace["hovertemplate"] = "%{fullData.name} · %{customdata}<extra></extra>"
+        else:
+            trace.update(hovertext=[f"{labels[r]} · {ids[r]}" for r in rows], hoverinfo="text")
+        out.add(trace, [str(v) for v in ids[rows]], ids[rows])
 
-    position = {item: row for row, item in enumerate(ids)}
-    chosen = [position[s] for s in selected if s in position]
-    if chosen:
-        traces.append(
-            dict(
-                type="scattergl",
-                x=xs[chosen],
-                y=ys[chosen],
-                mode="markers",
-                name="selected",
-                hoverinfo="skip",
-                marker={
-                    "size": 10,
-                    "color": "rgba(0,0,0,0)",
-                    "line": {"color": SELECTED_COLOUR, "width": 1.5},
-                },
-            )
-        )
-        trace_ids.append(None)
-    neighbour_rows = [position[n] for n in neighbours if n in position]
-    if query is not None and query in position and neighbour_rows:
-        q = position[query]
-        line_x: list[float | None] = []
-        line_y: list[float | None] = []
-        for r in neighbour_rows:
-            line_x += [float(xs[q]), float(xs[r]), None]
-            line_y += [float(ys[q]), float(ys[r]), None]
-        traces.append(
-            dict(
-                type="scattergl",
-                x=line_x,
-                y=line_y,
-                mode="lines",
-                name="query → neighbours",
-                line={"color": NEIGHBOUR_COLOUR, "width": 1},
-                opacity=0.6,
-                hoverinfo="skip",
-                showlegend=False,
-            )
-        )
-        trace_ids.append(None)
-    if neighbour_rows:
-        traces.append(
-            dict(
-                type="scattergl",
-                x=xs[neighbour_rows],
-                y=ys[neighbour_rows],
-                mode="markers",
-                name="neighbours",
-                customdata=ids[neighbour_rows],
-                hovertext=[
-                    f"#{i + 1} {labels[r]} · {ids[r]}" for i, r in enumerate(neighbour_rows)
-                ],
-                hoverinfo="text",
-                marker={
-                    "size": 11,
-                    "color": "rgba(0,0,0,0)",
-                    "line": {"color": NEIGHBOUR_COLOUR, "width": 2},
-                },
-            )
-        )
-        trace_ids.append([str(ids[r]) for r in neighbour_rows])
-    if query is not None and query in position:
-        q = position[query]
-        traces.append(
-            dict(
-                type="scattergl",
-                x=[xs[q]],
-                y=[ys[q]],
-                mode="markers",
-                name="query",
-                customdata=[ids[q]],
-                hovertext=[f"query: {labels[q]} · {ids[q]}"],
-                hoverinfo="text",
-                marker={"size": 17, "symbol": "star", "color": QUERY_COLOUR},
-            )
-        )
-        trace_ids.append([str(ids[q])])
-    if extra:
-        traces.append(
-            dict(
-                type="scattergl",
-                x=[e[1] for e in extra],
-                y=[e[2] for e in extra],
-                mode="markers+text",
-                name="uploads",
-                text=[e[0] for e in extra],
-                textposition="top center",
-                hovertext=[f"upload: {e[0]}" for e in extra],
-                hoverinfo="text",
-                marker={
-                    "size": 15,
-                    "symbol": "diamond",
-                    "color": UPLOAD_COLOUR,
-                    "line": {"color": "#000", "width": 1},
-                },
-            )
-        )
-        trace_ids.append(None)
 
-    # One figure from the whole list, unvalidated: add_trace re-validates every earlier trace
-    # each time, and validating 3,781-point arrays costs more than drawing them. The shapes
-    # here are fixed; the page tests check the figure the browser receives.
-    fig = go.Figure(data=traces, _validate=False)
+def _query_lines(xs: np.ndarray, ys: np.ndarray, q: int, rows: list[int]) -> dict:
+    """Thin lines from the query to each neighbour, one trace with gaps between them."""
+    line_x: list[float | None] = []
+    line_y: list[float | None] = []
+    for r in rows:
+        line_x += [float(xs[q]), float(xs[r]), None]
+        line_y += [float(ys[q]), float(ys[r]), None]
+    return dict(
+        type="scattergl",
+        x=line_x,
+        y=line_y,
+        mode="lines",
+        name="query → neighbours",
+        line={"color": NEIGHBOUR_COLOUR, "width": 1},
+        opacity=0.6,
+        hoverinfo="skip",
+        showlegend=False,
+    )
+
+
+def _uploads_trace(extra: Sequence[tuple[str, float, float]]) -> dict:
+    """Uploaded photos placed on the map: named orange diamonds."""
+    marker = {
+        "size": 15,
+        "symbol": "diamond",
+        "color": UPLOAD_COLOUR,
+        "line": {"color": "#000", "width": 1},
+    }
+    trace = _markers([e[1] for e in extra], [e[2] for e in extra], "uploads", marker)
+    trace.update(
+        mode="markers+text",
+        text=[e[0] for e in extra],
+        textposition="top center",
+        hovertext=[f"upload: {e[0]}" for e in extra],
+        hoverinfo="text",
+    )
+    return trace
+
+
+def _map_layout(fig: go.Figure, height: int, title: str | None, dragmode: str) -> None:
     fig.update_layout(
         height=height,
         title=title,
@@ -279,7 +266,6 @@ def map_figure(
     )
     fig.update_xaxes(showticklabels=False, title=None)
     fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x", scaleratio=1)
-    return fig, trace_ids
 
 
 def photo_map_figure(
