@@ -438,7 +438,7 @@ def test_hovering_a_point_shows_its_photo(page) -> None:
             page.mouse.move(target["x"], target["y"], steps=3)
             return preview.count() == 1 and preview.is_visible()
 
-        wait_until(hovered, bool, 30, "no photo appeared on hover")
+        wait_until(hovered, bool, 90, "no photo appeared on hover")
         expect(preview).to_have_attribute("data-item", target["id"])
         image = preview.evaluate("(el) => getComputedStyle(el).backgroundImage")
         assert image.startswith('url("data:image/jpeg;base64,'), image[:60]

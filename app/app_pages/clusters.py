@@ -66,12 +66,6 @@ with right:
     st.subheader(f"Cluster {cluster}: {browse.plural(len(items), 'item')}")
     st.caption("Nearest the cluster's centre first.")
     shown = items.head(DETAIL_LIMIT)
-    widgets.thumbnail_grid(
-        shown,
-        [widgets.caption(r) for r in shown[["label"]].to_dict("records")],
-        limit=DETAIL_LIMIT,
-        pick=widgets.find_lookalikes,
-        key="cluster",
-    )
+    widgets.lookalike_grid(shown, DETAIL_LIMIT, "cluster")
     if len(items) > DETAIL_LIMIT:
         st.caption(f"Showing the {DETAIL_LIMIT} most central of {len(items):,}; the CSV has all.")

@@ -77,14 +77,7 @@ for column, name in zip(columns, EXTRACTORS, strict=True):
         figure, trace_ids = plots.map_figure(
             maps[name], "label", query=query_id, neighbours=table["item_id"].tolist(), height=520
         )
-        st.session_state[f"compare_map_{name}_traces"] = trace_ids
-        st.plotly_chart(
-            figure,
-            on_select="rerun",
-            selection_mode="points",
-            key=f"compare_map_{name}",
-            width="stretch",
-        )
+        widgets.pick_map(figure, trace_ids, f"compare_map_{name}")
 
 hover.photo_hover(cfg, settings.extractor)
 st.caption("Click a point on either map to compare from it; hover for its photo.")

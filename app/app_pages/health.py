@@ -3,6 +3,10 @@ neighbours mostly carry another label, and outliers (written by the health stage
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
 import streamlit as st
 
 from app.ui import loaders, widgets
@@ -40,6 +44,24 @@ def _photo(item: str, caption: str, key: str) -> None:
         args=(item,),
         width="stretch",
     )
+
+
+def _csv(table: pd.DataFrame, columns: list[str], name: str, key: str) -> None:
+    """A CSV download of a health list: the catalog columns plus the list's own `columns`."""
+    widgets.csv_download(
+        browse.export_table(table, catalog).merge(table[["item_id", *columns]], on="item_id"),
+        f"{name}-{settings.extractor}",
+        key=f"health_{key}_csv",
+    )
+
+
+def _grid(table: pd.DataFrame, caption_of: Callable[[Any], str], key: str) -> None:
+    """The rows' photos, five to a row, each captioned and with "Open in Search"."""
+    for start in range(0, len(table), 5):
+        cells = st.columns(5)
+        for cell, row in zip(cells, table.iloc[start : start + 5].itertuples(), strict=False):
+            with cell:
+                _photo(row.item_id, caption_of(row), f"{key}_{row.item_id}")
 
 
 duplicates_tab, mislabelled_tab, outliers_tab = st.tabs(
@@ -86,22 +108,12 @@ with mislabelled_tab:
         f"neighbours mostly carry another label, strongest evidence first (evidence: the "
         f"other label's share of the neighbours' similarity-weighted votes minus its own)."
     )
-    for start in range(0, min(SHOWN, len(wrong)), 5):
-        cells = st.columns(5)
-        for cell, row in zip(cells, wrong.iloc[start : start + 5].itertuples(), strict=False):
-            with cell:
-                _photo(
-                    row.item_id,
-                    f"{row.label} → {row.suggested}? · {row.evidence:.2f}",
-                    f"wrong_{row.item_id}",
-                )
-    widgets.csv_download(
-        browse.export_table(wrong, catalog).merge(
-            wrong[["item_id", "suggested", "evidence"]], on="item_id"
-        ),
-        f"likely-mislabelled-{settings.extractor}",
-        key="health_wrong_csv",
+    _grid(
+        wrong.head(SHOWN),
+        lambda row: f"{row.label} → {row.suggested}? · {row.evidence:.2f}",
+        "wrong",
     )
+    _csv(wrong, ["suggested", "evidence"], "likely-mislabelled", "wrong")
 
 with outliers_tab:
     outliers, _ = lists["outliers"]
@@ -109,20 +121,9 @@ with outliers_tab:
         f"The items least like anything else: lowest mean similarity to their "
         f"{cfg.health_neighbors} nearest neighbours."
     )
-    top = outliers.head(SHOWN)
-    for start in range(0, len(top), 5):
-        cells = st.columns(5)
-        for cell, row in zip(cells, top.iloc[start : start + 5].itertuples(), strict=False):
-            with cell:
-                _photo(
-                    row.item_id,
-                    f"{widgets.caption(info.loc[row.item_id])} · {row.mean_similarity:.3f}",
-                    f"outlier_{row.item_id}",
-                )
-    widgets.csv_download(
-        browse.export_table(outliers, catalog).merge(
-            outliers[["item_id", "mean_similarity", "rank"]], on="item_id"
-        ),
-        f"outliers-{settings.extractor}",
-        key="health_outliers_csv",
+    _grid(
+        outliers.head(SHOWN),
+        lambda row: f"{widgets.caption(info.loc[row.item_id])} · {row.mean_similarity:.3f}",
+        "outlier",
     )
+    _csv(outliers, ["mean_similarity", "rank"], "outliers", "outliers")

@@ -82,11 +82,5 @@ else:
     sample = browse.stratified_sample(rows, SAMPLE_SIZE)
     if len(sample) < len(rows):
         st.caption(f"Showing {len(sample)} of {len(rows):,}, drawn in proportion to their labels.")
-    widgets.thumbnail_grid(
-        sample,
-        [widgets.caption(r) for r in sample[["label"]].to_dict("records")],
-        limit=SAMPLE_SIZE,
-        pick=widgets.find_lookalikes,
-        key="map",
-    )
+    widgets.lookalike_grid(sample, SAMPLE_SIZE, "map")
     widgets.csv_download(browse.export_table(rows, catalog), "selection", key="map_csv")

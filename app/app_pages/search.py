@@ -62,14 +62,7 @@ st.subheader("On the map")
 figure, trace_ids = plots.map_figure(
     points, "label", query=query_id, neighbours=found["item_id"].tolist()
 )
-st.session_state[f"{chart_key}_traces"] = trace_ids
-st.plotly_chart(
-    figure,
-    on_select="rerun",
-    selection_mode="points",
-    key=chart_key,
-    width="stretch",
-)
+widgets.pick_map(figure, trace_ids, chart_key)
 hover.photo_hover(cfg, settings.extractor)
 st.caption(
     "★ query · red rings: its neighbours. Click any point to search from it; hover for its "

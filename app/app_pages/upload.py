@@ -123,14 +123,7 @@ if len(good) > 1:
     for tab, name in zip(map_tabs, EXTRACTORS, strict=True):
         placed = [(r.name, *r.positions[name]) for r in good if name in r.positions]
         figure, trace_ids = plots.map_figure(maps[name], "label", extra=placed, height=560)
-        st.session_state[f"upload_all_{name}_traces"] = trace_ids
-        tab.plotly_chart(
-            figure,
-            on_select="rerun",
-            selection_mode="points",
-            key=f"upload_all_{name}",
-            width="stretch",
-        )
+        widgets.pick_map(figure, trace_ids, f"upload_all_{name}", tab)
 
 show_heatmaps = heatmap.toggle("upload")
 for i, result in enumerate(good):
@@ -178,12 +171,5 @@ for i, result in enumerate(good):
                         extra=[(result.name, x, y)],
                         height=520,
                     )
-                    st.session_state[f"upload_map_{i}_{name}_traces"] = trace_ids
-                    st.plotly_chart(
-                        figure,
-                        on_select="rerun",
-                        selection_mode="points",
-                        key=f"upload_map_{i}_{name}",
-                        width="stretch",
-                    )
+                    widgets.pick_map(figure, trace_ids, f"upload_map_{i}_{name}")
 hover.photo_hover(cfg, settings.extractor)

@@ -452,3 +452,23 @@ def query_card(row: pd.Series, precision: float | None, k: int, found: int) -> N
     st.metric(f"Precision@{k}", value, help="Share of the k neighbours with the query's label.")
     if found < k:
         st.caption(f"Only {found} items in this strategy's pool.")
+
+
+def pick_map(figure: Any, trace_ids: list, key: str, container: Any = None) -> Any:
+    """A map where a click picks an item: draws `figure` and keeps its traces' item ids under
+    `<key>_traces`, where `app.ui.selection` reads them on the rerun the click causes."""
+    st.session_state[f"{key}_traces"] = trace_ids
+    return (container or st).plotly_chart(
+        figure, on_select="rerun", selection_mode="points", key=key, width="stretch"
+    )
+
+
+def lookalike_grid(items: pd.DataFrame, limit: int, key: str) -> None:
+    """Thumbnails captioned by label, each with "find lookalikes" (clusters, selections)."""
+    thumbnail_grid(
+        items,
+        [caption(r) for r in items[["label"]].to_dict("records")],
+        limit=limit,
+        pick=find_lookalikes,
+        key=key,
+    )
