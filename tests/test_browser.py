@@ -7,6 +7,7 @@ k, and the Upload page's neighbours and error messages. Screenshots go to test-o
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -16,9 +17,11 @@ import pandas as pd
 import pytest
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # require_browser() fails each test with the fix
     expect = sync_playwright = None
+    PlaywrightTimeout = TimeoutError
 
 from pipelines.config import Config
 from tests.browser_helpers import (
@@ -136,10 +139,30 @@ def set_slider(page, thumb, value: int, rounds: int = 3) -> None:
                 break
             thumb.focus()
             thumb.press("ArrowLeft" if current > value else "ArrowRight")
-            page.wait_for_timeout(50)
+            # Wait for the slider to move, not for a fixed time; a swallowed press times out
+            # quietly and the loop presses again.
+            with contextlib.suppress(PlaywrightTimeout):
+                page.wait_for_function(
+                    "([el, before]) => el.getAttribute('aria-valuetext') !== before",
+                    arg=[thumb.element_handle(), str(current)],
+                    timeout=2000,
+                )
         settle(page)
         if int(thumb.get_attribute("aria-valuetext")) == value:
             return
+
+
+# The Search grid's "find lookalikes" buttons have keys search_pick_<item id>; Streamlit puts
+# each key on its element as the class st-key-<key>.
+NEIGHBOUR_IDS_JS = """() => Array.from(document.querySelectorAll('[class*="st-key-search_pick_"]'))
+    .map((el) => (el.className.match(/st-key-search_pick_(\\S+)/) || [])[1])
+    .filter(Boolean)"""
+
+
+def neighbour_ids(page) -> list[str]:
+    """Item ids of the Search grid, in rank order (from its "find lookalikes" buttons)."""
+    ids = page.evaluate(NEIGHBOUR_IDS_JS)
+    return list(dict.fromkeys(ids))
 
 
 def expect_neighbours(page, k: int, timeout_ms: int = UI_TIMEOUT_MS) -> list[str]:
@@ -207,7 +230,9 @@ def test_map_draws_the_scatter(page, catalog: pd.DataFrame) -> None:
 def test_search_grid_follows_extractor_and_k(page) -> None:
     with step(page, "02-search-default-inception-k10"):
         open_page(page, "Search", "Search")
-        inception = expect_neighbours(page, 10)
+        expect_neighbours(page, 10)
+        inception_ids = neighbour_ids(page)
+        assert len(inception_ids) == 10
         expect(
             page.get_by_role("heading", name="10 nearest items · InceptionV3 (ImageNet) · exact")
         ).to_be_visible()
@@ -219,8 +244,10 @@ def test_search_grid_follows_extractor_and_k(page) -> None:
             page.get_by_role("heading", name="10 nearest items · Custom CNN (trained) · exact")
         ).to_be_visible()
         custom = expect_neighbours(page, 10)
-        # Same query, another embedding: other neighbours or at least other similarities.
-        assert custom != inception
+        custom_ids = neighbour_ids(page)
+        # Same query, another embedding: other neighbours (ids, not captions, which also
+        # carry similarities and would differ for the very same list).
+        assert len(custom_ids) == 10 and custom_ids != inception_ids
 
     slider = sidebar(page).locator('[data-testid="stSlider"]').filter(has_text="Neighbours (k)")
     thumb = slider.locator('input[type="range"]')
@@ -233,6 +260,7 @@ def test_search_grid_follows_extractor_and_k(page) -> None:
             ).to_be_visible()
             captions = expect_neighbours(page, k)
             assert captions == custom[:k]  # the same ranking, cut at k
+            assert neighbour_ids(page) == custom_ids[:k]
             expect(page.get_by_text(f"Precision@{k}", exact=True)).to_be_visible()
 
 
@@ -433,9 +461,14 @@ def test_hovering_a_point_shows_its_photo(page) -> None:
         preview = page.locator(f"#{PREVIEW_ID}")
 
         # The hover script attaches within a moment of the chart drawing: move until it shows.
+        # Positions are read again each time: a rerun or scroll may move the chart meanwhile.
         def hovered() -> bool:
-            page.mouse.move(target["x"] + 30, target["y"] + 30)
-            page.mouse.move(target["x"], target["y"], steps=3)
+            plot.scroll_into_view_if_needed()
+            spot = next(
+                (p for p in plot.evaluate(POINTS_JS, None) if p["id"] == target["id"]), target
+            )
+            page.mouse.move(spot["x"] + 30, spot["y"] + 30)
+            page.mouse.move(spot["x"], spot["y"], steps=3)
             return preview.count() == 1 and preview.is_visible()
 
         wait_until(hovered, bool, 90, "no photo appeared on hover")
