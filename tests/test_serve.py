@@ -4,11 +4,7 @@ key, reload after a rebuild, and the real server started as a subprocess."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pipelines import artifacts
-from pipelines.config import EXTRACTORS, REPO_ROOT, STRATEGIES, Config
+from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.readers import load_index, read_catalog
 from pipelines.serve.app import MAX_PHOTOS, create_app
 from tests.conftest import real_photos
@@ -471,42 +467,17 @@ def test_missing_artifacts_answer_503(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_server_answers_over_http(built: Config, ids: list[str], tmp_path: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "LOOKALIKE_API_KEY": KEY, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "pipelines", "serve", "--port", str(port)]
-    command += ["--artifacts", str(built.artifacts_dir)]
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log.read_text()[-2000:]
-            assert time.monotonic() < deadline, "the server did not answer /health in 180 s"
-            try:
-                health = httpx.get(f"{base}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+    # `python -m pipelines serve` in a subprocess on a free 127.0.0.1 port, stopped on exit.
+    from pipelines.serve.loadtest import running_server
+
+    with running_server(built, timeout_s=180, api_key=KEY, log_path=tmp_path / "server.log") as (
+        base,
+        _pid,
+    ):
+        health = httpx.get(f"{base}/health", timeout=2)
         assert health.json()["catalog_size"] == len(ids)
         assert httpx.get(f"{base}/items/{ids[0]}").status_code == 401
         auth = {"Authorization": f"Bearer {KEY}"}
         similar = httpx.get(f"{base}/items/{ids[0]}/similar?k=3", headers=auth)
         assert similar.status_code == 200 and len(similar.json()["results"]) == 3
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()

@@ -89,15 +89,24 @@ def rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def running_server(config: Config, embed_mode: str, timeout_s: float = 300.0):  # noqa: ANN201
+def running_server(  # noqa: ANN201 - a context manager
+    config: Config,
+    embed_mode: str = "lock",
+    timeout_s: float = 300.0,
+    api_key: str | None = None,
+    log_path: Path | None = None,
+):
     """`python -m pipelines serve` on a free loopback port; yields (base URL, pid). Always
-    stopped on exit."""
+    stopped on exit. `api_key` sets LOOKALIKE_API_KEY for the server (unset by default);
+    its output goes to `log_path` (default: the bench folder)."""
     port = _free_port()
     command = [sys.executable, "-m", "pipelines", "serve", "--host", HOST, "--port", str(port)]
     command += ["--artifacts", str(config.artifacts_dir), "--embed-mode", embed_mode]
     env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_API_KEY"}
     env["PYTHONPATH"] = str(REPO_ROOT)
-    log_path = config.bench_dir / f"api_server_{embed_mode}.log"
+    if api_key is not None:
+        env["LOOKALIKE_API_KEY"] = api_key
+    log_path = log_path or config.bench_dir / f"api_server_{embed_mode}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
