@@ -28,7 +28,7 @@ with widgets.user_errors():
     # The classifier chosen on validation (pipelines/classify.py) predicts the category, and
     # InceptionV3's similarities say when a photo is far from the whole catalog.
     category_model = classify.load_category_model(cfg)
-    far = widgets.far_check(cfg, novelty.REFERENCE) if novelty.REFERENCE in indexes else None
+    far = loaders.far_check(cfg, novelty.REFERENCE) if novelty.REFERENCE in indexes else None
 
 # A point clicked on any map here opens Search on that catalog item.
 for chart_key in [k for k in st.session_state if str(k).startswith(("upload_all_", "upload_map_"))]:

@@ -153,6 +153,19 @@ def index(cfg: Config, extractor: str) -> Index:
     return _index(str(cfg.artifacts_dir), extractor, key)
 
 
+@st.cache_data(show_spinner="Measuring how close catalog photos are to each other…", max_entries=4)
+def _far_check(_index: Index, extractor: str, key: tuple[str, ...]) -> Any:
+    from pipelines.novelty import far_check
+
+    return far_check(_index)
+
+
+def far_check(cfg: Config, extractor: str) -> Any:
+    """`pipelines.novelty.far_check` on the extractor's cached index, once per build of it."""
+    key = (sha(cfg.catalog_path), sha(cfg.embeddings_path(extractor)))
+    return _far_check(index(cfg, extractor), extractor, key)
+
+
 def _model_file(cfg: Config, extractor: str) -> Path:
     if extractor == "custom_cnn":
         return cfg.models_dir / "custom_cnn.keras"

@@ -179,20 +179,6 @@ def colour_filter(cfg: Config, catalog: pd.DataFrame, key: str) -> tuple[str | N
     return (None if choice == "any colour" else choice), values
 
 
-@st.cache_data(show_spinner="Measuring how close catalog photos are to each other…", max_entries=4)
-def _far_check(artifacts_dir: str, extractor: str, key: str) -> Any:
-    from pipelines.novelty import far_check
-    from pipelines.readers import load_index
-
-    return far_check(load_index(Config(artifacts_dir=artifacts_dir), extractor))
-
-
-def far_check(cfg: Config, extractor: str) -> Any:
-    """`pipelines.novelty.far_check` of one extractor, once per embeddings file."""
-    path = cfg.embeddings_path(extractor)
-    return _far_check(str(cfg.artifacts_dir), extractor, str(path.stat().st_mtime_ns))
-
-
 def require(cfg: Config, parts: Sequence[str], extractors: Sequence[str] | None = None) -> None:
     """Stop the page with guidance when artifacts it needs are missing (never a traceback).
 
