@@ -16,7 +16,10 @@ are exact and the PCA only affects which candidates are found.
 from __future__ import annotations
 
 import math
+import mmap
+import os
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,6 +42,25 @@ LISTS_PER_SQRT_N = 2
 # The share of the lists one query scans by default (nprobe = share * nlist).
 DEFAULT_SCAN_SHARE = 0.02
 METHODS = ("ivf", "hnsw")
+# Rows read, projected and added per step when building: 50k x 2048 float32 is 400 MB.
+CHUNK_ROWS = 50_000
+
+
+# The stage that saves large catalogs' indexes (pipelines/ann_store.py), in their manifests.
+SAVED_STAGE = "ann"
+
+
+def saved_params() -> dict[str, Any]:
+    """The settings a saved index (`pipelines.ann_store`) is built with: its manifest's
+    parameters, so changing one of them makes the saved index stale."""
+    return {
+        "method": "ivf",
+        "pca_dims": ANN_PCA_DIMS,
+        "lists_per_sqrt_n": LISTS_PER_SQRT_N,
+        "scan_share": DEFAULT_SCAN_SHARE,
+        "rerank": RERANK_FACTOR,
+        "train_points_per_list": TRAIN_POINTS_PER_LIST,
+    }
 
 
 def _faiss():  # noqa: ANN202 - the faiss module
@@ -109,12 +131,14 @@ class AnnIndex:
         seed: int = 0,
         threads: int | None = None,
     ) -> AnnIndex:
-        """Index (n, d) unit rows (float32; row i is returned as row i).
+        """Index (n, d) unit rows (row i is returned as row i).
 
         Parameters
         ----------
-        vectors : (n, d) unit rows; not copied when PCA is used (kept for exact re-ranking),
-            so do not modify them afterwards.
+        vectors : (n, d) unit rows, float32 or float16, in memory or memory-mapped
+            (`np.load(path, mmap_mode="r")`). Never copied whole: read in CHUNK_ROWS blocks to
+            build, and kept (when PCA is used) to re-rank candidates, reading only their rows.
+            Do not modify them afterwards.
         method : "ivf" (default; fast to build) or "hnsw" (slow to build, fast to query).
         pca_dims : reduce wider vectors to this many dims before indexing (only when there are
             more rows than that); None never reduces.
@@ -128,11 +152,7 @@ class AnnIndex:
         faiss = _faiss()
         if method not in METHODS:
             raise LookalikeError(f"unknown ANN method {method!r}; valid: {', '.join(METHODS)}")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) == 0:
-            raise LookalikeError(
-                f"an ANN index needs a non-empty (n, d) matrix, got shape {vectors.shape}"
-            )
+        vectors = _as_rows(vectors)
         start = time.perf_counter()
         n, d = vectors.shape
         if threads is not None:
@@ -140,18 +160,20 @@ class AnnIndex:
         rng = np.random.default_rng(seed)
 
         projection = None
-        data = vectors
         # Too few rows to pin down pca_dims directions: index the full vectors.
         if pca_dims is not None and pca_dims < min(d, n):
             projection = _pca_projection(vectors, pca_dims, rng)
-            data = _project(vectors, projection)
+        width = d if projection is None else int(projection.shape[1])
 
         if method == "hnsw":
-            index, lists = _hnsw(faiss, data, hnsw_m, ef_construction), 0
+            index, lists = _hnsw(faiss, width, hnsw_m, ef_construction), 0
         else:
             lists = nlist or round(LISTS_PER_SQRT_N * math.sqrt(n))
             lists = max(1, min(lists, n // TRAIN_POINTS_PER_LIST or 1))
-            index = _ivf(faiss, data, lists, seed, rng)
+            index = _ivf(faiss, vectors, projection, lists, seed, rng)
+        # Added chunk by chunk: a memory-mapped matrix is read once, in order, never whole.
+        for chunk in iter_chunks(vectors):
+            index.add(_prepare(chunk, projection))
         # nprobe only means something for IVF; HNSW keeps 0.
         default_probes = max(1, math.ceil(DEFAULT_SCAN_SHARE * lists))
         probes = min(lists, nprobe or default_probes) if lists else 0
@@ -166,6 +188,47 @@ class AnnIndex:
             ef_search=ef_search,
             rerank=max(1, int(rerank)),
             build_seconds=time.perf_counter() - start,
+        )
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The index as plain arrays (faiss's own serialised bytes, the PCA matrix and the
+        search settings), for `np.savez`; `from_arrays` reads them back."""
+        faiss = _faiss()
+        settings = [self.size, self.dim, self.nprobe, self.ef_search, self.rerank]
+        arrays = {
+            "faiss": faiss.serialize_index(self._index),
+            "method": np.array(self.method),
+            "settings": np.array(settings, dtype=np.int64),
+            "build_seconds": np.array(self.build_seconds),
+        }
+        if self._projection is not None:
+            arrays["projection"] = self._projection
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], vectors: np.ndarray) -> AnnIndex:
+        """An index saved with `to_arrays`, re-attached to the `vectors` it was built from
+        (memory-mapped is fine: only candidate rows are read, to re-rank)."""
+        faiss = _faiss()
+        size, dim, nprobe, ef_search, rerank = (int(v) for v in arrays["settings"])
+        vectors = _as_rows(vectors)
+        if vectors.shape != (size, dim):
+            raise LookalikeError(
+                f"the saved approximate index covers {size} x {dim} vectors, not "
+                f"{vectors.shape[0]} x {vectors.shape[1]} — rebuild it"
+            )
+        projection = arrays.get("projection")
+        return cls(
+            faiss.deserialize_index(np.asarray(arrays["faiss"], dtype=np.uint8)),
+            method=str(arrays["method"]),
+            vectors=vectors if projection is not None else None,
+            projection=None if projection is None else np.asarray(projection, np.float32),
+            size=size,
+            dim=dim,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
+            build_seconds=float(arrays["build_seconds"]),
         )
 
     @property
@@ -184,6 +247,7 @@ class AnnIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate k nearest rows of each query by cosine similarity, best first.
 
@@ -194,6 +258,8 @@ class AnnIndex:
         exclude_rows : (m,) row to leave out of each query's result (-1: none), as in
             `search.Index.search_rows`.
         nprobe, ef_search, rerank : override the build-time search effort for this call.
+        allowed : only rows whose bit is set in this bitmap may be returned (uint8, n / 8
+            bytes, `np.packbits(mask, bitorder="little")`): a search within a pool.
 
         Returns
         -------
@@ -217,10 +283,23 @@ class AnnIndex:
         want = k + (exclude is not None)
         factor = max(1, int(rerank or self.rerank)) if self._projection is not None else 1
         fetch = min(self.size, want * factor)
+        selector = None
+        if allowed is not None:
+            allowed = np.ascontiguousarray(allowed, dtype=np.uint8)
+            if len(allowed) != (self.size + 7) // 8:
+                raise LookalikeError(
+                    f"allowed must be a bitmap of {(self.size + 7) // 8} bytes for "
+                    f"{self.size} rows, got {len(allowed)}"
+                )
+            # faiss reads the bitmap in place: `allowed` outlives the search below.
+            selector = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(allowed))
         if self.method == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or self.ef_search, fetch))
+            params = faiss.SearchParametersHNSW(
+                efSearch=max(ef_search or self.ef_search, fetch), sel=selector
+            )
         else:
-            params = faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe)
+            probes = min(int(self._index.nlist), nprobe or self.nprobe)
+            params = faiss.SearchParametersIVF(nprobe=probes, sel=selector)
         searched = q if self._projection is None else _project(q, self._projection)
         sims, rows = self._index.search(searched, fetch, params=params)
         rows = rows.astype(np.int64, copy=False)
@@ -238,23 +317,116 @@ class AnnIndex:
         return rows, sims
 
 
-def _hnsw(faiss: Any, data: np.ndarray, m: int, ef_construction: int) -> Any:
-    """A faiss HNSW graph over `data` (inner product)."""
-    index = faiss.IndexHNSWFlat(data.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+def _as_rows(vectors: np.ndarray) -> np.ndarray:
+    """`vectors` as a 2-D matrix, not copied: a memory-mapped or float16 matrix stays one
+    (it is read in chunks when indexing and row by row when re-ranking)."""
+    if not isinstance(vectors, np.ndarray) or vectors.dtype not in (np.float16, np.float32):
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise LookalikeError(
+            f"an ANN index needs a non-empty (n, d) matrix, got shape {vectors.shape}"
+        )
+    return vectors
+
+
+def iter_chunks(vectors: np.ndarray, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+    """Consecutive float32 blocks of at most `rows` rows of `vectors`.
+
+    A memory-mapped .npy is read with plain file reads, not through the mapping, so building
+    over a 1M-row file does not leave the whole file mapped into this process (its RSS).
+    """
+    n = len(vectors)
+    if _is_whole_mapping(vectors):
+        with open(vectors.filename, "rb") as handle:
+            width, dtype = vectors.shape[1], vectors.dtype
+            for lo in range(0, n, rows):
+                count = (min(n, lo + rows) - lo) * width
+                handle.seek(vectors.offset + lo * width * dtype.itemsize)
+                block = np.fromfile(handle, dtype=dtype, count=count).reshape(-1, width)
+                yield block.astype(np.float32, copy=False)
+        return
+    for lo in range(0, n, rows):
+        yield np.ascontiguousarray(vectors[lo : lo + rows], dtype=np.float32)
+
+
+def _prepare(chunk: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
+    """A block of rows as the index stores them: projected (and re-normalised) under PCA."""
+    return chunk if projection is None else _project(chunk, projection)
+
+
+def _is_whole_mapping(vectors: np.ndarray) -> bool:
+    """Whether `vectors` is a whole memory-mapped file (np.load(mmap_mode="r") or np.memmap
+    itself). A slice of one keeps its parent's offset attribute, so it does not count."""
+    return (
+        isinstance(vectors, np.memmap)
+        and isinstance(vectors.base, mmap.mmap)
+        and getattr(vectors, "filename", None) is not None
+        and vectors.flags.c_contiguous
+    )
+
+
+def take_rows(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), d) float32 copy of `vectors[rows]` (rows: 1-D int, any order).
+
+    A memory-mapped file is read with one pread per distinct row instead of through the
+    mapping: touching a mapped page can map a whole large folio (up to 2 MB) into this
+    process, so 10k scattered rows of a 4 GB file showed the whole file in RSS. pread copies
+    just the row and leaves the file to the shared page cache.
+    """
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if not _is_whole_mapping(vectors):
+        return np.asarray(vectors[rows], dtype=np.float32)
+    width, dtype = vectors.shape[1], vectors.dtype
+    size = width * dtype.itemsize
+    wanted, where = np.unique(rows, return_inverse=True)
+    out = np.empty((len(wanted), width), dtype=dtype)
+    fd = os.open(vectors.filename, os.O_RDONLY)
+    try:
+        for i, row in enumerate(wanted.tolist()):
+            out[i] = np.frombuffer(os.pread(fd, size, vectors.offset + row * size), dtype=dtype)
+    finally:
+        os.close(fd)
+    return out.astype(np.float32, copy=False)[where]
+
+
+def _sample_rows(vectors: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` random rows, float32 (all of them when there are no more)."""
+    n = len(vectors)
+    if size >= n:
+        return np.concatenate(list(iter_chunks(vectors)))
+    return take_rows(vectors, rng.choice(n, size, replace=False))
+
+
+def _hnsw(faiss: Any, dim: int, m: int, ef_construction: int) -> Any:
+    """An empty faiss HNSW graph of width `dim` (inner product)."""
+    index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = ef_construction
-    index.add(data)
     return index
 
 
-def _ivf(faiss: Any, data: np.ndarray, lists: int, seed: int, rng: np.random.Generator) -> Any:
-    """A faiss IVF-Flat index over `data` (inner product), its k-means trained on a sample of
-    TRAIN_POINTS_PER_LIST rows per list."""
-    n, dim = data.shape
+def _ivf(
+    faiss: Any,
+    vectors: np.ndarray,
+    projection: np.ndarray | None,
+    lists: int,
+    seed: int,
+    rng: np.random.Generator,
+) -> Any:
+    """An empty, trained faiss IVF-Flat index (inner product), its k-means trained on a sample
+    of TRAIN_POINTS_PER_LIST rows per list."""
+    n = len(vectors)
+    dim = vectors.shape[1] if projection is None else projection.shape[1]
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
-    sample = min(n, lists * TRAIN_POINTS_PER_LIST)
-    index.train(data if sample == n else data[np.sort(rng.choice(n, sample, replace=False))])
-    index.add(data)
+    size = min(n, lists * TRAIN_POINTS_PER_LIST)
+    if size == n:
+        sample = np.concatenate([_prepare(c, projection) for c in iter_chunks(vectors)])
+    else:
+        # Read and projected in blocks: 100k rows x 2048 float32 at once would be 800 MB.
+        rows = rng.choice(n, size, replace=False)
+        blocks = [rows[i : i + CHUNK_ROWS // 4] for i in range(0, size, CHUNK_ROWS // 4)]
+        sample = np.concatenate([_prepare(take_rows(vectors, b), projection) for b in blocks])
+    index.train(sample)
     return index
 
 
@@ -267,8 +439,7 @@ def _pca_projection(vectors: np.ndarray, dims: int, rng: np.random.Generator) ->
     """
     from sklearn.utils.extmath import randomized_svd
 
-    n = len(vectors)
-    sample = vectors if n <= 10_000 else vectors[np.sort(rng.choice(n, 10_000, replace=False))]
+    sample = _sample_rows(vectors, 10_000, rng)
     _, _, vt = randomized_svd(sample, dims, n_iter=3, random_state=int(rng.integers(2**31)))
     return np.ascontiguousarray(vt.T, dtype=np.float32)
 
@@ -281,8 +452,13 @@ def _project(x: np.ndarray, projection: np.ndarray) -> np.ndarray:
 
 
 def _exact_sims(q: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(m, c) exact cosine of each query with its candidate rows (-1 -> -inf)."""
+    """(m, c) exact cosine of each query with its candidate rows (-1 -> -inf).
+
+    Only the candidate rows are read (`take_rows`); float16 rows are widened to float32
+    before the product.
+    """
     safe = np.maximum(rows, 0)
-    sims = np.einsum("md,mcd->mc", q, vectors[safe], optimize=False).astype(np.float32)
+    gathered = take_rows(vectors, safe).reshape(*safe.shape, -1)
+    sims = np.einsum("md,mcd->mc", q, gathered, optimize=False).astype(np.float32)
     sims[rows < 0] = -np.inf
     return sims

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans
 
+from pipelines import ann
 from pipelines.artifacts import (
     is_fresh,
     read_manifest,
@@ -26,6 +27,9 @@ from pipelines.stage import StageResult, note_of, per_extractor, written
 STAGE = "clusters"
 # k-means restarts: a few suffice on unit vectors and keep 2 cores busy for seconds, not minutes.
 N_INIT = 3
+# Rows per mini-batch above `Config.kmeans_full_max_items` (sklearn's default is 1024; larger
+# batches steady the centroids of 2048-d vectors at little cost).
+MINIBATCH_ROWS = 4096
 SUMMARY_COLUMNS = ["cluster", "size", "n_labelled", "top_label", "purity", "composition"]
 
 
@@ -34,14 +38,27 @@ def summary_path(config: Config, extractor: str) -> Path:
     return config.clusters_path(extractor).with_name(f"{extractor}_summary.parquet")
 
 
-def kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical-style k-means: sklearn KMeans on unit rows, then cosine assignment.
+def kmeans(
+    vectors: np.ndarray,
+    n_clusters: int,
+    seed: int,
+    *,
+    full_max_items: int | None = None,
+    sample: int = 200_000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical-style k-means: sklearn k-means on unit rows, then cosine assignment.
 
     Parameters
     ----------
-    vectors : (n, d) unit rows; on unit vectors Euclidean k-means approximates cosine k-means.
+    vectors : (n, d) unit rows (float32 or float16, in memory or memory-mapped); on unit
+        vectors Euclidean k-means approximates cosine k-means.
     n_clusters : wanted clusters, clipped to n.
     seed : fixes the initialisation, so the same inputs give the same clusters.
+    full_max_items : up to this many rows (default: any number), full-batch `KMeans` with
+        N_INIT restarts, as on the default catalog. Above it, `MiniBatchKMeans` on a random
+        sample of `sample` rows: Lloyd's k-means reads every row every iteration, which at
+        1M x 2048 is 8 GB a pass.
+    sample : rows the mini-batch k-means learns from above `full_max_items`.
 
     Returns
     -------
@@ -51,21 +68,45 @@ def kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray,
         largest first.
     centroids : (c, d) float32 unit-length centroids, c = min(n_clusters, n).
     """
-    vectors = np.asarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n == 0:
         raise ValueError("k-means needs at least one vector")
     clusters = max(1, min(int(n_clusters), n))
-    model = KMeans(n_clusters=clusters, n_init=N_INIT, random_state=seed).fit(vectors)
+    if full_max_items is None or n <= full_max_items:
+        data = np.asarray(vectors, dtype=np.float32)
+        model = KMeans(n_clusters=clusters, n_init=N_INIT, random_state=seed).fit(data)
+    else:
+        data = _sample(vectors, sample, seed)
+        model = MiniBatchKMeans(
+            n_clusters=clusters,
+            n_init=N_INIT,
+            random_state=seed,
+            batch_size=MINIBATCH_ROWS,
+        ).fit(data)
     centroids = model.cluster_centers_.astype(np.float32)
     lengths = np.linalg.norm(centroids, axis=1, keepdims=True)
     centroids /= np.where(lengths > 0, lengths, 1.0)
-    labels = np.argmax(vectors @ centroids.T, axis=1)
+    labels = assign(vectors, centroids)
     # Largest cluster first makes the app's cluster list read naturally.
     order = np.argsort(-np.bincount(labels, minlength=clusters), kind="stable")
     rank = np.empty(clusters, dtype=np.int32)
     rank[order] = np.arange(clusters, dtype=np.int32)
     return rank[labels].astype(np.int32), np.ascontiguousarray(centroids[order])
+
+
+def assign(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(n,) index of each row's most similar centroid, computed in chunks of rows."""
+    parts = [np.argmax(chunk @ centroids.T, axis=1) for chunk in ann.iter_chunks(vectors)]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def _sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` random rows of `vectors` (all when there are no more), float32."""
+    n = len(vectors)
+    if size >= n:
+        return np.concatenate(list(ann.iter_chunks(vectors)))
+    rows = np.random.default_rng(seed).choice(n, size, replace=False)
+    return ann.take_rows(vectors, rows)
 
 
 def cluster_summary(
@@ -165,9 +206,12 @@ def _cluster_one(
 ) -> dict[str, Any]:
     """k-means for one extractor (or a skip when fresh); its row of the stage's details."""
     start = time.perf_counter()
-    vectors, vectors_hash = read_embeddings(config, name, n_rows=len(item_ids))
+    vectors, vectors_hash = read_embeddings(config, name, n_rows=len(item_ids), map_large=True)
     n_clusters = min(config.n_clusters, len(vectors))
     params = {"n_clusters": n_clusters, "n_init": N_INIT, "seed": config.seed, "assign": "cosine"}
+    if len(vectors) > config.kmeans_full_max_items:
+        # Only large catalogs record these, so a small catalog's clusters stay fresh.
+        params.update(method="minibatch", sample=config.kmeans_sample, batch=MINIBATCH_ROWS)
     inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
     paths = dict(
         zip(
@@ -186,7 +230,13 @@ def _cluster_one(
         print(f"cluster {name}: up to date, skipped ({paths['path']})")
         return {**row, "skipped": True, "purity": manifest.get("purity")}
 
-    cluster_ids, centroids = kmeans(vectors, n_clusters, config.seed)
+    cluster_ids, centroids = kmeans(
+        vectors,
+        n_clusters,
+        config.seed,
+        full_max_items=config.kmeans_full_max_items,
+        sample=config.kmeans_sample,
+    )
     summary = cluster_summary(cluster_ids, None if labels is None else labels.to_numpy())
     purity = overall_purity(summary)
     extra = {"n_clusters": n_clusters, "purity": purity, "rows": len(item_ids)}

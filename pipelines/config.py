@@ -124,6 +124,15 @@ class Config:
     map_min_dist: float = 0.1
     # k-means clusters per extractor (the catalog has 10 classes).
     n_clusters: int = 10
+    # --- maps and clusters at scale (1M items; README "Lookalike at a million items") ---
+    # Above this many items UMAP is fitted on a random sample of map_fit_sample items and the
+    # others are placed with `transform`: a full fit at 1M would take hours on 2 cores.
+    map_full_fit_max_items: int = 50_000
+    map_fit_sample: int = 20_000
+    # Above this many items k-means is MiniBatchKMeans on a sample of kmeans_sample items
+    # (then every item is assigned to its nearest centroid, in chunks).
+    kmeans_full_max_items: int = 100_000
+    kmeans_sample: int = 200_000
 
     # --- retrieval and evaluation ---
     # Largest k the app and the search module accept.
@@ -253,6 +262,10 @@ class Config:
         """Unit k-means centroids (n_clusters, d) float32, read by the search index."""
         return self.artifacts_dir / "clusters" / f"{extractor}_centroids.npy"
 
+    def ann_index_path(self, extractor: str) -> Path:
+        """The saved approximate index of a large catalog (pipelines/ann_store.py)."""
+        return self.artifacts_dir / "ann" / f"{extractor}.npz"
+
     def cluster_summary_path(self, extractor: str) -> Path:
         """One row per cluster: size, top label, purity, composition."""
         return self.artifacts_dir / "clusters" / f"{extractor}_summary.parquet"
@@ -335,6 +348,10 @@ _WHOLE_MINIMUMS = {
     "map_pca_dims": 2,
     "map_neighbors": 2,
     "n_clusters": 1,
+    "map_full_fit_max_items": 4,
+    "map_fit_sample": 4,
+    "kmeans_full_max_items": 1,
+    "kmeans_sample": 1,
     "max_k": 1,
     "health_max_pairs": 1,
     "health_neighbors": 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ class Index:
 
     Parameters
     ----------
-    vectors : (n, d) float32, unit rows (rows that are not unit length are normalised once).
+    vectors : (n, d) float32, unit rows (rows that are not unit length are normalised once;
+        see below for a memory-mapped matrix).
     item_ids : (n,) catalog item ids, row-aligned with `vectors`.
     name : shown in error messages (usually the extractor).
     clusters : (n,) int k-means cluster of each row; enables the "cluster" strategy.
@@ -61,7 +63,15 @@ class Index:
     cluster_width : nearest clusters a query searches (default 1).
     unavailable : {strategy: reason} shown when a strategy is used without its data.
     ann_min_items : catalog size from which "exact" uses the approximate index; default
-        `ann.ANN_MIN_ITEMS`. 0 always uses it; a value above the size never does.
+        `ann.ANN_MIN_ITEMS`. 0 always uses it; a value above the size never does. From this
+        size pools hold no copies of their vectors: they are searched through the
+        approximate index restricted to their members.
+    ann_index : an approximate index already built over `vectors` (a saved one, see
+        `pipelines.ann_store`); default: built on first use.
+
+    `vectors` may be memory-mapped (`np.load(path, mmap_mode="r")`, as `readers.load_index`
+    does from `ann_min_items` rows): it is then used in place, never copied whole, and its
+    rows must already be unit length (checked on a sample).
     """
 
     def __init__(
@@ -77,18 +87,24 @@ class Index:
         ann_min_items: int | None = None,
         category_queries: Sequence[str | None] | np.ndarray | None = None,
         cluster_width: int = 1,
+        ann_index: ann.AnnIndex | None = None,
     ) -> None:
-        vectors = np.asarray(vectors)
+        if not isinstance(vectors, np.memmap):
+            vectors = np.asarray(vectors)
         if vectors.ndim != 2 or len(vectors) == 0:
             raise LookalikeError(
                 f"an index needs a non-empty (n, d) matrix of vectors, got shape {vectors.shape}"
             )
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1)
-        if not np.allclose(norms, 1.0, atol=1e-3):
-            # Once, at build time: queries then only need a dot product.
-            vectors = vectors / np.where(norms > 0, norms, 1.0)[:, None].astype(np.float32)
-        vectors.setflags(write=False)
+        if isinstance(vectors, np.memmap):
+            # A memory-mapped matrix (a large catalog) is used in place, never copied whole.
+            vectors = _checked_mapping(vectors, name)
+        else:
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            norms = np.linalg.norm(vectors, axis=1)
+            if not np.allclose(norms, 1.0, atol=1e-3):
+                # Once, at build time: queries then only need a dot product.
+                vectors = vectors / np.where(norms > 0, norms, 1.0)[:, None].astype(np.float32)
+            vectors.setflags(write=False)
         self.vectors = vectors
         self.name = name
         self.item_ids = np.asarray(item_ids, dtype=object)
@@ -101,7 +117,12 @@ class Index:
         self.ann_min_items = ann.ANN_MIN_ITEMS if ann_min_items is None else int(ann_min_items)
         if self.ann_min_items < 0:
             raise LookalikeError(f"ann_min_items must be >= 0, got {self.ann_min_items}")
-        self._ann: ann.AnnIndex | None = None
+        if ann_index is not None and (ann_index.size, ann_index.dim) != vectors.shape:
+            raise LookalikeError(
+                f"{name}: the approximate index covers {ann_index.size} x {ann_index.dim} "
+                f"vectors, not {n} x {d}"
+            )
+        self._ann: ann.AnnIndex | None = ann_index
         self._ann_lock = threading.Lock()
         if isinstance(cluster_width, bool) or not isinstance(cluster_width, int | np.integer):
             raise LookalikeError(f"cluster_width must be a whole number >= 1, got {cluster_width}")
@@ -109,11 +130,13 @@ class Index:
             raise LookalikeError(f"cluster_width must be a whole number >= 1, got {cluster_width}")
         self.cluster_width = int(cluster_width)
         # Pools that are unions of several clusters or categories, built on first use.
-        self._union_pools: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._union_pools: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] = {}
+        # Pool membership bitmaps for the approximate index (large catalogs), on first use.
+        self._bitmaps: dict[tuple[str, object], np.ndarray] = {}
 
         self.clusters: np.ndarray | None = None
         self.centroids: np.ndarray | None = None
-        self._cluster_pools: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cluster_pools: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         if clusters is not None:
             clusters = np.asarray(clusters).astype(np.int64)
             if clusters.shape != (n,):
@@ -123,10 +146,7 @@ class Index:
             self.clusters = clusters
             self._cluster_pools = self._pools(clusters)
             if centroids is None:
-                ids = max(self._cluster_pools) + 1
-                centroids = np.zeros((ids, d), dtype=np.float32)
-                for cluster, (_rows, matrix) in self._cluster_pools.items():
-                    centroids[cluster] = matrix.mean(axis=0)
+                centroids = _cluster_means(self.vectors, clusters)
             centroids = np.ascontiguousarray(centroids, dtype=np.float32)
             if centroids.ndim != 2 or centroids.shape[1] != d:
                 raise LookalikeError(
@@ -142,7 +162,7 @@ class Index:
             raise LookalikeError(f"{name}: centroids were given without cluster ids")
 
         self.categories: np.ndarray | None = None
-        self._category_pools: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._category_pools: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         if categories is not None:
             categories = pd.Series(np.asarray(categories, dtype=object))
             if len(categories) != n:
@@ -179,22 +199,32 @@ class Index:
         for name, rows in extra.items():
             if rows:
                 members = np.union1d(self._category_pools[name][0], rows).astype(np.int64)
-                matrix = np.ascontiguousarray(self.vectors[members])
-                matrix.setflags(write=False)
-                self._category_pools[name] = (members, matrix)
+                self._category_pools[name] = (members, self._pool_matrix(members))
 
     def _pools(
         self, keys: np.ndarray, rows: np.ndarray | None = None
-    ) -> dict[object, tuple[np.ndarray, np.ndarray]]:
-        """{key: (sorted rows, contiguous copy of their vectors)} for every key present."""
+    ) -> dict[object, tuple[np.ndarray, np.ndarray | None]]:
+        """{key: (sorted rows, contiguous copy of their vectors or None)} for every key
+        present (see `_pool_matrix`)."""
         rows = np.arange(len(keys)) if rows is None else rows
         pools = {}
         for key in pd.unique(keys[rows]):
             members = rows[keys[rows] == key].astype(np.int64)
-            matrix = np.ascontiguousarray(self.vectors[members])
-            matrix.setflags(write=False)
-            pools[key.item() if isinstance(key, np.generic) else key] = (members, matrix)
+            pools[key.item() if isinstance(key, np.generic) else key] = (
+                members,
+                self._pool_matrix(members),
+            )
         return pools
+
+    def _pool_matrix(self, members: np.ndarray) -> np.ndarray | None:
+        """A pool's contiguous copy of its vectors; None from `ann_min_items` rows, where the
+        copies would add up to the whole matrix again (8 GB at 1M x 2048) and the pool is
+        searched through the approximate index, restricted to its members."""
+        if self.approximate:
+            return None
+        matrix = np.ascontiguousarray(self.vectors[members], dtype=np.float32)
+        matrix.setflags(write=False)
+        return matrix
 
     # --- facts about the index ---
     @property
@@ -343,6 +373,21 @@ class Index:
             if pool is None:
                 continue  # an unknown cluster/category has no items: empty results
             members, matrix = pool
+            if matrix is None:  # a large catalog: the approximate index, within the pool
+                approximate = self.ann_index()
+                # A pool holding a share s of the catalog fills a probed list only to s:
+                # probing 1/s times the lists keeps the candidates as many as for "exact".
+                share = len(members) / self.size
+                probes = min(approximate.nprobe * 64, math.ceil(approximate.nprobe / share))
+                found, sims = approximate.search(
+                    q[which],
+                    k,
+                    exclude_rows=None if exclude is None else exclude[which],
+                    allowed=self._allowed(strategy, key, members),
+                    nprobe=max(1, probes),
+                )
+                out_rows[which], out_sims[which] = found, sims
+                continue
             local_exclude = None
             if exclude is not None:
                 # Catalog row -> position within the pool (-1 when the row is not a member).
@@ -355,7 +400,7 @@ class Index:
             out_sims[which, :width] = sims
         return out_rows, out_sims
 
-    def _pool(self, strategy: str, key: object) -> tuple[np.ndarray, np.ndarray] | None:
+    def _pool(self, strategy: str, key: object) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(rows, matrix) of one pool key: a cluster id, a category, or several joined by "|"."""
         pools: dict = self._cluster_pools if strategy == "cluster" else self._category_pools
         if key in pools:
@@ -369,10 +414,18 @@ class Index:
             if not found:
                 return None
             members = np.unique(np.concatenate(found))  # unsure items sit in several
-            matrix = np.ascontiguousarray(self.vectors[members])
-            matrix.setflags(write=False)
-            cached = (members, matrix)
+            cached = (members, self._pool_matrix(members))
             self._union_pools[(strategy, key)] = cached  # same value from any thread
+        return cached
+
+    def _allowed(self, strategy: str, key: object, members: np.ndarray) -> np.ndarray:
+        """The pool's members as a bitmap over the catalog rows (n / 8 bytes, cached)."""
+        cached = self._bitmaps.get((strategy, key))
+        if cached is None:
+            mask = np.zeros(self.size, dtype=bool)
+            mask[members] = True
+            cached = np.packbits(mask, bitorder="little")
+            self._bitmaps[(strategy, key)] = cached  # same value from any thread
         return cached
 
     def _prepare_exclude(self, exclude_rows: object, m: int) -> np.ndarray | None:
@@ -448,3 +501,41 @@ def cluster_key(clusters: Sequence[int] | np.ndarray) -> object:
     """The pool key of several clusters: one id alone, else the sorted distinct ids joined."""
     ids = sorted({int(c) for c in clusters})
     return ids[0] if len(ids) == 1 else SEPARATOR.join(str(c) for c in ids)
+
+
+# Rows whose lengths are checked when a memory-mapped matrix is indexed (all would read it all).
+NORM_CHECK_ROWS = 1000
+
+
+def _checked_mapping(vectors: np.memmap, name: str) -> np.ndarray:
+    """A memory-mapped matrix, checked on a sample of rows: it cannot be normalised in place
+    (read-only) nor copied (that is what mapping it avoids), so rows must be unit already."""
+    if vectors.dtype not in (np.float16, np.float32):
+        raise LookalikeError(
+            f"{name}: memory-mapped vectors must be float32 or float16, got {vectors.dtype}"
+        )
+    n = len(vectors)
+    sample = np.linspace(0, n - 1, min(n, NORM_CHECK_ROWS)).astype(np.int64)
+    norms = np.linalg.norm(ann.take_rows(vectors, sample), axis=1)
+    # float16 keeps ~3 significant digits, so its lengths are looser than float32's.
+    tolerance = 1e-3 if vectors.dtype == np.float32 else 5e-3
+    if not np.allclose(norms, 1.0, atol=tolerance):
+        raise LookalikeError(
+            f"{name}: memory-mapped vectors must be unit length (rows checked have lengths "
+            f"{norms.min():.3f} to {norms.max():.3f}) — rebuild the embeddings with "
+            f"`{commands.embed(name, force=True)}`"
+        )
+    return vectors
+
+
+def _cluster_means(vectors: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """(c, d) float32 mean vector of each cluster, in one pass of chunks over the rows."""
+    sums = np.zeros((int(clusters.max()) + 1, vectors.shape[1]), dtype=np.float64)
+    start = 0
+    for chunk in ann.iter_chunks(vectors):
+        ids = clusters[start : start + len(chunk)]
+        for cluster in np.unique(ids):
+            sums[cluster] += chunk[ids == cluster].sum(axis=0, dtype=np.float64)
+        start += len(chunk)
+    counts = np.bincount(clusters, minlength=len(sums))[:, None]
+    return (sums / np.maximum(counts, 1)).astype(np.float32)

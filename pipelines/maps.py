@@ -205,7 +205,7 @@ def _one_map(
     """Build (or skip) one extractor's map; returns its row of the stage's details."""
     start = time.perf_counter()
     path = config.map_path(name)
-    vectors, vectors_hash = read_embeddings(config, name, n_rows=len(item_ids))
+    vectors, vectors_hash = read_embeddings(config, name, n_rows=len(item_ids), map_large=True)
     inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
     reference_coords, aligned_to, reference_sha = _reference(config, name, item_ids)
     if reference_sha is not None:

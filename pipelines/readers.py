@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipelines import commands
-from pipelines.artifacts import artifact_hash, read_manifest
+from pipelines import ann, commands
+from pipelines.artifacts import artifact_hash, is_fresh, read_manifest
 from pipelines.catalog import catalog_hash, load_catalog
 from pipelines.config import EXTRACTORS, Config
 from pipelines.errors import LookalikeError
@@ -23,13 +23,16 @@ def read_catalog(config: Config) -> tuple[pd.DataFrame, str]:
 
 
 def read_embeddings(
-    config: Config, extractor: str, n_rows: int | None = None
+    config: Config, extractor: str, n_rows: int | None = None, map_large: bool = False
 ) -> tuple[np.ndarray, str]:
     """`extractor`'s (n, d) float32 embeddings and their content hash, without TensorFlow.
 
     Parameters
     ----------
     n_rows : the catalog's row count; a different number of rows is an error (stale file).
+    map_large : from `ann.ANN_MIN_ITEMS` rows, return the file memory-mapped read-only
+        (`np.load(mmap_mode="r")`) instead of loading it: 1M x 2048 float32 is 8 GB. Only
+        for callers that read it in chunks or by row (maps, clusters, the search index).
     """
     if extractor not in EXTRACTORS:
         raise LookalikeError(
@@ -37,7 +40,7 @@ def read_embeddings(
         )
     path = config.embeddings_path(extractor)
     digest = artifact_hash(path, commands.embed(extractor))
-    vectors = np.load(path)
+    vectors = np.load(path, mmap_mode="r")
     if vectors.ndim != 2:
         raise LookalikeError(
             f"{path} should be an (n, d) matrix, got shape {vectors.shape} — "
@@ -48,7 +51,23 @@ def read_embeddings(
             f"{path} has {len(vectors)} rows but the catalog has {n_rows} — "
             f"rerun `{commands.embed(extractor)}`"
         )
-    return np.ascontiguousarray(vectors, dtype=np.float32), digest
+    if map_large and len(vectors) >= ann.ANN_MIN_ITEMS and vectors.dtype == np.float32:
+        return vectors, digest
+    return np.array(vectors, dtype=np.float32, order="C"), digest
+
+
+def load_saved_ann(
+    config: Config, extractor: str, vectors: np.ndarray, vectors_hash: str
+) -> ann.AnnIndex | None:
+    """The saved approximate index of `extractor` (`pipelines.ann_store`), attached to
+    `vectors`, when it was built from these embeddings (sha256 `vectors_hash`) with today's
+    settings; else None (the index is then built in memory on first use)."""
+    path = config.ann_index_path(extractor)
+    inputs = {f"embeddings/{extractor}": vectors_hash}
+    if not is_fresh(path, ann.SAVED_STAGE, ann.saved_params(), inputs):
+        return None
+    with np.load(path, allow_pickle=False) as arrays:
+        return ann.AnnIndex.from_arrays(arrays, vectors)
 
 
 def load_index(config: Config, extractor: str) -> Index:
@@ -57,7 +76,7 @@ def load_index(config: Config, extractor: str) -> Index:
     if that strategy is asked for)."""
     catalog, _ = read_catalog(config)
     item_ids = catalog["item_id"].to_numpy()
-    vectors, vectors_hash = read_embeddings(config, extractor, n_rows=len(catalog))
+    vectors, vectors_hash = read_embeddings(config, extractor, n_rows=len(catalog), map_large=True)
     unavailable: dict[str, str] = {}
 
     clusters = centroids = None
@@ -98,10 +117,14 @@ def load_index(config: Config, extractor: str) -> Index:
             if "search" in table.columns:  # widened by the classify stage when unsure
                 category_queries = table["search"].to_numpy(dtype=object)
 
+    saved = None
+    if len(vectors) >= ann.ANN_MIN_ITEMS:
+        saved = load_saved_ann(config, extractor, vectors, vectors_hash)
     return Index(
         vectors,
         item_ids,
         name=extractor,
+        ann_index=saved,
         clusters=clusters,
         centroids=centroids,
         categories=categories,

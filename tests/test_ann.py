@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipelines import ann
 from pipelines.ann import AnnIndex
 from pipelines.errors import LookalikeError
 from pipelines.index import Index
@@ -140,3 +141,87 @@ def test_index_below_the_threshold_stays_exact():
 def test_negative_threshold_is_rejected():
     with pytest.raises(LookalikeError, match="ann_min_items must be >= 0, got -1"):
         Index(clustered(10, 4), [str(i) for i in range(10)], ann_min_items=-1)
+
+
+# --- large catalogs: memory-mapped (float16 or float32) vectors, pools, a saved index ---
+
+
+def mapped(tmp_path, vectors: np.ndarray, dtype: str = "float16") -> np.memmap:
+    """`vectors` saved as a .npy of `dtype` and opened as the app opens a large catalog's."""
+    path = tmp_path / f"vectors_{dtype}.npy"
+    np.save(path, vectors.astype(dtype))
+    return np.load(path, mmap_mode="r")
+
+
+def test_take_rows_of_a_mapped_file_are_the_rows(tmp_path):
+    vectors = clustered(300, 48)
+    mm = mapped(tmp_path, vectors, "float32")
+    rows = np.array([299, 0, 17, 17, 150])  # any order, repeats kept
+    np.testing.assert_array_equal(ann.take_rows(mm, rows), vectors[rows])
+    blocks = list(ann.iter_chunks(mm, rows=128))
+    assert [len(b) for b in blocks] == [128, 128, 44]
+    np.testing.assert_array_equal(np.concatenate(blocks), vectors)
+
+
+def test_ann_over_memmapped_float16_finds_the_exact_top_10(tmp_path):
+    vectors = clustered(4000 + 100, 512)
+    catalog, queries = vectors[:4000], vectors[4000:]
+    mm = mapped(tmp_path, catalog, "float16")
+    index = AnnIndex.build(mm)
+    assert index.reduced_dim < 512 and index._vectors is mm  # re-ranked from the file itself
+    rows, sims = index.search(queries, 10)
+    truth, _ = top_k(queries, catalog, 10, None)
+    assert recall_at_10(rows, truth) >= 0.95
+    # Re-ranked with the float16 rows: cosines within float16 rounding of the float32 ones.
+    np.testing.assert_allclose(sims, np.einsum("md,mkd->mk", queries, catalog[rows]), atol=2e-3)
+
+
+def test_a_saved_index_searches_like_the_one_it_was_saved_from(tmp_path):
+    vectors = clustered(2000, 256)
+    mm = mapped(tmp_path, vectors, "float32")
+    built = AnnIndex.build(mm)
+    np.savez(tmp_path / "ann.npz", **built.to_arrays())
+    with np.load(tmp_path / "ann.npz", allow_pickle=False) as arrays:
+        loaded = AnnIndex.from_arrays(arrays, mm)
+        with pytest.raises(LookalikeError, match="covers 2000 x 256 vectors, not 10 x 256"):
+            AnnIndex.from_arrays(arrays, vectors[:10])
+    queries = vectors[::50]
+    for got, want in zip(loaded.search(queries, 10), built.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert (loaded.nprobe, loaded.reduced_dim) == (built.nprobe, built.reduced_dim)
+
+
+def test_index_uses_a_memmap_in_place_and_searches_pools_within_their_members(tmp_path):
+    vectors = clustered(3000, 256)
+    mm = mapped(tmp_path, vectors, "float32")
+    # Pools as k-means leaves them: each row's nearest of 6 centroids.
+    centroids = unit(np.stack([vectors[i * 500 : i * 500 + 9].mean(axis=0) for i in range(6)]))
+    clusters = np.argmax(vectors @ centroids.T, axis=1)
+    index = Index(
+        mm, np.arange(3000).astype(str), clusters=clusters, centroids=centroids, ann_min_items=0
+    )
+    assert isinstance(index.vectors, np.memmap) and np.shares_memory(index.vectors, mm)
+    assert all(matrix is None for _, matrix in index._cluster_pools.values())  # no copies
+
+    queries = np.arange(0, 3000, 37)
+    rows, sims = index.search_rows(vectors[queries], 10, "exact", exclude_rows=queries)
+    truth, _ = top_k(vectors[queries], vectors, 10, queries)
+    assert recall_at_10(rows, truth) >= 0.95
+
+    rows, sims = index.search_rows(
+        vectors[queries], 10, "cluster", exclude_rows=queries, query_clusters=clusters[queries]
+    )
+    assert (clusters[rows] == clusters[queries][:, None]).all()  # only the query's cluster
+    assert not (rows == queries[:, None]).any()
+    # The same pool searched exactly: the approximate pool search finds its top 10.
+    small = Index(vectors, np.arange(3000).astype(str), clusters=clusters, centroids=centroids)
+    exact, _ = small.search_rows(
+        vectors[queries], 10, "cluster", exclude_rows=queries, query_clusters=clusters[queries]
+    )
+    assert recall_at_10(rows, exact) >= 0.95
+
+
+def test_index_refuses_a_memmap_that_is_not_unit_length(tmp_path):
+    mm = mapped(tmp_path, clustered(200, 16) * 3.0, "float32")
+    with pytest.raises(LookalikeError, match="must be unit length .* rebuild the embeddings"):
+        Index(mm, np.arange(200).astype(str), name="inception_v3")

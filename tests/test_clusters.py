@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines import clusters as clusters_module
 from pipelines.artifacts import read_manifest
 from pipelines.clusters import cluster_summary, kmeans, overall_purity, run_clusters, summary_path
 from pipelines.config import Config
@@ -31,6 +32,35 @@ def test_kmeans_recovers_separable_clusters_with_purity_one():
     # Numbered by size, largest first: the 12-item blob is cluster 0.
     assert summary["size"].tolist() == [12, 10, 8, 6]
     assert summary["top_label"].tolist() == ["a", "b", "c", "d"]
+
+
+def test_above_the_threshold_minibatch_kmeans_on_a_sample_finds_the_same_clusters(
+    tmp_path, monkeypatch
+):
+    vectors, labels = blobs(sizes=(300, 250, 200, 150), noise=0.1)
+    fitted = []
+    real = clusters_module.MiniBatchKMeans
+
+    def spy(*args, **kwargs):  # records the rows MiniBatchKMeans learns from
+        model = real(*args, **kwargs)
+        fit = model.fit
+        model.fit = lambda data: (fitted.append(len(data)), fit(data))[1]
+        return model
+
+    monkeypatch.setattr(clusters_module, "MiniBatchKMeans", spy)
+    path = tmp_path / "vectors.npy"
+    np.save(path, vectors)
+    mm = np.load(path, mmap_mode="r")  # as a large catalog's stage reads it
+    ids, centroids = kmeans(mm, 4, seed=0, full_max_items=500, sample=400)
+    assert fitted == [400]  # the mini-batch path, on the sample only
+    assert ids.shape == (900,) and centroids.shape == (4, 24)
+    full_ids, _ = kmeans(vectors, 4, seed=0)  # below the threshold: full KMeans
+    assert fitted == [400]
+    np.testing.assert_array_equal(ids, full_ids)  # same clusters, same (size) numbering
+    summary = cluster_summary(ids, labels)
+    assert overall_purity(summary) == 1.0
+    # Every row, sampled or not, sits in its most similar centroid's cluster.
+    np.testing.assert_array_equal(ids, np.argmax(vectors @ centroids.T, axis=1))
 
 
 def test_kmeans_assigns_each_item_to_its_most_similar_centroid():
