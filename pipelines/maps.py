@@ -21,34 +21,60 @@ from pipelines.stage import StageResult, note_of, per_extractor, written
 STAGE = "maps"
 # Every other extractor's map is rotated onto this one so an item sits in a similar place on both.
 REFERENCE = EXTRACTORS[0]
+# Sample rows whose places decide where each other row of a large catalog's map goes.
+PLACE_NEIGHBOURS = 15
 # Trustworthiness needs two dense n x n distance matrices; a sample keeps it to ~100 MB.
 TRUST_MAX_ITEMS = 2000
 
 
 def compute_map(
-    vectors: np.ndarray, *, pca_dims: int, n_neighbors: int, min_dist: float, seed: int
+    vectors: np.ndarray,
+    *,
+    pca_dims: int,
+    n_neighbors: int,
+    min_dist: float,
+    seed: int,
+    full_fit_max_items: int | None = None,
+    fit_sample: int = 20_000,
 ) -> np.ndarray:
     """Project vectors to 2-D: PCA, then UMAP with the cosine metric.
 
     Parameters
     ----------
-    vectors : (n, d) float array, one row per catalog item (unit length).
+    vectors : (n, d) float array, one row per catalog item (unit length); may be
+        memory-mapped (a large catalog's, read in chunks).
     pca_dims : PCA width before UMAP, clipped to min(pca_dims, d, n - 1). PCA makes UMAP's
         neighbour search fast on 2048-d vectors and removes noise dimensions.
     n_neighbors : UMAP neighbourhood size, clipped to n - 1 for tiny catalogs.
     min_dist : UMAP's minimum distance between points on the map.
     seed : fixes PCA and UMAP, so the same inputs give the same map (UMAP then runs on one
         thread).
+    full_fit_max_items : up to this many rows (default: any number) PCA and UMAP are fitted
+        on every row. Above it both are fitted on `fit_sample` random rows, and every other
+        row is placed by its most similar sample rows, in chunks: a full fit at 1M rows
+        would take hours on 2 cores (see `sampled_map`).
+    fit_sample : rows the sampled fit learns from.
 
     Returns
     -------
     (n, 2) float32 coordinates, row i = vectors row i. Catalogs of fewer than 4 items cannot
     be laid out by UMAP; they get fixed positions on a line.
     """
-    vectors = np.asarray(vectors, dtype=np.float32)
+    if not isinstance(vectors, np.ndarray):
+        vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be 2-D (n, d), got shape {vectors.shape}")
     n, d = vectors.shape
+    if full_fit_max_items is not None and n > full_fit_max_items and fit_sample < n:
+        return sampled_map(
+            vectors,
+            pca_dims=pca_dims,
+            n_neighbors=n_neighbors,
+            min_dist=min_dist,
+            seed=seed,
+            fit_sample=fit_sample,
+        )
+    vectors = np.asarray(vectors, dtype=np.float32)
     if n < 4:
         # UMAP's spectral layout needs a few points; this is a placeholder map, not an embedding.
         return np.column_stack([np.arange(n) - (n - 1) / 2, np.zeros(n)]).astype(np.float32)
@@ -57,12 +83,71 @@ def compute_map(
     data = vectors
     if dims < d:
         data = PCA(n_components=dims, random_state=seed).fit_transform(vectors)
+    with warnings.catch_warnings():
+        # Tiny catalogs trigger "spectral initialisation failed, using random" style warnings.
+        warnings.simplefilter("ignore", UserWarning)
+        coords = _umap(n, n_neighbors, min_dist, seed).fit_transform(data)
+    return np.asarray(coords, dtype=np.float32)
 
+
+def sampled_map(
+    vectors: np.ndarray,
+    *,
+    pca_dims: int,
+    n_neighbors: int,
+    min_dist: float,
+    seed: int,
+    fit_sample: int,
+) -> np.ndarray:
+    """A large catalog's map: PCA and UMAP fitted on `fit_sample` random rows, which keep
+    their fitted places; every other row goes to the similarity-weighted mean place of its
+    PLACE_NEIGHBOURS most similar sample rows (cosine, after the PCA).
+
+    That mean is where `UMAP.transform` starts a new point; its optimisation epochs after it
+    cost about 1.1 s per 1000 rows on this 2-core machine under load (18 min at 1M) and,
+    on a 50k subset, raised trustworthiness@10 by 0.01 (0.926 against 0.916; a full fit
+    scored 0.878). Same arguments and result as `compute_map`; `vectors` is read in chunks of
+    `ann.CHUNK_ROWS` rows, so a memory-mapped 1M x 2048 matrix is never in memory whole.
+    """
+    from pipelines.ann import _faiss, iter_chunks, take_rows
+
+    n, d = vectors.shape
+    rows = np.sort(np.random.default_rng(seed).choice(n, fit_sample, replace=False))
+    sample = take_rows(vectors, rows)
+    dims = min(pca_dims, d, fit_sample - 1)
+    pca = PCA(n_components=dims, random_state=seed).fit(sample) if dims < d else None
+
+    def reduce(block: np.ndarray) -> np.ndarray:
+        out = np.ascontiguousarray(block if pca is None else pca.transform(block), np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    reduced = reduce(sample)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fitted = _umap(fit_sample, n_neighbors, min_dist, seed).fit_transform(reduced)
+    fitted = np.asarray(fitted, dtype=np.float32)
+    index = _faiss().IndexFlatIP(reduced.shape[1])
+    index.add(reduced)
+    coords = np.empty((n, 2), dtype=np.float32)
+    start = 0
+    for chunk in iter_chunks(vectors):
+        sims, near = index.search(reduce(chunk), PLACE_NEIGHBOURS)
+        # Sharpened weights: the nearest few decide, as UMAP's membership strengths do.
+        weights = np.maximum(sims, 0.0) ** 4 + 1e-9
+        place = np.einsum("mk,mkc->mc", weights, fitted[near]) / weights.sum(1, keepdims=True)
+        coords[start : start + len(chunk)] = place
+        start += len(chunk)
+    coords[rows] = fitted
+    return coords
+
+
+def _umap(n: int, n_neighbors: int, min_dist: float, seed: int) -> Any:
+    """The UMAP reducer of every map (cosine metric, fixed seed)."""
     # Imported here: umap pulls in numba (and tensorflow when installed) which costs seconds,
-    # and only this function needs it.
+    # and only the map functions need it.
     import umap
 
-    reducer = umap.UMAP(
+    return umap.UMAP(
         n_components=2,
         n_neighbors=max(2, min(n_neighbors, n - 1)),
         min_dist=min_dist,
@@ -71,11 +156,6 @@ def compute_map(
         # A fixed random_state forces one thread anyway; saying so silences UMAP's warning.
         n_jobs=1,
     )
-    with warnings.catch_warnings():
-        # Tiny catalogs trigger "spectral initialisation failed, using random" style warnings.
-        warnings.simplefilter("ignore", UserWarning)
-        coords = reducer.fit_transform(data)
-    return np.asarray(coords, dtype=np.float32)
 
 
 def map_trustworthiness(
@@ -101,12 +181,14 @@ def map_trustworthiness(
     -------
     float in [0, 1]; NaN when n < 3 (no neighbourhood to judge).
     """
-    vectors = np.asarray(vectors, dtype=np.float32)
     coords = np.asarray(coords, dtype=np.float32)
     n = len(vectors)
     if max_items is not None and n > max_items:
+        from pipelines.ann import take_rows  # reads only the sampled rows of a mapped file
+
         rows = np.sort(np.random.default_rng(seed).choice(n, size=max_items, replace=False))
-        vectors, coords, n = vectors[rows], coords[rows], max_items
+        vectors, coords, n = take_rows(vectors, rows), coords[rows], max_items
+    vectors = np.asarray(vectors, dtype=np.float32)
     k = min(k, (n - 1) // 2)
     if k < 1:
         return float("nan")
@@ -145,8 +227,8 @@ def align_procrustes(coords: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (scale * a @ rotation + reference.mean(axis=0)).astype(np.float32)
 
 
-def _params(config: Config, aligned_to: str | None) -> dict[str, Any]:
-    return {
+def _params(config: Config, aligned_to: str | None, rows: int) -> dict[str, Any]:
+    params = {
         "pca_dims": config.map_pca_dims,
         "n_neighbors": config.map_neighbors,
         "min_dist": config.map_min_dist,
@@ -154,6 +236,10 @@ def _params(config: Config, aligned_to: str | None) -> dict[str, Any]:
         "seed": config.seed,
         "aligned_to": aligned_to,
     }
+    if rows > config.map_full_fit_max_items:
+        # Only large catalogs record these, so a small catalog's map stays fresh.
+        params.update(fit="sample+transform", fit_sample=config.map_fit_sample)
+    return params
 
 
 def run_maps(
@@ -210,7 +296,7 @@ def _one_map(
     reference_coords, aligned_to, reference_sha = _reference(config, name, item_ids)
     if reference_sha is not None:
         inputs[f"maps/{REFERENCE}"] = reference_sha
-    params = _params(config, aligned_to)
+    params = _params(config, aligned_to, len(item_ids))
     row = {"path": str(path), "aligned_to": aligned_to}
     if not force and is_fresh(path, STAGE, params, inputs):
         manifest = read_manifest(path) or {}
@@ -228,6 +314,8 @@ def _one_map(
         n_neighbors=config.map_neighbors,
         min_dist=config.map_min_dist,
         seed=config.seed,
+        full_fit_max_items=config.map_full_fit_max_items,
+        fit_sample=config.map_fit_sample,
     )
     if reference_coords is not None:
         coords = align_procrustes(coords, reference_coords)

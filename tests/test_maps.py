@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines import maps as maps_module
 from pipelines.artifacts import read_manifest, write_manifest, write_npy
 from pipelines.config import Config
 from pipelines.maps import align_procrustes, compute_map, map_trustworthiness, run_maps
@@ -48,6 +49,37 @@ def test_trustworthiness_of_a_random_map_is_low(mapped):
     vectors, _, _ = mapped
     noise = np.random.default_rng(5).normal(size=(len(vectors), 2))
     assert map_trustworthiness(vectors, noise, k=10) < 0.75
+
+
+def test_above_the_threshold_the_map_is_fitted_on_a_sample_and_keeps_neighbourhoods(
+    tmp_path, monkeypatch
+):
+    vectors, labels = blobs(n_clusters=6, per=80, d=64)
+    path = tmp_path / "vectors.npy"
+    np.save(path, vectors)
+    mm = np.load(path, mmap_mode="r")  # as a large catalog's stage reads it
+    calls = []
+    real = maps_module.sampled_map
+    monkeypatch.setattr(
+        maps_module,
+        "sampled_map",
+        lambda *a, **kw: calls.append(kw["fit_sample"]) or real(*a, **kw),
+    )
+    sampled = compute_map(mm, **MAP, full_fit_max_items=300, fit_sample=200)
+    assert calls == [200]
+    assert sampled.shape == (480, 2) and sampled.dtype == np.float32
+    assert np.isfinite(sampled).all()
+    full = compute_map(vectors, **MAP)  # today's full fit; below the threshold too
+    assert calls == [200]
+    np.testing.assert_array_equal(compute_map(vectors, **MAP, full_fit_max_items=480), full)
+    # The 280 placed rows land among their own kind, and the map keeps neighbourhoods
+    # about as well as the full fit does.
+    trust_sampled = map_trustworthiness(vectors, sampled, k=10)
+    trust_full = map_trustworthiness(vectors, full, k=10)
+    assert trust_sampled >= trust_full - 0.02
+    distances = np.linalg.norm(sampled[:, None] - sampled[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    assert (labels[distances.argmin(axis=1)] == labels).mean() > 0.95
 
 
 def test_tiny_catalogs_get_a_map():
