@@ -5,6 +5,7 @@ categories of a folder of photos. Reads the built artifacts; writes nothing.
     >>> look = Lookalike.open()                      # artifacts/ or $LOOKALIKE_ARTIFACTS
     >>> look.similar("my_dress.jpg", k=5)            # DataFrame: rank, item_id, similarity, ...
     >>> look.similar_to("3f2a...", diversity=0.3)    # neighbours of a catalog item, spread out
+    >>> look.similar_to("3f2a...", rerank=True)      # re-ranked by query expansion
     >>> look.categories("holiday_photos/")           # predicted category of every photo
 
 A thin layer: photos go through the Upload page's functions (`pipelines.upload.embed_upload`,
@@ -27,6 +28,7 @@ from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.diversity import check_diversity, diversify_table
 from pipelines.errors import LookalikeError
 from pipelines.index import Index
+from pipelines.rerank import check_rerank, reranked
 from pipelines.topk import check_k
 from pipelines.upload import UploadResult
 
@@ -125,6 +127,7 @@ class Lookalike:
         extractor: str = EXTRACTORS[0],
         strategy: str = "exact",
         diversity: float = 0.0,
+        rerank: bool = False,
     ) -> pd.DataFrame:
         """The k catalog items most similar to a photo, best first.
 
@@ -136,6 +139,8 @@ class Lookalike:
         strategy : one of STRATEGIES; falls back to "exact" where its data is missing.
         diversity : 0 for plain nearest neighbours; up to 1 to spread out near-duplicates
             (maximal marginal relevance, see `pipelines.diversity`).
+        rerank : False (default) for plain search; True re-orders the nearest candidates by
+            query expansion (`pipelines.rerank`); similarities stay cosines to the photo.
 
         Returns
         -------
@@ -152,7 +157,9 @@ class Lookalike:
             if not path.is_file():
                 raise LookalikeError(f"{path}: no such file — check the path")
             name, data = str(path), _read(path)
-        result = self.search_bytes([(name, data)], k, [extractor], strategy, diversity)[0]
+        result = self.search_bytes(
+            [(name, data)], k, [extractor], strategy, diversity, rerank=rerank
+        )[0]
         if result.error:
             raise LookalikeError(result.error)
         table = result.neighbours[extractor]
@@ -168,6 +175,7 @@ class Lookalike:
         extractor: str = EXTRACTORS[0],
         strategy: str = "exact",
         diversity: float = 0.0,
+        rerank: bool = False,
     ) -> pd.DataFrame:
         """The k catalog items most similar to catalog item `item_id` (never itself), best
         first; same parameters and columns as `similar`."""
@@ -176,7 +184,13 @@ class Lookalike:
         index = self.index(extractor)
         use, _note = resolve_strategy(index, strategy)
         return item_neighbours(
-            index, self.catalog, str(item_id), k, use, diversity=check_diversity(diversity)
+            index,
+            self.catalog,
+            str(item_id),
+            k,
+            use,
+            diversity=check_diversity(diversity),
+            rerank=check_rerank(rerank),
         )
 
     def categories(self, folder: str | Path | Sequence[str | Path], top: int = 3) -> pd.DataFrame:
@@ -219,11 +233,13 @@ class Lookalike:
         extractors: Sequence[str] = EXTRACTORS,
         strategy: str = "exact",
         diversity: float = 0.0,
+        rerank: bool = False,
     ) -> list[UploadResult]:
         """Neighbours of photos and folders of photos, as the Upload page finds them.
 
         Returns one `pipelines.upload.UploadResult` per file (see `photo_files`), in order; a
         file that cannot be used has `error` ("<file>: <problem>") and nothing else.
+        `rerank` as in `similar`.
         """
         return self.search_bytes(
             [
@@ -234,6 +250,7 @@ class Lookalike:
             extractors,
             strategy,
             diversity,
+            rerank=rerank,
         )
 
     def search_bytes(
@@ -243,9 +260,11 @@ class Lookalike:
         extractors: Sequence[str] = EXTRACTORS,
         strategy: str = "exact",
         diversity: float = 0.0,
+        rerank: bool = False,
     ) -> list[UploadResult]:
         """`search_files` on (name, bytes) pairs; a str instead of bytes is a problem found
-        before embedding (kept as that result's error)."""
+        before embedding (kept as that result's error). `rerank` as in `similar`: the
+        indexes are searched through `pipelines.rerank.RerankedIndex`."""
         from pipelines.upload import analyse_upload, embed_upload
 
         chosen = list(dict.fromkeys(extractors))
@@ -257,7 +276,8 @@ class Lookalike:
             )
         diversity = check_diversity(diversity)
         check_k(k)
-        indexes = {name: self.index(name) for name in chosen}
+        rerank = check_rerank(rerank)
+        indexes = {name: reranked(self.index(name), rerank) for name in chosen}
         # The custom CNN also predicts each photo's category, so it embeds every photo when it
         # is trained, even if only InceptionV3's neighbours are asked for.
         embedders = {

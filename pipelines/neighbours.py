@@ -15,6 +15,7 @@ from pipelines.diversity import pool_size as diversity_pool_size
 from pipelines.errors import LookalikeError
 from pipelines.index import Index, SearchResult
 from pipelines.metrics import precision_at_k
+from pipelines.rerank import reranked
 from pipelines.topk import check_k
 
 NEIGHBOUR_COLUMNS = ["rank", "item_id", "similarity", "label", "thumb"]
@@ -111,6 +112,7 @@ def item_neighbours(
     diversity: float = 0.0,
     colour: str | None = None,
     colours: np.ndarray | None = None,
+    rerank: bool = False,
 ) -> pd.DataFrame:
     """The k nearest catalog items of a catalog item (never itself), best first.
 
@@ -129,11 +131,15 @@ def item_neighbours(
     colour, colours : only items whose colour (`colours`, (n,) per catalog row, from
         `pipelines.colour.read_colours`) is `colour`; the whole ranking is filtered, so up
         to k of that colour come back. None (default) filters nothing.
+    rerank : False (default) gives plain search; True re-orders a shortlist by
+        alpha-query-expansion (`pipelines.rerank.RerankedIndex`, every strategy); the
+        similarity column stays the cosine to the query.
 
     Returns
     -------
     The `neighbours_table` (fewer than k rows when the strategy's pool is smaller).
     """
+    index = reranked(index, rerank)
     row = index.rows_of([item_id])
     k = clip_k(k, index.size - 1)
     pool = diversity_pool_size(k, diversity, index.size - 1)
@@ -159,6 +165,7 @@ def vector_neighbours(
     artifacts_dir: Path | None = None,
     *,
     diversity: float = 0.0,
+    rerank: bool = False,
 ) -> pd.DataFrame:
     """The k nearest catalog items of an outside vector (an upload), best first.
 
@@ -166,8 +173,9 @@ def vector_neighbours(
     ----------
     vector : (d,) embedding from the index's extractor.
     category : the query's predicted category; needed by the category strategy.
-    Other parameters (diversity included) as in `item_neighbours`.
+    Other parameters (diversity and rerank included) as in `item_neighbours`.
     """
+    index = reranked(index, rerank)
     k = clip_k(k, index.size)
     pool = diversity_pool_size(k, diversity, index.size)
     if strategy == "category" and category is None:

@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(maximal marginal relevance)",
     )
     parser.add_argument(
+        "--rerank",
+        action="store_true",
+        help="re-rank the nearest candidates by query expansion (pipelines.rerank; off by default)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of tables"
     )
 
@@ -50,12 +55,16 @@ def run_search(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.upload import category_summary
 
     look = Lookalike.open(config.artifacts_dir)
-    results = look.search_files(args.photos, args.k, args.extractor, args.strategy, args.diversity)
+    rerank = bool(getattr(args, "rerank", False))
+    results = look.search_files(
+        args.photos, args.k, args.extractor, args.strategy, args.diversity, rerank=rerank
+    )
     good = [r for r in results if r.error is None]
     report = {
         "k": args.k,
         "strategy": args.strategy,
         "diversity": args.diversity,
+        "rerank": rerank,
         "extractors": list(args.extractor),
         "photos": [_photo(r) for r in results],
         "most_common_categories": category_summary(good, top=3).to_dict("records"),

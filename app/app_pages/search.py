@@ -33,10 +33,16 @@ if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
 query_id = widgets.query_picker(catalog, "search", ("Random", "Item id", "Browse", "Map"))
 strategy, note = neighbours.resolve_strategy(index, settings.strategy)
 colour, colours = widgets.colour_filter(cfg, catalog, "search")
+rerank = st.checkbox(
+    "Re-rank by query expansion",
+    key="search_rerank",
+    help="Re-orders the nearest candidates by their likeness to the query's closest "
+    "neighbours (alpha-query-expansion); the similarities stay cosines to the query.",
+)
 with widgets.user_errors():
     found = neighbours.item_neighbours(
         index, catalog, query_id, settings.k, strategy, diversity=diversity,
-        colour=colour, colours=colours,
+        colour=colour, colours=colours, rerank=rerank,
     )  # fmt: skip
 query = catalog.set_index("item_id").loc[query_id]
 query["item_id"] = query_id
@@ -51,6 +57,7 @@ with left:
     widgets.query_card(query, precision, settings.k, len(found))
 with right:
     spread = f" · diversity {diversity:.1f}" if diversity > 0 else ""
+    spread += " · re-ranked" if rerank else ""
     name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
     shown = browse.plural(len(found), "nearest item")
     st.subheader(f"{shown} · {name} · {strategy}{spread}")

@@ -27,6 +27,7 @@ class Neighbours(BaseModel):
     k: int
     took_ms: float
     note: str | None = Field(None, description="why the asked strategy was replaced, if it was")
+    rerank: bool = Field(False, description="whether the candidates were re-ranked")
     results: list[Neighbour]
 
 

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pipelines import commands, upload
 from pipelines.config import EXTRACTORS, STRATEGIES
 from pipelines.neighbours import item_neighbours, resolve_strategy
+from pipelines.rerank import reranked
 from pipelines.serve import models as m
 from pipelines.serve.context import (
     Service,
@@ -40,6 +41,10 @@ STRATEGY_TEXT = {
     "category": "only items with the query's predicted category (custom CNN)",
 }
 THUMB_CACHE = "public, max-age=86400"
+RERANK_TEXT = (
+    "true re-orders the nearest candidates by query expansion (pipelines.rerank); "
+    "similarities stay cosines to the query"
+)
 
 
 def add_service_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> None:
@@ -105,6 +110,7 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
             float | None,
             Query(description="0 = plain nearest neighbours; up to 1 spreads out near-duplicates"),
         ] = None,
+        rerank: Annotated[bool, Query(description=RERANK_TEXT)] = False,
     ) -> dict[str, Any]:
         """The k catalog items most similar to a catalog item (never the item itself)."""
         # A worker thread, not the event loop: the matrix product releases the GIL, so two
@@ -120,10 +126,13 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
         use, note = resolve_strategy(index, strategy)
 
         def search(width: int) -> pd.DataFrame:
-            return item_neighbours(index, current.catalog, item_id, width, use, **extra)
+            return item_neighbours(
+                index, current.catalog, item_id, width, use, rerank=rerank, **extra
+            )
 
         table = engine(lambda: filtered(search, k, label, index.size - 1, svc.config.max_k))
-        return neighbours_body(current, item_id, extractor, use, k, start, table, note)
+        body = neighbours_body(current, item_id, extractor, use, k, start, table, note)
+        return {**body, "rerank": rerank}
 
     @app.get(
         "/thumbs/{item_id}",
@@ -168,6 +177,7 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
             float | None,
             Query(description="0 = plain nearest neighbours; up to 1 spreads out near-duplicates"),
         ] = None,
+        rerank: Annotated[bool, Query(description=RERANK_TEXT)] = False,
     ) -> dict[str, Any]:
         """Photos -> predicted category (custom CNN) and neighbours per extractor; with several
         photos also the set's three most common categories."""
@@ -176,7 +186,7 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
         k = svc.checked(k, strategy)
         extra = diversity_keyword(diversity)
         names = list(dict.fromkeys(extractor or current.extractors or current.indexes))
-        indexes = {name: svc.index_of(current, name) for name in names}
+        indexes = {name: reranked(svc.index_of(current, name), rerank) for name in names}
         for name in names:
             if name not in current.extractors:
                 reason = current.model_errors.get(name, "not loaded")
@@ -202,7 +212,7 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
         summary = upload.category_summary(results, top=3)
         return {
             "took_ms": ms(start),
-            "photos": [_photo(current, r, strategy, k, start) for r in results],
+            "photos": [_photo(current, r, strategy, k, start, rerank) for r in results],
             "top_categories": summary.to_dict(orient="records"),
         }
 
@@ -222,16 +232,20 @@ def _embed(
 
 
 def _photo(
-    current: ServiceState, result: upload.UploadResult, strategy: str, k: int, start: float
+    current: ServiceState,
+    result: upload.UploadResult,
+    strategy: str,
+    k: int,
+    start: float,
+    rerank: bool = False,
 ) -> m.PhotoResult:
     """One photo's answer: its category and one neighbours body per extractor."""
     searches = []
     for name, table in result.neighbours.items():
         notes = [n.split(": ", 1)[1] for n in result.notes if n.startswith(f"{name}: ")]
         used = strategy if not notes else "exact"
-        searches.append(
-            neighbours_body(current, result.name, name, used, k, start, table, "; ".join(notes))
-        )
+        body = neighbours_body(current, result.name, name, used, k, start, table, "; ".join(notes))
+        searches.append({**body, "rerank": rerank})
     return m.PhotoResult(
         name=result.name,
         category=result.category,
