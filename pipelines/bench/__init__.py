@@ -3,7 +3,8 @@
 One module per section, each returning a dict with "rows" of numbers or a "skipped" reason:
 embedding (stream vs in-memory forward), exact_search (vs the fastest pass over the matrix
 and scikit-learn), ann (recall and latency of the approximate index), maps (UMAP time and
-memory), app (AppTest re-renders, upload round trip), memory (disk per item, peak RSS).
+memory), app (AppTest re-renders, upload round trip), memory (disk per item, peak RSS), rerank
+(P@10 gain and latency of query expansion).
 Ratios are measured side by side in one run (interleaved repetitions), because other jobs
 share the cores and absolute times drift. Peak memory is measured in child processes
 (`common.run_child`), so one measurement never inherits another's peak.
@@ -20,7 +21,7 @@ from typing import Any
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 
-SECTIONS = ("embedding", "exact_search", "ann", "maps", "app", "memory")
+SECTIONS = ("embedding", "exact_search", "ann", "maps", "app", "memory", "rerank")
 
 
 def results_path(config: Config, sections: Sequence[str] | None = None) -> Path:
@@ -50,6 +51,7 @@ def _runners(config: Config, quick: bool) -> dict[str, Callable[[], dict[str, An
     from pipelines.bench.exact_search import bench_exact
     from pipelines.bench.maps import bench_maps
     from pipelines.bench.memory import bench_memory
+    from pipelines.bench.rerank import bench_rerank
 
     shared: dict[str, Any] = {}  # numbers one section hands to another (e.g. the 100k child)
     return {
@@ -59,6 +61,7 @@ def _runners(config: Config, quick: bool) -> dict[str, Callable[[], dict[str, An
         "maps": lambda: bench_maps(config, quick, shared),
         "app": lambda: bench_app(config, quick, shared),
         "memory": lambda: bench_memory(config, quick, shared),
+        "rerank": lambda: bench_rerank(config, quick),
     }
 
 
