@@ -1,6 +1,7 @@
-"""Re-ranking benchmark: P@10 with and without re-ranking on the validation and test splits,
-single-query latency with and without it at the real catalog's size and at 100k items, and
-the DBA neighbour graph's build time. Reads the catalog and embeddings; writes nothing.
+"""Re-ranking benchmark: P@10 (and colour agreement@10) with and without re-ranking on the
+validation and test splits, single-query latency with and without it at the real catalog's
+size and at 100k items, and the DBA neighbour graph's build time. Reads the catalog,
+embeddings and colours; writes nothing.
 
 Protocols (never tuned on test):
 - validation: validation photos searched against the train split (the split the settings in
@@ -49,6 +50,9 @@ def bench_rerank(config: Config, quick: bool) -> dict[str, Any]:
     have = [e for e in EXTRACTORS if config.embeddings_path(e).exists()]
     if not have:
         return {"skipped": f"no embeddings in {config.artifacts_dir} — run the pipeline first"}
+    from pipelines.colour import read_colours
+
+    colours = read_colours(config, catalog["item_id"].to_numpy())
     splits = catalog["split"].astype(str).to_numpy() if "split" in catalog.columns else None
     labels = catalog["label"] if "label" in catalog.columns else None
     rows: list[dict[str, Any]] = []
@@ -70,6 +74,13 @@ def bench_rerank(config: Config, quick: bool) -> dict[str, Any]:
                 if large_settings != settings:
                     _, qe_only = p_at_k(vectors, codes, queries, gallery, large_settings)
                     row[f"{name}_gain_without_dba"] = round(qe_only - plain, 4)
+                if colours is not None:
+                    # Likeness beside category: the share of the 10 whose colour is the query's.
+                    known = np.array([isinstance(c, str) for c in colours])
+                    colour_codes = np.where(known, pd.factorize(colours)[0], -1)
+                    same = p_at_k(vectors, colour_codes, queries, gallery, settings)
+                    row[f"{name}_colour@10"] = round(same[0], 4)
+                    row[f"{name}_colour@10_rerank"] = round(same[1], 4)
             if not quick:
                 val_queries, val_gallery = _protocols(splits)["validation"]
                 grids[extractor] = validation_grid(vectors, codes, val_queries, val_gallery)
@@ -125,7 +136,8 @@ def p_at_k(
     k: int = K,
 ) -> tuple[float, float]:
     """(plain, re-ranked) mean precision@k of `queries` rows searched among `gallery` rows
-    (exact strategy; a hit = same label code; queries without a label left out)."""
+    (exact strategy; a hit = same code, a label or a colour; queries without one (-1) left
+    out)."""
     index = Index(vectors[gallery], np.arange(len(gallery)).astype(str), name="gallery")
     queries = queries[codes[queries] >= 0]
     q, want, have = vectors[queries], codes[queries], codes[gallery]
