@@ -43,9 +43,27 @@ def _embed(config: Config, args: argparse.Namespace) -> Any:
 
 
 def _train(config: Config, args: argparse.Namespace) -> Any:
+    """The custom CNN, then the metric head when the vectors it learns from are current."""
+    from pipelines import commands
+    from pipelines.head import BASE, CNN, EXTRACTOR, run_train_head
     from pipelines.train import run_train
 
-    return run_train(config, force=args.force)
+    results = [run_train(config, force=args.force)]
+    bases = [BASE, CNN] if config.head_cnn_share > 0 else [BASE]
+    missing = [name for name in bases if not config.embeddings_path(name).is_file()]
+    if missing or (CNN in bases and not results[0].skipped):
+        why = (
+            f"{' and '.join(missing)} vectors are not embedded yet"
+            if missing
+            else "the custom CNN just changed, so its vectors are out of date"
+        )
+        print(
+            f"{EXTRACTOR} (the metric head) learns from {' and '.join(bases)} vectors, and "
+            f"{why}: run `{commands.embed()}` and then `{commands.TRAIN}` again "
+            f"(`{commands.RUN}` does every stage in order)"
+        )
+        return results
+    return [*results, run_train_head(config, force=args.force)]
 
 
 def _maps(config: Config, args: argparse.Namespace) -> Any:
@@ -245,7 +263,8 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         [_source],
     ),
     "train": (
-        "train the custom CNN on the catalog's labels (an autoencoder when it has none)",
+        "train the custom CNN on the catalog's labels (an autoencoder when it has none), "
+        "then the metric head on the embedded InceptionV3 vectors",
         _train,
         [],
     ),
@@ -281,8 +300,8 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         [_extractors],
     ),
     "run": (
-        "every stage in order (catalog, train, embed, maps, clusters, evaluate); each skips "
-        "itself when nothing changed",
+        "every stage in order (catalog, colours, train, embed, the metric head, classify, "
+        "maps, clusters, mosaic, health, evaluate); each skips itself when nothing changed",
         _run,
         [_source, _extractors, _engine],
     ),

@@ -121,3 +121,34 @@ def test_upload_through_the_head_finds_the_photo_and_a_non_photo_is_far(built: C
     assert far_message(nearest_similarity(inception, odd), check) is not None
     photo = ext.embed_images([catalog["path"].iloc[7]])[0]
     assert far_message(nearest_similarity(inception, photo), check) is None
+
+
+@pytest.mark.slow
+def test_train_command_fits_the_head_once_its_vectors_exist(
+    built: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train` goes on to the metric head when the vectors it learns from are embedded, and
+    says what to run when they are not."""
+    import dataclasses
+    import shutil
+
+    from pipelines import cli
+
+    art = tmp_path / "artifacts"
+    shutil.copytree(built.artifacts_dir, art)
+    config = dataclasses.replace(built, artifacts_dir=art)
+    # The fixture's own CNN settings, so `train` finds its CNN up to date.
+    argv = ["train", "--artifacts", str(art)]
+    for name in ("cnn_image_size", "cnn_epochs", "cnn_patience", "batch_size", "chunk_size"):
+        argv += ["--set", f"{name}={getattr(built, name)}"]
+    config.head_path.unlink()
+    assert cli.main(argv) == 0
+    assert config.head_path.is_file()
+    assert "inception_head" in capsys.readouterr().out
+    config.embeddings_path("inception_v3").unlink()
+    config.head_path.unlink()
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "inception_v3 vectors are not embedded yet" in out
+    assert "python -m pipelines embed" in out
+    assert not config.head_path.exists()
