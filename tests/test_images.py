@@ -340,3 +340,18 @@ def test_paths_that_are_not_regular_files_are_refused_without_reading(tmp_path: 
     for path, reason in cases.items():
         with pytest.raises(ImageError, match=reason):
             load_image(path)
+
+
+@pytest.mark.parametrize("shape", [(300, 100), (100, 300)])
+def test_model_input_is_the_centred_square_not_a_squash(shape: tuple[int, int]) -> None:
+    """A wide (or tall) photo in three colour bands: only the middle band is the model input."""
+    width, height = shape
+    img = Image.new("RGB", shape, (255, 0, 0))
+    middle = (100, 0, 200, 100) if width > height else (0, 100, 100, 200)
+    img.paste((0, 0, 255), middle)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    pixels = load_array(buffer.getvalue(), 32)
+    assert pixels.shape == (32, 32, 3)
+    # A squash would keep the red bands at the edges; the centre crop is all blue.
+    assert (pixels[..., 2] == 255).all() and (pixels[..., 0] == 0).all()
