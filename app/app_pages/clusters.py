@@ -18,13 +18,10 @@ widgets.require(cfg, ("catalog", "clusters", "embeddings"), [settings.extractor]
 
 with widgets.user_errors():
     catalog = loaders.catalog(cfg)
-    members = loaders.clusters(cfg, settings.extractor)
     summary = loaders.cluster_summary(cfg, settings.extractor)
-    index = loaders.index(cfg, settings.extractor)
-centroids = getattr(index, "centroids", None)
-overview = browse.cluster_overview(
-    summary, members, catalog, n_thumbs=5, vectors=index.vectors, centroids=centroids
-)
+    # Each cluster's photos nearest its centre: every item scored against every centre, so
+    # it is computed once per build (loaders), not on every rerun.
+    overview = loaders.cluster_overview(cfg, settings.extractor)
 
 name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
 st.caption(
@@ -49,7 +46,7 @@ cluster = st.selectbox(
     format_func=lambda c: f"Cluster {c}",
     key=f"clusters_pick_{settings.extractor}",
 )
-items = browse.cluster_members(members, catalog, cluster, index.vectors, centroids)
+items = loaders.cluster_members(cfg, settings.extractor, cluster)
 composition = browse.cluster_composition(summary, cluster)
 left, right = st.columns([1, 3])
 with left:
@@ -59,9 +56,7 @@ with left:
         st.plotly_chart(
             plots.composition_figure(composition), key="cluster_composition", width="stretch"
         )
-    widgets.csv_download(
-        browse.export_table(items, catalog), f"cluster-{cluster}", key="cluster_csv"
-    )
+    widgets.export_download(items, catalog, f"cluster-{cluster}", key="cluster_csv")
 with right:
     st.subheader(f"Cluster {cluster}: {browse.plural(len(items), 'item')}")
     st.caption("Nearest the cluster's centre first.")

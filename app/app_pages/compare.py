@@ -20,15 +20,15 @@ with widgets.user_errors():
     EXTRACTORS = cfg.extractors_built()  # the metric head only where the catalog had labels
     indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
     maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
+    layers = {name: loaders.map_layer(cfg, name) for name in EXTRACTORS}  # None: small maps
 
 # A point clicked on either map (last run's chart state) becomes the query.
 for name in EXTRACTORS:
     clicked = selection.new_click(f"compare_map_{name}")
-    if clicked is not None and clicked in set(catalog["item_id"]):
+    if clicked is not None and clicked in loaders.item_index(catalog):
         widgets.set_query(clicked)
 query_id = widgets.query_picker(catalog, "compare")
-query = catalog.set_index("item_id").loc[query_id]
-query["item_id"] = query_id
+query = loaders.catalog_row(catalog, query_id)
 
 results = {}
 notes = []
@@ -75,7 +75,12 @@ for column, name in zip(columns, EXTRACTORS, strict=True):
         if show_heatmaps:
             heatmap.show_pair(cfg, name, catalog, table, f"compare_{name}", query_item=query_id)
         figure, trace_ids = plots.map_figure(
-            maps[name], "label", query=query_id, neighbours=table["item_id"].tolist(), height=520
+            maps[name],
+            "label",
+            query=query_id,
+            neighbours=table["item_id"].tolist(),
+            height=520,
+            layer=layers[name],
         )
         widgets.pick_map(figure, trace_ids, f"compare_map_{name}")
 

@@ -25,12 +25,14 @@ with colour_col:
     colours = widgets.colours(cfg, catalog)
     options = ["label", "cluster", "split"] + (["colour"] if colours is not None else [])
     color_by = st.radio("Colour by", options, key="map_color", horizontal=True)
-    if color_by == "colour":  # the dominant colour of each item (pipelines/colour.py)
-        by_id = dict(zip(catalog["item_id"].astype(str), colours, strict=True))
-        points = points.assign(colour=points["item_id"].astype(str).map(by_id).fillna("none"))
 with filter_col:
-    labels = sorted(points["label"].dropna().astype(str).unique())
+    labels = loaders.map_labels(cfg, settings.extractor)
     chosen = st.multiselect("Show labels", labels, key="map_labels", placeholder="all labels")
+# A large map is drawn once per colouring and filter as an image (None: a map of points).
+layer = loaders.map_layer(cfg, settings.extractor, color_by, tuple(chosen))
+if color_by == "colour" and layer is None:  # the dominant colour of each item (colour.py)
+    by_id = dict(zip(catalog["item_id"].astype(str), colours, strict=True))
+    points = points.assign(colour=points["item_id"].astype(str).map(by_id).fillna("none"))
 with trust_col:
     trust = loaders.map_trustworthiness(cfg, settings.extractor)
     st.metric(
@@ -39,7 +41,7 @@ with trust_col:
         help="How well the 2-D map keeps each item's 10 nearest neighbours (1 = all kept).",
     )
 
-shown = int(points["label"].isin(chosen).sum()) if chosen else len(points)
+shown = loaders.label_total(cfg, settings.extractor, tuple(chosen)) if chosen else len(points)
 scope = f"{shown:,} of {len(points):,} items shown" if chosen else browse.plural(shown, "item")
 st.caption(
     f"{scope} · {widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)} · "
@@ -53,6 +55,8 @@ kept = selection.kept_selection(
     st.session_state.get(f"{chart_key}_traces"),
     context=(settings.extractor, color_by, tuple(chosen)),
     key="map_selection",
+    layer=layer,
+    shown_labels=chosen,
 )
 figure, trace_ids = plots.map_figure(
     points,
@@ -60,6 +64,7 @@ figure, trace_ids = plots.map_figure(
     shown_labels=chosen,
     selected=kept,
     dragmode=plots.SELECT_DRAG,
+    layer=layer,
 )
 st.session_state[f"{chart_key}_traces"] = trace_ids
 st.plotly_chart(
@@ -77,10 +82,11 @@ st.subheader(f"Selection: {browse.plural(len(selected), 'item')}")
 if not selected:
     st.caption("Draw a box or lasso on the map to see those items here.")
 else:
-    rows = catalog.set_index("item_id").loc[selected].reset_index()
+    found = loaders.item_index(catalog).get_indexer(selected)
+    rows = catalog.iloc[found[found >= 0]].reset_index(drop=True)
     st.markdown(f"**Labels:** {browse.label_counts_text(rows['label'], top=len(rows))}")
     sample = browse.stratified_sample(rows, SAMPLE_SIZE)
     if len(sample) < len(rows):
         st.caption(f"Showing {len(sample)} of {len(rows):,}, drawn in proportion to their labels.")
     widgets.lookalike_grid(sample, SAMPLE_SIZE, "map")
-    widgets.csv_download(browse.export_table(rows, catalog), "selection", key="map_csv")
+    widgets.export_download(rows, catalog, "selection", key="map_csv")

@@ -27,7 +27,7 @@ clicked = selection.selection_to_item_ids(
 )
 if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
     st.session_state[f"{chart_key}_seen"] = clicked
-    if clicked[0] in set(catalog["item_id"]):
+    if clicked[0] in loaders.item_index(catalog):
         widgets.set_query(clicked[0])
 
 query_id = widgets.query_picker(catalog, "search", ("Random", "Item id", "Browse", "Map"))
@@ -44,8 +44,7 @@ with widgets.user_errors():
         index, catalog, query_id, settings.k, strategy, diversity=diversity,
         colour=colour, colours=colours, rerank=rerank,
     )  # fmt: skip
-query = catalog.set_index("item_id").loc[query_id]
-query["item_id"] = query_id
+query = loaders.catalog_row(catalog, query_id)
 widgets.remember_query(query_id)
 widgets.query_history(catalog, query_id)
 precision = neighbours.query_precision(found, query.get("label"), settings.k)
@@ -67,7 +66,11 @@ with right:
 
 st.subheader("On the map")
 figure, trace_ids = plots.map_figure(
-    points, "label", query=query_id, neighbours=found["item_id"].tolist()
+    points,
+    "label",
+    query=query_id,
+    neighbours=found["item_id"].tolist(),
+    layer=loaders.map_layer(cfg, settings.extractor),  # None below plots.RASTER_MIN_ITEMS
 )
 widgets.pick_map(figure, trace_ids, chart_key)
 hover.photo_hover(cfg, settings.extractor)

@@ -122,7 +122,10 @@ if len(good) > 1:
     map_tabs = st.tabs([f"All photos on the {widgets.EXTRACTOR_NAMES[n]} map" for n in EXTRACTORS])
     for tab, name in zip(map_tabs, EXTRACTORS, strict=True):
         placed = [(r.name, *r.positions[name]) for r in good if name in r.positions]
-        figure, trace_ids = plots.map_figure(maps[name], "label", extra=placed, height=560)
+        layer = loaders.map_layer(cfg, name)  # a large map drawn once as an image
+        figure, trace_ids = plots.map_figure(
+            maps[name], "label", extra=placed, height=560, layer=layer
+        )
         widgets.pick_map(figure, trace_ids, f"upload_all_{name}", tab)
 
 show_heatmaps = heatmap.toggle("upload")
@@ -170,6 +173,7 @@ for i, result in enumerate(good):
                         neighbours=table["item_id"].tolist(),
                         extra=[(result.name, x, y)],
                         height=520,
+                        layer=loaders.map_layer(cfg, name),
                     )
                     widgets.pick_map(figure, trace_ids, f"upload_map_{i}_{name}")
 hover.photo_hover(cfg, settings.extractor)

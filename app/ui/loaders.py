@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app.ui import plots
 from pipelines import browse, status, upload
 from pipelines.artifacts import read_manifest
 from pipelines.config import Config
@@ -44,23 +47,69 @@ def _config(artifacts_dir: str, cnn: tuple | None = None) -> Config:
 # --------------------------------------------------------------------------- tables
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
+# The catalog and map tables are st.cache_resource, not st.cache_data: cache_data hands every
+# rerun its own unpickled copy, which at 1M items costs about a second per table per rerun.
+# Shared objects are read only: pages derive new frames (assign, iloc), never write in place.
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _catalog(artifacts_dir: str, catalog_sha: str) -> pd.DataFrame:
     cfg = _config(artifacts_dir)
     table, _ = read_catalog(cfg)
-    return browse.with_thumb_files(table, cfg.artifacts_dir)
+    return _plain_strings(browse.with_thumb_files(table, cfg.artifacts_dir))
+
+
+def _plain_strings(table: pd.DataFrame) -> pd.DataFrame:
+    """String columns as numpy object arrays (missing values None): the pages and the engine
+    take `.to_numpy(dtype=object)` of them on every rerun, a copy of every value from Arrow
+    strings (~0.1 s per column at 1M rows), free from object arrays."""
+    out = table.copy()
+    for column in out.columns:
+        if isinstance(out[column].dtype, pd.StringDtype):
+            out[column] = pd.Series(
+                out[column].to_numpy(dtype=object, na_value=None), index=out.index, dtype=object
+            )
+    return out
 
 
 def catalog(cfg: Config) -> pd.DataFrame:
-    """The catalog with absolute thumbnail paths (`thumb_file`)."""
+    """The catalog with absolute thumbnail paths (`thumb_file`). Shared by every session:
+    read only."""
     return _catalog(str(cfg.artifacts_dir), sha(cfg.catalog_path))
+
+
+# id(table) -> (weak reference to the table, its item-id index); see `item_index`.
+_ITEM_INDEXES: dict[int, tuple[weakref.ref, pd.Index]] = {}
+_ITEM_LOCK = threading.Lock()
+
+
+def item_index(table: pd.DataFrame) -> pd.Index:
+    """`table`'s item ids as a hash index, built once per table object (the shared catalog
+    and maps): `item in index` and `index.get_loc(item)` (its row) cost microseconds, where
+    `set(table["item_id"])` or `table.set_index("item_id")` cost about a second per rerun
+    at 1M items. The memo holds the table weakly, so a dropped table drops its index."""
+    with _ITEM_LOCK:  # sessions run on threads of their own
+        held = _ITEM_INDEXES.get(id(table))
+        if held is not None and held[0]() is table:
+            return held[1]
+        found = pd.Index(table["item_id"].astype(str))
+        for key in [k for k, (ref, _) in _ITEM_INDEXES.items() if ref() is None]:
+            del _ITEM_INDEXES[key]
+        _ITEM_INDEXES[id(table)] = (weakref.ref(table), found)
+        return found
+
+
+def catalog_row(table: pd.DataFrame, item_id: str) -> pd.Series:
+    """One row of a catalog (with its item_id) by id, without indexing the whole table; a
+    KeyError when it is not there."""
+    row = table.iloc[item_index(table).get_loc(item_id)].copy()
+    row["item_id"] = item_id
+    return row
 
 
 def _table(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def _points(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> pd.DataFrame:
     cfg = _config(artifacts_dir)
     table = _catalog(artifacts_dir, key[0])
@@ -72,15 +121,62 @@ def _points(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> pd.Data
     )
 
 
-def map_points(cfg: Config, extractor: str) -> pd.DataFrame:
-    """One extractor's map: item_id, x, y, label, split, cluster, predicted, thumb_file."""
-    key = (
+def _points_key(cfg: Config, extractor: str) -> tuple[str, ...]:
+    return (
         sha(cfg.catalog_path),
         sha(cfg.map_path(extractor)),
         sha(cfg.clusters_path(extractor)),
         sha(cfg.categories_path),
     )
-    return _points(str(cfg.artifacts_dir), extractor, key)
+
+
+def map_points(cfg: Config, extractor: str) -> pd.DataFrame:
+    """One extractor's map: item_id, x, y, label, split, cluster, predicted, thumb_file.
+    Shared by every session: read only."""
+    return _points(str(cfg.artifacts_dir), extractor, _points_key(cfg, extractor))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _label_counts(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> dict[str, int]:
+    labels = _points(artifacts_dir, extractor, key)["label"].dropna().astype(str)
+    return {str(k): int(v) for k, v in labels.value_counts().sort_index().items()}
+
+
+def map_labels(cfg: Config, extractor: str) -> list[str]:
+    """The labels on one extractor's map, sorted (counted once per build)."""
+    return list(_label_counts(str(cfg.artifacts_dir), extractor, _points_key(cfg, extractor)))
+
+
+def label_total(cfg: Config, extractor: str, labels: tuple[str, ...]) -> int:
+    """How many items of one extractor's map carry any of `labels`."""
+    counts = _label_counts(str(cfg.artifacts_dir), extractor, _points_key(cfg, extractor))
+    return sum(counts.get(str(label), 0) for label in labels)
+
+
+@st.cache_resource(show_spinner="Drawing the map…", max_entries=16)
+def _map_layer(
+    artifacts_dir: str, extractor: str, key: tuple[str, ...], color_by: str, shown: tuple
+) -> plots.MapLayer:
+    points = _points(artifacts_dir, extractor, key)
+    if color_by == "colour":
+        from pipelines.colour import read_colours
+
+        colours = read_colours(_config(artifacts_dir), points["item_id"].to_numpy())
+        points = points.assign(colour="none" if colours is None else colours)
+    return plots.map_layer(points, color_by, shown)
+
+
+def map_layer(
+    cfg: Config, extractor: str, color_by: str = "label", shown_labels: tuple = ()
+) -> plots.MapLayer | None:
+    """A large map drawn once per colouring and label filter (`plots.map_layer`: its image,
+    interactive sample and id lookups), shared by every session; None for a map below
+    `plots.RASTER_MIN_ITEMS` items, which is drawn point by point as always."""
+    points = map_points(cfg, extractor)
+    if len(points) < plots.RASTER_MIN_ITEMS:
+        return None
+    key = _points_key(cfg, extractor)
+    return _map_layer(str(cfg.artifacts_dir), extractor, key, color_by, tuple(shown_labels))
 
 
 def map_trustworthiness(cfg: Config, extractor: str) -> float | None:
@@ -104,6 +200,104 @@ def clusters(cfg: Config, extractor: str) -> pd.DataFrame:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _cluster_summary(artifacts_dir: str, extractor: str, summary_sha: str) -> pd.DataFrame:
     return pd.read_parquet(_config(artifacts_dir).cluster_summary_path(extractor))
+
+
+# From this many items the Clusters page picks each cluster's photos nearest its centre among
+# a seeded sample of OVERVIEW_SAMPLE members per cluster: scoring every item reads the whole
+# matrix (8 GB memory-mapped at 1M x 2048, ~10 s from disk). The label counts still cover
+# every member (they come from the cluster summary).
+OVERVIEW_SAMPLE_FROM = 200_000
+OVERVIEW_SAMPLE = 2_000
+
+
+@st.cache_resource(show_spinner="Ordering the clusters…", max_entries=8)
+def _cluster_overview(
+    _index: Index, artifacts_dir: str, extractor: str, key: tuple[str, ...]
+) -> pd.DataFrame:
+    summary = _cluster_summary(artifacts_dir, extractor, key[2])
+    members = _clusters(artifacts_dir, extractor, (key[1], key[0]))
+    table = _catalog(artifacts_dir, key[0])
+    if len(table) < OVERVIEW_SAMPLE_FROM:
+        return browse.cluster_overview(
+            summary, members, table, 5, vectors=_index.vectors, centroids=_index.centroids
+        )
+    rows = item_index(table).get_indexer(members["item_id"].astype(str))
+    groups = pd.Series(np.arange(len(members))).groupby(members["cluster"].to_numpy())
+    rng = np.random.default_rng(0)
+    picked = np.sort(
+        np.concatenate(
+            [
+                rng.choice(g.to_numpy(), size=min(len(g), OVERVIEW_SAMPLE), replace=False)
+                for _, g in groups
+            ]
+        )
+    )
+    sub = members.iloc[picked].reset_index(drop=True)
+    sub_rows = rows[picked]
+    overview = browse.cluster_overview(
+        summary,
+        sub,
+        table.iloc[sub_rows].reset_index(drop=True),
+        5,
+        vectors=np.asarray(_index.vectors[sub_rows], dtype=np.float32),
+        centroids=_index.centroids,
+    )
+    texts = dict(zip(summary["cluster"], summary["composition"], strict=True))
+    sizes = dict(zip(summary["cluster"], summary["size"], strict=True))
+    overview["labels"] = [_counts_text(texts[c], sizes[c]) for c in overview["cluster"]]
+    return overview
+
+
+def _counts_text(composition: str, size: int, top: int = 3) -> str:
+    """`browse.label_counts_text` of a cluster from its summary's composition JSON."""
+    counts = json.loads(composition or "{}")
+    labelled = sum(counts.values())
+    if size > labelled:
+        counts["(no label)"] = size - labelled
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    parts = [f"{c} {label}" for label, c in ordered]
+    more = f" · +{len(parts) - top} more" if len(parts) > top else ""
+    return " · ".join(parts[:top]) + more
+
+
+def _overview_key(cfg: Config, extractor: str) -> tuple[str, ...]:
+    return (
+        sha(cfg.catalog_path),
+        sha(cfg.clusters_path(extractor)),
+        sha(cfg.cluster_summary_path(extractor)),
+        sha(cfg.embeddings_path(extractor)),
+        sha(cfg.centroids_path(extractor)),
+    )
+
+
+def cluster_overview(cfg: Config, extractor: str) -> pd.DataFrame:
+    """`browse.cluster_overview` of one extractor (the five photos nearest each centre),
+    computed once per build and shared (read only): it scores every item against every
+    centre, seconds at 1M items."""
+    key = _overview_key(cfg, extractor)
+    return _cluster_overview(index(cfg, extractor), str(cfg.artifacts_dir), extractor, key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _cluster_members(
+    _index: Index, artifacts_dir: str, extractor: str, key: tuple[str, ...], cluster: int
+) -> pd.DataFrame:
+    return browse.cluster_members(
+        _clusters(artifacts_dir, extractor, (key[1], key[0])),
+        _catalog(artifacts_dir, key[0]),
+        cluster,
+        _index.vectors,
+        _index.centroids,
+    )
+
+
+def cluster_members(cfg: Config, extractor: str, cluster: int) -> pd.DataFrame:
+    """`browse.cluster_members` of one cluster, nearest its centre first, computed once per
+    cluster and shared (read only): a rerun that keeps the cluster does not sort it again."""
+    key = _overview_key(cfg, extractor)
+    return _cluster_members(
+        index(cfg, extractor), str(cfg.artifacts_dir), extractor, key, int(cluster)
+    )
 
 
 def cluster_summary(cfg: Config, extractor: str) -> pd.DataFrame:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
+from pipelines import raster
+from pipelines.raster import Raster
 
 # Enough distinct colours for the 10 catalog classes and 10 clusters (plotly's "Plotly" set).
 PALETTE = [
@@ -36,6 +40,18 @@ MAP_HEIGHT = 720
 # zooms on drag, so a single click picks the point under it.
 SELECT_DRAG = "select"
 PICK_DRAG = "zoom"
+# From this many items a map is drawn as an image under a sample of interactive points
+# (`map_layer`). Below it every point is a WebGL marker, as always: at the default catalog's
+# 3,781 items that is 0.3 MB a render and paints fast. At 100k items the scatter's JSON is
+# 7 MB per rerun and Chromium paints 2.5x slower, so the crossover sits well between; 20k
+# items (~1.5 MB) keeps every catalog up to a few times the default one on the exact path.
+RASTER_MIN_ITEMS = 20_000
+# Markers drawn over a large map's image, for hover photos and click-to-pick: a few times
+# the default catalog's points, ~0.4 MB of JSON.
+SAMPLE_POINTS = 4_000
+# Rings drawn around a large map's selection at most (a sample of a bigger one): the
+# selection's own list and counts below the map cover all of it.
+SELECTED_LIMIT = 2_000
 
 
 def display_name(extractor: str) -> str:
@@ -72,8 +88,14 @@ def map_figure(
     shown_labels: Sequence[str] = (),
     selected: Sequence[str] = (),
     dragmode: str = PICK_DRAG,
+    layer: MapLayer | None = None,
 ) -> tuple[go.Figure, list[list[str] | None]]:
     """A WebGL scatter of a map, one trace per colour group, with optional highlights.
+
+    From RASTER_MIN_ITEMS points the map is drawn as an image instead (`map_layer`: every
+    point binned into a PNG per colour group) under a sampled interactive scatter, so the
+    browser receives a few hundred kB whatever the catalog's size; the highlights are drawn
+    the same way on both paths.
 
     Parameters
     ----------
@@ -90,12 +112,21 @@ def map_figure(
         not selectable (a filter greys out; it never recolours).
     selected : item ids drawn with black rings (a selection kept across recolouring).
     dragmode : SELECT_DRAG on the page that selects, PICK_DRAG (a click picks) elsewhere.
+    layer : the large map's image and sample, built once per map, colouring and filter
+        (`app.ui.loaders.map_layer` caches it); built here when None and the map is large.
 
     Returns
     -------
     (figure, item ids of each trace in figure order; None for traces that are not
     selectable items). Every item trace carries its ids as customdata too.
     """
+    highlighted = query is not None or len(neighbours) > 0 or len(extra) > 0
+    if layer is None and len(points) >= RASTER_MIN_ITEMS:
+        layer = map_layer(points, color_by, shown_labels)
+    if layer is not None:
+        return _layer_figure(
+            layer, query, neighbours, extra, height, title, selected, dragmode, highlighted
+        )
     ids = points["item_id"].to_numpy(dtype=object)
     labels = points["label"].fillna("").astype(str).to_numpy()
     xs, ys = points["x"].to_numpy(), points["y"].to_numpy()
@@ -106,11 +137,187 @@ def map_figure(
         hidden = np.flatnonzero(~keep)
         marker = {"size": 4, "color": FILTERED_COLOUR, "opacity": 0.6}
         out.add(_markers(xs[hidden], ys[hidden], "filtered out", marker))
-    highlighted = query is not None or len(neighbours) > 0 or len(extra) > 0
     _add_groups(out, points, color_by, keep, highlighted)
 
     position = {item: row for row, item in enumerate(ids)}
-    chosen = [position[s] for s in selected if s in position]
+    rows = _Highlights(
+        [position[s] for s in selected if s in position],
+        [position[n] for n in neighbours if n in position],
+        position.get(query) if query is not None else None,
+    )
+    _add_highlights(out, xs, ys, ids, labels, rows, extra)
+    # One figure from the whole list, unvalidated: add_trace re-validates every earlier trace
+    # each time, and validating 3,781-point arrays costs more than drawing them. The shapes
+    # here are fixed; the page tests check the figure the browser receives.
+    fig = go.Figure(data=out.traces, _validate=False)
+    _map_layout(fig, height, title, dragmode)
+    return fig, out.ids
+
+
+@dataclass(frozen=True)
+class MapLayer:
+    """A large map drawn once: its image, the rows drawn as interactive points, and lookups
+    (item id -> row, coordinates, labels) so a rerun never touches every item again."""
+
+    raster: Raster
+    sample: np.ndarray  # (s,) rows drawn as markers (hover, click), filtered-out rows left out
+    # One marker trace per colour group of the sample, built once: (name, colour, xs, ys,
+    # hover texts (None: a template names the label), item ids).
+    groups: tuple[tuple[str, str, np.ndarray, np.ndarray, list[str] | None, list[str]], ...]
+    index: pd.Index  # item id -> row (a hash index, so no dict of every item per rerun)
+    ids: np.ndarray  # (n,) item ids
+    xs: np.ndarray
+    ys: np.ndarray
+    labels: np.ndarray  # (n,) str
+
+    def rows_of(self, items: Sequence[str]) -> np.ndarray:
+        """Rows of `items` in order; unknown ids left out."""
+        if len(items) == 0:
+            return np.zeros(0, np.int64)
+        rows = self.index.get_indexer([str(i) for i in items])
+        return rows[rows >= 0]
+
+
+def map_layer(
+    points: pd.DataFrame,
+    color_by: str = "label",
+    shown_labels: Sequence[str] = (),
+    sample_size: int = SAMPLE_POINTS,
+) -> MapLayer:
+    """Draw a large map once (`pipelines.raster.rasterise`): every point binned into the image
+    in its group's colour (points a label filter hides in grey, weighted low), and a seeded
+    sample of `sample_size` shown points kept as markers for hover and click.
+
+    Parameters
+    ----------
+    points : as for `map_figure`.
+    color_by : the colouring column.
+    shown_labels : the label filter (empty: all shown).
+    sample_size : points drawn as markers.
+    """
+    ids = points["item_id"].astype(str).to_numpy(dtype=object)
+    labels = points["label"].fillna("").astype(str).to_numpy()
+    xs = points["x"].to_numpy(np.float32)
+    ys = points["y"].to_numpy(np.float32)
+    values = _values(points, color_by)
+    colours = group_colours(points, color_by)
+    names = list(colours)
+    codes = pd.Index(names).get_indexer(values)
+    keep = np.ones(len(points), bool)
+    if len(shown_labels):
+        keep = np.isin(labels, [str(label) for label in shown_labels])
+    groups = np.where(keep, codes, len(names))  # the last group: filtered out, grey
+    image = raster.rasterise(
+        xs,
+        ys,
+        groups,
+        [*colours.values(), FILTERED_COLOUR],
+        weights=[1.0] * len(names) + [0.05],
+    )
+    shown = np.flatnonzero(keep)
+    sample = shown[raster.sample_rows(codes[shown], sample_size)]
+    if "split" in points.columns:  # test points over train points, as on a small map
+        rank = points["split"].map(SPLIT_ORDER).fillna(0).to_numpy()[sample]
+        sample = sample[np.argsort(rank, kind="stable")]
+    groups = []
+    for name, colour in colours.items():
+        rows = sample[values[sample] == name]
+        if len(rows):
+            # Coloured by label, the trace's name is the label: a hover template (as on a
+            # small map) saves a string per point.
+            hover = None if color_by == "label" else [f"{labels[r]} · {ids[r]}" for r in rows]
+            groups.append((name, colour, xs[rows], ys[rows], hover, [str(ids[r]) for r in rows]))
+    return MapLayer(image, sample, tuple(groups), pd.Index(ids), ids, xs, ys, labels)
+
+
+def _layer_figure(
+    layer: MapLayer,
+    query: str | None,
+    neighbours: Sequence[str],
+    extra: Sequence[tuple[str, float, float]],
+    height: int,
+    title: str | None,
+    selected: Sequence[str],
+    dragmode: str,
+    highlighted: bool,
+) -> tuple[go.Figure, list[list[str] | None]]:
+    """`map_figure` of a large map: the layer's image under its sampled markers and the
+    highlights."""
+    out = _Traces()
+    ids, labels = layer.ids, layer.labels
+    for name, colour, xs, ys, hover, item_ids in layer.groups:
+        marker = {"size": 5, "color": colour, "opacity": 0.35 if highlighted else 0.8}
+        trace = _markers(xs, ys, name, marker, hover)
+        if hover is None:
+            trace.pop("hoverinfo")
+            trace["hovertemplate"] = "%{fullData.name} · %{customdata}<extra></extra>"
+        out.add(trace, item_ids, item_ids)
+    q = layer.rows_of([query]) if query is not None else np.zeros(0, np.int64)
+    chosen = layer.rows_of(selected)
+    if len(chosen) > SELECTED_LIMIT:  # a ring per item of a huge selection is the whole map
+        chosen = chosen[raster.sample_rows(np.zeros(len(chosen), np.int64), SELECTED_LIMIT)]
+    rows = _Highlights(
+        chosen.tolist(),
+        layer.rows_of(neighbours).tolist(),
+        int(q[0]) if len(q) else None,
+    )
+    _add_highlights(out, layer.xs, layer.ys, ids, labels, rows, extra)
+    fig = go.Figure(data=out.traces, _validate=False)
+    image = layer.raster
+    (x0, x1), (y0, y1) = image.x_range, image.y_range
+    fig.add_layout_image(
+        source=image.data_uri(),
+        xref="x",
+        yref="y",
+        x=x0,
+        y=y1,
+        sizex=x1 - x0,
+        sizey=y1 - y0,
+        xanchor="left",
+        yanchor="top",
+        sizing="stretch",
+        layer="below",
+        opacity=0.45 if highlighted else 1.0,
+    )
+    _map_layout(fig, height, title, dragmode)
+    # A layout image does not count in autorange: the axes span the image.
+    fig.update_xaxes(range=[x0, x1], showgrid=False, zeroline=False)
+    fig.update_yaxes(range=[y0, y1], showgrid=False, zeroline=False)
+    n = len(layer.xs)
+    fig.add_annotation(
+        text=f"{n:,} items drawn as an image; {len(layer.sample):,} of them are interactive",
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=0,
+        xanchor="left",
+        yanchor="bottom",
+        showarrow=False,
+        font={"size": 11, "color": "#666"},
+    )
+    return fig, out.ids
+
+
+@dataclass(frozen=True)
+class _Highlights:
+    """Rows of a map to highlight: a kept selection, the neighbours, the query."""
+
+    selected: list[int]
+    neighbours: list[int]
+    query: int | None
+
+
+def _add_highlights(
+    out: _Traces,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    ids: Any,
+    labels: np.ndarray,
+    rows: _Highlights,
+    extra: Sequence[tuple[str, float, float]],
+) -> None:
+    """Selection rings, query-to-neighbour lines, neighbour rings, the query star, uploads."""
+    chosen, neighbour_rows, q = rows.selected, rows.neighbours, rows.query
     if chosen:
         ring = {
             "size": 10,
@@ -118,8 +325,6 @@ def map_figure(
             "line": {"color": SELECTED_COLOUR, "width": 1.5},
         }
         out.add(_markers(xs[chosen], ys[chosen], "selected", ring))
-    neighbour_rows = [position[n] for n in neighbours if n in position]
-    q = position.get(query) if query is not None else None
     if q is not None and neighbour_rows:
         out.add(_query_lines(xs, ys, q, neighbour_rows))
     if neighbour_rows:
@@ -130,19 +335,14 @@ def map_figure(
         }
         hover = [f"#{i + 1} {labels[r]} · {ids[r]}" for i, r in enumerate(neighbour_rows)]
         trace = _markers(xs[neighbour_rows], ys[neighbour_rows], "neighbours", ring, hover)
-        out.add(trace, [str(ids[r]) for r in neighbour_rows], ids[neighbour_rows])
+        found = np.asarray([ids[r] for r in neighbour_rows], dtype=object)
+        out.add(trace, [str(v) for v in found], found)
     if q is not None:
         star = {"size": 17, "symbol": "star", "color": QUERY_COLOUR}
         trace = _markers([xs[q]], [ys[q]], "query", star, [f"query: {labels[q]} · {ids[q]}"])
         out.add(trace, [str(ids[q])], [ids[q]])
     if extra:
         out.add(_uploads_trace(extra))
-    # One figure from the whole list, unvalidated: add_trace re-validates every earlier trace
-    # each time, and validating 3,781-point arrays costs more than drawing them. The shapes
-    # here are fixed; the page tests check the figure the browser receives.
-    fig = go.Figure(data=out.traces, _validate=False)
-    _map_layout(fig, height, title, dragmode)
-    return fig, out.ids
 
 
 class _Traces:

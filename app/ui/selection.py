@@ -70,11 +70,43 @@ def _point_item_id(
     return str(ids[int(index)])
 
 
+def region_item_ids(
+    event: Mapping[str, Any] | None, layer: Any, shown_labels: Sequence[str] = ()
+) -> list[str] | None:
+    """The items inside the boxes and lassos of a selection on a map drawn as an image
+    (`plots.map_layer`), found by their coordinates over the whole map (the chart itself only
+    holds a sample of points), in map row order; None when the event draws no region.
+
+    Parameters
+    ----------
+    event : the chart's state, as for `selection_to_item_ids`.
+    layer : the `plots.MapLayer` the chart was drawn from (coordinates, ids, labels).
+    shown_labels : the label filter: items it greys out are not selectable, as on a small map.
+    """
+    import numpy as np
+
+    from pipelines.raster import selected_rows
+
+    if not event:
+        return None
+    selection = event.get("selection", event) if isinstance(event, Mapping) else None
+    if not isinstance(selection, Mapping):
+        return None
+    rows = selected_rows(layer.xs, layer.ys, selection)
+    if rows is None:
+        return None
+    if len(shown_labels):
+        rows = rows[np.isin(layer.labels[rows], [str(label) for label in shown_labels])]
+    return [str(v) for v in layer.ids[rows]]
+
+
 def kept_selection(
     event: Mapping[str, Any] | None,
     trace_item_ids: Sequence[Sequence[str] | None] | None,
     context: object,
     key: str,
+    layer: Any = None,
+    shown_labels: Sequence[str] = (),
 ) -> list[str]:
     """A map selection that survives redrawing the map (another colouring or label filter).
 
@@ -89,6 +121,9 @@ def kept_selection(
     trace_item_ids : the item ids per trace of the figure that produced `event`.
     context : anything equal between runs exactly when the figure is the same.
     key : session key holding {"ids", "event", "context"}.
+    layer : the `plots.MapLayer` of a map drawn as an image, whose selection is read from
+        its boxes and lassos (`region_item_ids`); None for a map of points.
+    shown_labels : the label filter of a layer's map (filtered-out items are not selected).
 
     Returns
     -------
@@ -97,7 +132,10 @@ def kept_selection(
     import streamlit as st
 
     state = st.session_state.setdefault(key, {"ids": [], "event": [], "context": None})
-    current = selection_to_item_ids(event, trace_item_ids)
+    if layer is None:
+        current = selection_to_item_ids(event, trace_item_ids)
+    else:
+        current = _region_once(event, layer, shown_labels, state)
     same_figure = context == state["context"]
     # A redrawn figure starts empty: that is not the user clearing the selection.
     if (same_figure and current != state["event"]) or (not same_figure and current):
@@ -105,6 +143,23 @@ def kept_selection(
     state["event"] = current
     state["context"] = context
     return list(state["ids"])
+
+
+def _region_once(
+    event: Mapping[str, Any] | None, layer: Any, shown_labels: Sequence[str], state: dict
+) -> list[str]:
+    """`region_item_ids`, remembered for the event that produced it: the chart re-reports
+    its selection on every rerun, and a lasso over a million points costs ~0.5 s."""
+    selection = (event or {}).get("selection", event) if isinstance(event, Mapping) else None
+    regions = None
+    if isinstance(selection, Mapping):
+        regions = repr((selection.get("box"), selection.get("lasso"), tuple(shown_labels)))
+    memo = state.get("region")
+    if memo is not None and memo[0] == regions and memo[1] is layer:
+        return memo[2]
+    found = region_item_ids(event, layer, shown_labels) or []
+    state["region"] = (regions, layer, found)
+    return found
 
 
 def kept_ids(key: str) -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app.ui.loaders import item_index
 from pipelines import browse, commands, status
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
@@ -148,18 +149,27 @@ def diversity_slider() -> float:
     return float(st.session_state["diversity"])
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def _colours(artifacts_dir: str, catalog_key: tuple[str, ...]) -> np.ndarray | None:
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _colours(artifacts_dir: str, catalog_sha: str, colours_sha: str) -> np.ndarray | None:
     from pipelines.colour import read_colours
+    from pipelines.readers import read_catalog
 
-    return read_colours(Config(artifacts_dir=artifacts_dir), np.asarray(catalog_key, dtype=object))
+    cfg = Config(artifacts_dir=artifacts_dir)
+    ids = read_catalog(cfg)[0]["item_id"].to_numpy(dtype=object)
+    return read_colours(cfg, ids)
 
 
 def colours(cfg: Config, catalog: pd.DataFrame) -> np.ndarray | None:
-    """(n,) dominant colour per catalog row (`colours.parquet`), or None before it is built."""
+    """(n,) dominant colour per catalog row (`colours.parquet`), or None before it is built.
+    Keyed on the catalog's and the colours' manifests (hashing a million ids per rerun as
+    the key cost seconds); shared, read only."""
     if not cfg.colours_path.exists():
         return None
-    return _colours(str(cfg.artifacts_dir), tuple(catalog["item_id"].astype(str)))
+    values = _colours(
+        str(cfg.artifacts_dir), status.manifest_sha(cfg.catalog_path),
+        status.manifest_sha(cfg.colours_path),
+    )  # fmt: skip
+    return values if values is not None and len(values) == len(catalog) else None
 
 
 def colour_filter(cfg: Config, catalog: pd.DataFrame, key: str) -> tuple[str | None, Any]:
@@ -302,10 +312,11 @@ def neighbour_grid(
             hide_index=True,
             width="stretch",
         )
-        table = neighbours[["rank", "item_id", "similarity", "label"]]
         if catalog is not None:
-            table = browse.export_table(neighbours, catalog)
-        csv_download(table, f"{key}-neighbours", key=f"{key}_csv")
+            export_download(neighbours, catalog, f"{key}-neighbours", key=f"{key}_csv")
+        else:
+            table = neighbours[["rank", "item_id", "similarity", "label"]]
+            csv_download(table, f"{key}-neighbours", key=f"{key}_csv")
 
 
 def csv_download(table: pd.DataFrame, name: str, key: str, label: str | None = None) -> None:
@@ -329,6 +340,20 @@ def csv_download(table: pd.DataFrame, name: str, key: str, label: str | None = N
     )
 
 
+def export_download(items: pd.DataFrame, catalog: pd.DataFrame, name: str, key: str) -> None:
+    """A "Download CSV" button for `browse.export_table(items, catalog)` (ids, paths, labels),
+    the table built only when the button is clicked: it looks every item up in the whole
+    catalog, about a second per rerun at 1M items."""
+    st.download_button(
+        f"⬇ Download CSV ({browse.plural(len(items), 'row')})",
+        data=lambda: browse.to_csv(browse.export_table(items, catalog)),
+        file_name=f"{name}.csv",
+        mime="text/csv",
+        key=key,
+        on_click="ignore",
+    )
+
+
 def find_lookalikes(item_id: str) -> None:
     """Make `item_id` the query and open Search on it (the router switches page)."""
     set_query(item_id)
@@ -343,11 +368,11 @@ def remember_query(item_id: str) -> None:
 
 def query_history(catalog: pd.DataFrame, current: str) -> None:
     """The recent queries as small thumbnails, each with a button to go back to it."""
-    known = set(catalog["item_id"])
+    known = item_index(catalog)
     earlier = [i for i in st.session_state.get(HISTORY_KEY, []) if i != current and i in known]
     if not earlier:
         return
-    rows = catalog.set_index("item_id").loc[earlier[::-1]].reset_index()
+    rows = catalog.iloc[known.get_indexer(earlier[::-1])].reset_index(drop=True)
     with st.expander(f"Recent queries ({len(rows)})", expanded=False):
         cells = st.columns(HISTORY_SIZE)
         for cell, (_, row) in zip(cells, rows.iterrows(), strict=False):
@@ -389,7 +414,7 @@ def query_picker(
     modes : the ways offered: "Random", "Item id", "Browse", and "Map" (the page handles
         map clicks itself; this only explains it).
     """
-    ids = set(catalog["item_id"])
+    ids = item_index(catalog)
     if st.session_state.get("query_id") not in ids:
         # A new session opens on a random item, so each visit shows another part of the
         # catalog.
