@@ -120,6 +120,12 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _bench(config: Config, args: argparse.Namespace) -> Any:
+    if args.scale is not None:
+        from pipelines.bench.scale import run_scale_bench
+
+        return run_scale_bench(
+            config, args.scale, scratch=args.scratch, browser=not args.no_browser
+        )
     if args.api:
         from pipelines.serve.loadtest import run_loadtest
 
@@ -174,6 +180,12 @@ def _section(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"run only this section, repeatable: {', '.join(SECTIONS)} (default: all)",
     )
+
+
+def _scale(parser: argparse.ArgumentParser) -> None:
+    from pipelines.bench.scale import add_arguments
+
+    add_arguments(parser)
 
 
 def _api(parser: argparse.ArgumentParser) -> None:
@@ -315,7 +327,7 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "speed, memory and scale of every stage against the memory floor and peers, into "
         "artifacts/bench/results.json (prints a table)",
         _bench,
-        [_quick, _api, _section],
+        [_quick, _api, _section, _scale],
     ),
     "serve": (
         "the similar-items HTTP API over the artifacts (FastAPI; OpenAPI docs at /docs)",
