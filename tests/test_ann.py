@@ -8,9 +8,14 @@ import pytest
 
 from pipelines import ann
 from pipelines.ann import AnnIndex
+from pipelines.ann_store import run_ann
+from pipelines.artifacts import read_manifest
+from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.index import Index
+from pipelines.readers import load_index
 from pipelines.topk import top_k
+from tests.conftest import write_vector_artifacts
 
 pytest.importorskip("faiss")
 
@@ -225,3 +230,31 @@ def test_index_refuses_a_memmap_that_is_not_unit_length(tmp_path):
     mm = mapped(tmp_path, clustered(200, 16) * 3.0, "float32")
     with pytest.raises(LookalikeError, match="must be unit length .* rebuild the embeddings"):
         Index(mm, np.arange(200).astype(str), name="inception_v3")
+
+
+def test_a_large_catalog_is_memory_mapped_and_uses_its_saved_index(tmp_path, monkeypatch):
+    monkeypatch.setattr(ann, "ANN_MIN_ITEMS", 500)  # "large" from 500 items in this test
+    config = Config(artifacts_dir=tmp_path)
+    vectors = clustered(1200, 256)
+    write_vector_artifacts(config, {"inception_v3": vectors})
+    index = load_index(config, "inception_v3")
+    assert isinstance(index.vectors, np.memmap) and index.approximate
+    assert index._ann is None  # nothing saved yet: built in memory on first use
+
+    result = run_ann(config, ["inception_v3"])
+    assert not result.details["inception_v3"]["skipped"]
+    embeddings = read_manifest(config.embeddings_path("inception_v3"))
+    saved = read_manifest(config.ann_index_path("inception_v3"))
+    assert saved["inputs"] == {"embeddings/inception_v3": embeddings["sha256"]}
+    assert run_ann(config, ["inception_v3"]).skipped  # unchanged inputs: nothing to do
+
+    index = load_index(config, "inception_v3")
+    assert index._ann is not None and index._ann.size == 1200  # the saved one, attached
+    queries = np.arange(0, 1200, 30)
+    rows, _ = index.search_rows(vectors[queries], 10, exclude_rows=queries)
+    truth, _ = top_k(vectors[queries], vectors, 10, queries)
+    assert recall_at_10(rows, truth) >= 0.95
+
+    # New embeddings make the saved index stale: it is not used for them.
+    write_vector_artifacts(config, {"inception_v3": clustered(1200, 256, seed=1)})
+    assert load_index(config, "inception_v3")._ann is None

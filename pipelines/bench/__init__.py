@@ -3,7 +3,8 @@
 One module per section, each returning a dict with "rows" of numbers or a "skipped" reason:
 embedding (stream vs in-memory forward), exact_search (vs the fastest pass over the matrix
 and scikit-learn), ann (recall and latency of the approximate index), maps (UMAP time and
-memory), app (AppTest re-renders, upload round trip), memory (disk per item, peak RSS), rerank
+memory), app (AppTest re-renders, upload round trip), memory (disk per item, peak RSS),
+ann_1m and maps_1m (search, maps and k-means at 1M x 2048 from memory-mapped files), rerank
 (P@10 gain and latency of query expansion).
 Ratios are measured side by side in one run (interleaved repetitions), because other jobs
 share the cores and absolute times drift. Peak memory is measured in child processes
@@ -21,7 +22,17 @@ from typing import Any
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 
-SECTIONS = ("embedding", "exact_search", "ann", "maps", "app", "memory", "rerank")
+SECTIONS = (
+    "embedding",
+    "exact_search",
+    "ann",
+    "maps",
+    "app",
+    "memory",
+    "rerank",
+    "ann_1m",
+    "maps_1m",
+)
 
 
 def results_path(config: Config, sections: Sequence[str] | None = None) -> Path:
@@ -46,10 +57,12 @@ def check_sections(sections: Sequence[str] | None) -> tuple[str, ...]:
 
 def _runners(config: Config, quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
     from pipelines.bench.ann import bench_ann
+    from pipelines.bench.ann_1m import bench_ann_1m
     from pipelines.bench.app import bench_app
     from pipelines.bench.embedding import bench_embedding
     from pipelines.bench.exact_search import bench_exact
     from pipelines.bench.maps import bench_maps
+    from pipelines.bench.maps_1m import bench_maps_1m
     from pipelines.bench.memory import bench_memory
     from pipelines.bench.rerank import bench_rerank
 
@@ -61,6 +74,8 @@ def _runners(config: Config, quick: bool) -> dict[str, Callable[[], dict[str, An
         "maps": lambda: bench_maps(config, quick, shared),
         "app": lambda: bench_app(config, quick, shared),
         "memory": lambda: bench_memory(config, quick, shared),
+        "ann_1m": lambda: bench_ann_1m(config, quick),
+        "maps_1m": lambda: bench_maps_1m(config, quick),
         "rerank": lambda: bench_rerank(config, quick),
     }
 

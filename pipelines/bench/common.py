@@ -37,6 +37,11 @@ CHILD_TASKS = {
     "vector_stages": "pipelines.bench.maps:child_vector_stages",
     "stage": "pipelines.bench.memory:child_stage",
     "app": "pipelines.bench.app:child_app",
+    "ann_1m_build": "pipelines.bench.ann_1m:child_build",
+    "ann_1m_serve": "pipelines.bench.ann_1m:child_serve",
+    "maps_1m_compare": "pipelines.bench.maps_1m:child_compare",
+    "maps_1m_map": "pipelines.bench.maps_1m:child_map",
+    "maps_1m_kmeans": "pipelines.bench.maps_1m:child_kmeans",
 }
 
 

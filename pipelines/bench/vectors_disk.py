@@ -1,5 +1,5 @@
 """Large benchmark vectors written to disk in chunks (1M x 2048 is 8 GB as float32, more than a
-benchmark may hold in RAM). Reads embeddings/*.npy; writes one .npy under a scratch folder.
+benchmark may hold in RAM). Reads embeddings/*.npy; writes one .npy under `scratch_dir`.
 
 The rows are drawn as `bench.vectors` draws them (a real row plus noise along the real
 principal directions, or a clustered Gaussian mixture without real embeddings), one chunk at a
@@ -15,11 +15,16 @@ from typing import Any
 import numpy as np
 
 from pipelines.bench.vectors import RESAMPLE_NOISE, _base_model, clustered, normalize
+from pipelines.config import Config
 
 # Rows generated per step: 50k x 2048 float32 is 400 MB of working memory.
 CHUNK = 50_000
-# Where big benchmark files go (outside the repo): LOOKALIKE_SCRATCH or /tmp.
-SCRATCH = Path(os.environ.get("LOOKALIKE_SCRATCH", "/tmp/lookalike-scratch"))
+
+
+def scratch_dir(config: Config) -> Path:
+    """Where big benchmark files go: $LOOKALIKE_SCRATCH (a disk with room: 1M x 2048 is
+    8 GB as float32), else bench/scratch in the artifacts folder."""
+    return Path(os.environ.get("LOOKALIKE_SCRATCH", config.bench_dir / "scratch"))
 
 
 def chunk_rows(spec: dict[str, Any], lo: int, hi: int) -> np.ndarray:
