@@ -86,6 +86,10 @@ class Config:
     # Epochs without validation improvement before training stops.
     cnn_patience: int = 5
     cnn_learning_rate: float = 2e-3
+    # Share of the appearance descriptor in the custom CNN's retrieval cosine, the rest being
+    # its category embedding's (pipelines/cnn_descriptor.py has the validation table behind
+    # 0.5); 0 searches by the category embedding alone.
+    cnn_appearance_share: float = 0.5
     # Safety limit only, seconds: training stops after the epoch that passes it (the manifest
     # then says "time_budget"). Set far above a normal run so it never decides the model.
     cnn_time_budget_s: float = 3600.0
@@ -238,6 +242,12 @@ class Config:
         return self.models_dir / "custom_cnn.keras"
 
     @property
+    def custom_cnn_descriptor_path(self) -> Path:
+        """The custom CNN's appearance descriptor (whitening and share, .npz), written with the
+        model by the train stage (pipelines/cnn_descriptor.py)."""
+        return self.models_dir / "custom_cnn_descriptor.npz"
+
+    @property
     def custom_cnn_history_path(self) -> Path:
         """Per-epoch training history of the custom CNN (JSON)."""
         return self.models_dir / "custom_cnn.history.json"
@@ -371,6 +381,7 @@ _SHARES = (
     "map_min_dist",
     "head_raw_share",
     "head_cnn_share",
+    "cnn_appearance_share",
     "category_cover",
     "category_exact_below",
 )

@@ -180,9 +180,75 @@ def similarity_maps(
 def explain_pixels(extractor: Any, pixels_a: np.ndarray, pixels_b: np.ndarray) -> PairExplanation:
     """`PairExplanation` of two (S, S, 3) uint8 model inputs: one forward pass of the pair."""
     pair = np.stack([np.asarray(pixels_a), np.asarray(pixels_b)])
-    spatial = spatial_model(extractor)
-    cosine, map_a, map_b = similarity_maps(spatial, feature_maps(extractor, pair))
+    if getattr(extractor, "descriptor", None) is not None:
+        cosine, map_a, map_b = descriptor_maps(extractor, pair)
+    else:
+        cosine, map_a, map_b = similarity_maps(
+            spatial_model(extractor), feature_maps(extractor, pair)
+        )
     return PairExplanation(cosine, map_a, map_b, pair[0], pair[1])
+
+
+def _pool_to(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(n, h, w) per-cell shares summed onto a coarser (gh, gw) grid; totals are unchanged."""
+    n, h, w = cells.shape
+    gh, gw = grid
+    ys = np.arange(h) * gh // h
+    xs = np.arange(w) * gw // w
+    out = np.zeros((n, gh, gw))
+    np.add.at(out, (slice(None), ys[:, None], xs[None, :]), cells)
+    return out
+
+
+def descriptor_maps(extractor: Any, pair: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """The custom CNN's joined vector (`pipelines.cnn_descriptor`), split over cells exactly.
+
+    cos(A, B) = (1 - s) c_A . c_B + s a_A . a_B. The category part c is the normalised sum of
+    the photo's and its mirror's unit embeddings, each an affine map of its last map's cell
+    mean, so every cell of both passes gets its share as in `similarity_maps`. The appearance
+    part a is the normalised whitened concatenation of unit stage means, each stage's cell
+    sums a linear share; the whitening's mean is spread evenly. Mirror passes are mirrored
+    back and finer stages summed onto the last map's grid, so each map sums to the cosine.
+    """
+    descriptor = extractor.descriptor
+    dense = extractor.model.get_layer(CNN_PROJECTION_LAYER)
+    kernel, bias = (np.asarray(w, dtype=np.float64) for w in dense.get_weights())
+    images = extractor.preprocess(np.asarray(pair))
+    both = np.concatenate([images, images[:, :, ::-1]])
+    outs = extractor.feature_model.predict_on_batch(both)
+    maps = [np.asarray(m, np.float64) for m in outs[2:]]
+    maps = [np.concatenate([m[:2], m[2:, :, ::-1]]) for m in maps]  # mirrors lined up
+    last = maps[-1]  # (4, h, w, c): A, B, mirrored A, mirrored B
+    _, h, w, _ = last.shape
+    # Category part: cells of each pass through the affine head, over that pass's |z|.
+    cells = last.reshape(4, h * w, -1) @ kernel + bias
+    z = cells.mean(axis=1)
+    passes = cells / (h * w * np.linalg.norm(z, axis=1)[:, None, None])
+    sums = passes[:2] + passes[2:]  # (2, hw, d): A's and B's cells, both passes
+    total = sums.sum(axis=1)
+    category = total / np.linalg.norm(total, axis=1, keepdims=True)
+    # Appearance part: each stage's cells over its summed map's mean norm, then whitened.
+    offsets = np.cumsum([0, *(m.shape[-1] for m in maps)])
+    stages = []
+    for i, m in enumerate(maps):
+        summed = m[:2] + m[2:]  # (2, h_i, w_i, c_i)
+        _, hi, wi, _ = summed.shape
+        norm = np.linalg.norm(summed.mean(axis=(1, 2)), axis=1)
+        scaled = summed / (hi * wi * norm[:, None, None, None])
+        stages.append((scaled, descriptor.projection[offsets[i] : offsets[i + 1]]))
+    offset = -descriptor.mean @ descriptor.projection
+    u = offset + sum(cells.sum(axis=(1, 2)) @ rows for cells, rows in stages)  # (2, c)
+    appearance = u / np.linalg.norm(u, axis=1, keepdims=True)
+    s = descriptor.share
+    heat = []
+    for x, y in ((0, 1), (1, 0)):
+        part = (sums[x] @ category[y]).reshape(h, w) / np.linalg.norm(total[x])
+        look = np.full((h, w), offset @ appearance[y] / (h * w))
+        for cells, rows in stages:
+            look += _pool_to((cells[x] @ (rows @ appearance[y]))[None], (h, w))[0]
+        heat.append(((1 - s) * part + s * look / np.linalg.norm(u[x])).astype(np.float32))
+    cosine = float((1 - s) * category[0] @ category[1] + s * appearance[0] @ appearance[1])
+    return cosine, heat[0], heat[1]
 
 
 def explain_pair(

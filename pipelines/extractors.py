@@ -178,14 +178,17 @@ class InceptionV3Extractor(Extractor):
 
 
 class CustomCNNExtractor(Extractor):
-    """Our CNN trained on the catalog: its embedding layer (`cnn_embedding_dim` wide, 128 by
-    default), and a category head."""
+    """Our CNN trained on the catalog: its category embedding (`cnn_embedding_dim` wide, 128
+    by default) joined with its appearance descriptor (`pipelines.cnn_descriptor`), each photo
+    averaged with its mirror image; and a category head."""
 
     name = "custom_cnn"
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self._manifest: dict[str, Any] | None = None
+        self._descriptor: Any = None
+        self._features: Any = None
 
     @property
     def input_size(self) -> int:  # type: ignore[override]
@@ -198,7 +201,9 @@ class CustomCNNExtractor(Extractor):
     def dim(self) -> int:  # type: ignore[override]
         # Likewise the saved model's own embedding width, not the current setting's.
         saved = artifacts.read_manifest(self.config.custom_cnn_path) or {}
-        return int(saved.get("embedding_dim") or self.config.cnn_embedding_dim)
+        return int(
+            saved.get("vector_dim") or saved.get("embedding_dim") or self.config.cnn_embedding_dim
+        )
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -212,11 +217,51 @@ class CustomCNNExtractor(Extractor):
         return artifacts.artifact_hash(self.config.custom_cnn_path, commands.TRAIN)
 
     def _load(self) -> Any:
+        from pipelines import cnn_descriptor
         from pipelines.train import load_custom_cnn
 
         model, manifest = load_custom_cnn(self.config)
         self._manifest = manifest
+        saved = manifest.get("descriptor")
+        if saved:
+            path = self.config.custom_cnn_descriptor_path
+            if not path.is_file() or artifacts.sha256_file(path) != saved.get("sha256"):
+                raise LookalikeError(
+                    f"{path} is missing or is not the one trained with "
+                    f"{self.config.custom_cnn_path} — rerun `{commands.TRAIN} --force`"
+                )
+            self._descriptor = cnn_descriptor.Descriptor.load(path)
+            self._features = cnn_descriptor.feature_model(model)
         return model
+
+    @property
+    def descriptor(self) -> Any:
+        """The appearance descriptor (`pipelines.cnn_descriptor.Descriptor`), or None when
+        the vector is the category embedding alone (an autoencoder, or share 0)."""
+        _ = self.model
+        return self._descriptor
+
+    @property
+    def feature_model(self) -> Any:
+        """With a descriptor: the Keras model image -> [embedding, probs, stage maps...]."""
+        _ = self.model
+        return self._features
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x)[0]
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(vectors, class probabilities or None) of preprocessed images."""
+        from pipelines import cnn_descriptor
+
+        if self.descriptor is None:
+            out = self.model.predict_on_batch(x)
+            if isinstance(out, list | tuple) and len(out) > 1:
+                return np.asarray(out[0]), np.asarray(out[1], dtype=np.float32)
+            return np.asarray(out[0] if isinstance(out, list | tuple) else out), None
+        features = cnn_descriptor.forward(self._features, x)
+        parts = cnn_descriptor.pooled_parts(features.maps)
+        return self._descriptor.join(features.embedding, parts), features.probs
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         # The model rescales inside (its first layer), so it owns its preprocessing.
@@ -228,12 +273,9 @@ class CustomCNNExtractor(Extractor):
         return list(self.manifest.get("class_names") or [])
 
     def embed_and_classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(n, S, S, 3) uint8 -> (unit embeddings, class probabilities or None)."""
-        out = self.model.predict_on_batch(self.preprocess(images))
-        if isinstance(out, list | tuple) and len(out) > 1:
-            return normalize_rows(np.asarray(out[0])), np.asarray(out[1], dtype=np.float32)
-        emb = out[0] if isinstance(out, list | tuple) else out
-        return normalize_rows(np.asarray(emb)), None
+        """(n, S, S, 3) uint8 -> (unit vectors, class probabilities or None)."""
+        vectors, probs = self._forward(self.preprocess(images))
+        return normalize_rows(vectors), probs
 
 
 class InceptionHeadExtractor(InceptionV3Extractor):
@@ -283,6 +325,20 @@ class InceptionHeadExtractor(InceptionV3Extractor):
                 ]
             )
             cnn = cnn_ext.embed_arrays(small)
+        return self.from_base(base, cnn)
+
+    def embed_images(
+        self, sources: Sequence[ImageSource], bboxes: Sequence[BBox | None] | None = None
+    ) -> np.ndarray:
+        """The live path, exactly as the batch stage: InceptionV3 on its own pixels and, when
+        the head fuses the custom CNN, the CNN on pixels loaded at its own side (not the 299
+        px ones resized, which differ slightly from what the catalog's vectors saw)."""
+        boxes = bboxes if bboxes is not None else [None] * len(sources)
+        if not len(sources):
+            return np.zeros((0, self.dim), np.float32)
+        pixels = np.stack([self.load_pixels(s, b) for s, b in zip(sources, boxes, strict=True)])
+        base = InceptionV3Extractor.embed_arrays(self, pixels)
+        cnn = self._cnn().embed_images(sources, boxes) if self.head.cnn_share > 0 else None
         return self.from_base(base, cnn)
 
     def _cnn(self) -> Extractor:

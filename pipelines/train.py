@@ -35,6 +35,7 @@ from pipelines.cnn import (
     classifier_model,
     training_precision,
 )
+from pipelines.cnn_descriptor import Descriptor, feature_model, fit_descriptor, pooled_features
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.stage import StageResult
@@ -44,7 +45,7 @@ STAGE = "train"
 
 # Bumped whenever the architecture, augmentation or schedule changes, so a saved model made
 # by older code is retrained rather than reported as up to date.
-ARCHITECTURE_VERSION = "resnet-lite-3-centre-crop"
+ARCHITECTURE_VERSION = "resnet-lite-4-appearance"
 
 LABEL_SMOOTHING = 0.1
 WEIGHT_DECAY = 0.05
@@ -69,6 +70,7 @@ class TrainedModel:
     stopped_by: str  # "epochs", "early_stopping" or "time_budget"
     precision: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    descriptor: Descriptor | None = None  # a classifier's appearance descriptor
 
 
 # --------------------------------------------------------------------------- training loop
@@ -288,9 +290,15 @@ def train_custom_cnn(catalog: pd.DataFrame, config: Config) -> TrainedModel:
             pixels, labels, fit, val, config, precision
         )
         kind = "classifier"
+        # Whitening statistics of the train photos only: validation and test stay unseen.
+        descriptor = None
+        if config.cnn_appearance_share > 0:
+            _, _, parts = pooled_features(feature_model(model), pixels[fit])
+            descriptor = fit_descriptor(parts, config.cnn_appearance_share)
     else:
         model, history, stopped_by = _train_autoencoder(pixels, fit, val, config, precision)
         kind = "autoencoder"
+        descriptor = None
     seconds = time.monotonic() - start
     val_acc = [e["val_accuracy"] for e in history if "val_accuracy" in e]
     val_loss = [e["val_loss"] for e in history if "val_loss" in e]
@@ -308,6 +316,7 @@ def train_custom_cnn(catalog: pd.DataFrame, config: Config) -> TrainedModel:
         stopped_by=stopped_by,
         precision=precision,
         skipped=skipped,
+        descriptor=descriptor,
     )
 
 
@@ -323,6 +332,7 @@ def train_params(config: Config) -> dict[str, Any]:
         "cnn_epochs": config.cnn_epochs,
         "cnn_patience": config.cnn_patience,
         "cnn_learning_rate": config.cnn_learning_rate,
+        "cnn_appearance_share": config.cnn_appearance_share,
         "cnn_time_budget_s": config.cnn_time_budget_s,
         "seed": config.seed,
     }
@@ -333,6 +343,12 @@ def save_custom_cnn(trained: TrainedModel, config: Config, catalog_sha256: str) 
     path = config.custom_cnn_path
     with atomic_path(path) as tmp:
         trained.model.save(tmp)
+    vector_dim = config.cnn_embedding_dim
+    if trained.descriptor is not None:
+        trained.descriptor.save(config.custom_cnn_descriptor_path)
+        vector_dim += trained.descriptor.dim
+    else:
+        config.custom_cnn_descriptor_path.unlink(missing_ok=True)
     write_json(
         {
             "kind": trained.kind,
@@ -346,6 +362,16 @@ def save_custom_cnn(trained: TrainedModel, config: Config, catalog_sha256: str) 
         "class_names": trained.class_names,
         "image_size": config.cnn_image_size,
         "embedding_dim": config.cnn_embedding_dim,
+        "vector_dim": vector_dim,
+        "descriptor": (
+            {
+                "file": config.custom_cnn_descriptor_path.name,
+                "sha256": sha256_file(config.custom_cnn_descriptor_path),
+                "appearance_share": trained.descriptor.share,
+            }
+            if trained.descriptor is not None
+            else None
+        ),
         "input": "float32 (batch, S, S, 3) pixel values 0-255 from images.load_array",
         "outputs": ["embedding", "category"] if trained.kind == "classifier" else ["embedding"],
         "best_val_accuracy": trained.best_val_accuracy,
@@ -397,7 +423,10 @@ def run_train(config: Config, force: bool = False) -> StageResult:
         + (f", best val loss {trained.best_val_loss:.4f}" if acc is None else "")
         + f" -> {path}"
     )
-    return _train_result(manifest, (path, config.custom_cnn_history_path), start)
+    wrote = (path, config.custom_cnn_history_path)
+    if trained.descriptor is not None:
+        wrote += (config.custom_cnn_descriptor_path,)
+    return _train_result(manifest, wrote, start)
 
 
 def _train_result(

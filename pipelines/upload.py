@@ -164,7 +164,10 @@ def embed_upload(
         is_jpeg = data[:3] == b"\xff\xd8\xff"
         buffer = io.BytesIO()
         thumbnail(image, UPLOAD_PREVIEW_SIZE).save(buffer, format="JPEG", quality=85)
+        heads = {n: e for n, e in extractors.items() if hasattr(e, "from_base")}
         for extractor_name, extractor in extractors.items():
+            if extractor_name in heads:
+                continue
             if is_jpeg:
                 pixels = extractor.load_pixels(data)[None]
             else:
@@ -179,11 +182,25 @@ def embed_upload(
             else:
                 emb = extractor.embed_arrays(pixels)
             vectors[extractor_name] = np.asarray(emb[0], dtype=np.float32)
+        for extractor_name, head in heads.items():
+            vectors[extractor_name] = _head_vector(head, data, vectors)
     except ImageError as err:
         return UploadEmbedding(name, error=f"{printable(name)}: {err.reason}")
     except LookalikeError as err:
         return UploadEmbedding(name, error=f"{printable(name)}: {err}")
     return UploadEmbedding(name, vectors, category, confidence, buffer.getvalue())
+
+
+def _head_vector(head: Any, data: bytes, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A metric head's vector of an upload: from the base extractors' vectors of the same
+    photo when they were just computed (as the embed stage does from the stored ones; no
+    second InceptionV3 pass), else through the head's own live path."""
+    base = vectors.get("inception_v3")
+    cnn = vectors.get("custom_cnn") if head.head.cnn_share > 0 else None
+    if base is None or (head.head.cnn_share > 0 and cnn is None):
+        return np.asarray(head.embed_images([data])[0], dtype=np.float32)
+    fused = head.from_base(base[None], None if cnn is None else cnn[None])
+    return np.asarray(fused[0], dtype=np.float32)
 
 
 def square_pixels(image: Image.Image, size: int) -> np.ndarray:

@@ -35,6 +35,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "cnn_patience": ["-1", "soon"],
     "cnn_learning_rate": ["0", "1", "-0.1", "nan", "inf", "fast"],
     "cnn_time_budget_s": ["0", "-1", "nan", "inf", "forever"],
+    "cnn_appearance_share": ["-0.1", "1.5", "nan", "half"],
     "head_loss": ["triplet_hard", ""],
     "head_hidden": ["0", "wide"],
     "head_dim": ["1", "0"],

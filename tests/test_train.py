@@ -16,7 +16,7 @@ from pipelines.artifacts import (
     write_manifest,
     write_parquet,
 )
-from pipelines.cnn import build_autoencoder, build_classifier
+from pipelines.cnn import STAGE_WIDTHS, STEM_WIDTH, build_autoencoder, build_classifier
 from pipelines.config import DEFAULT_SOURCE, Config
 from pipelines.errors import LookalikeError
 from pipelines.images import load_array
@@ -300,6 +300,22 @@ def test_the_extractor_takes_size_and_width_from_the_saved_model(classifier):
     config, df, _, _ = classifier
     # Settings changed since training must not change what the saved model is fed or gives.
     extractor = CustomCNNExtractor(config.replace(cnn_image_size=64, cnn_embedding_dim=128))
-    assert (extractor.input_size, extractor.dim) == (SIZE, DIM)
+    # The category embedding, then one pooled width per stage (the appearance descriptor).
+    width = DIM + STEM_WIDTH + sum(STAGE_WIDTHS)
+    assert (extractor.input_size, extractor.dim) == (SIZE, width)
     pixels = np.stack([load_array(p, SIZE) for p in df["path"].iloc[:3]])
-    assert extractor.embed_arrays(pixels).shape == (3, DIM)
+    assert extractor.embed_arrays(pixels).shape == (3, width)
+
+
+def test_the_custom_cnn_vector_is_the_same_for_a_photo_and_its_mirror_image(classifier):
+    from pipelines.extractors import CustomCNNExtractor
+
+    config, df, _, _ = classifier
+    extractor = CustomCNNExtractor(config)
+    pixels = np.stack([load_array(p, SIZE) for p in df["path"].iloc[:4]])
+    vectors, probs = extractor.embed_and_classify(pixels)
+    mirrored, mirrored_probs = extractor.embed_and_classify(pixels[:, :, ::-1].copy())
+    np.testing.assert_allclose(mirrored, vectors, atol=1e-5)
+    np.testing.assert_allclose(mirrored_probs, probs, atol=1e-5)
+    # And not the same for different photos: the descriptor is not constant.
+    assert (vectors @ vectors.T)[np.triu_indices(4, 1)].max() < 0.9999
