@@ -44,7 +44,7 @@ def kmeans(
     seed: int,
     *,
     full_max_items: int | None = None,
-    sample: int = 200_000,
+    sample: int = 100_000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spherical-style k-means: sklearn k-means on unit rows, then cosine assignment.
 

@@ -136,7 +136,7 @@ class Config:
     # Above this many items k-means is MiniBatchKMeans on a sample of kmeans_sample items
     # (then every item is assigned to its nearest centroid, in chunks).
     kmeans_full_max_items: int = 100_000
-    kmeans_sample: int = 200_000
+    kmeans_sample: int = 100_000
 
     # --- retrieval and evaluation ---
     # Largest k the app and the search module accept.

@@ -234,3 +234,43 @@ def _exact_excluding(vectors: np.ndarray, queries: np.ndarray, own: np.ndarray) 
         best_rows = np.take_along_axis(all_rows, top, axis=1)
         start += len(chunk)
     return best_rows
+
+
+def child_load_index(artifacts_dir: str, queries: int = 200) -> dict[str, Any]:
+    """(child) Serve a real large artifacts folder (a `bench --scale` build or a real catalog)
+    as the app and the service do: `readers.load_index` for every extractor it has, then
+    single queries by catalog item on each; RSS after loading and after the queries.
+
+    Run it alone with
+    `python -c "from pipelines.bench.common import run_child; print(run_child('ann_1m_load_index',
+    {'artifacts_dir': 'DIR'}, 3600))"`.
+    """
+    from pipelines.readers import load_index
+
+    config = Config(artifacts_dir=Path(artifacts_dir))
+    out: dict[str, Any] = {"rss_start": _status(), "loadavg_before": loadavg()}
+    indexes = {}
+    for name in config.extractors_built():
+        t0 = time.perf_counter()
+        indexes[name] = load_index(config, name)
+        index = indexes[name]
+        out[f"{name}_load_s"] = round(time.perf_counter() - t0, 2)
+        out[f"{name}_saved_index_used"] = index._ann is not None
+        out[f"{name}_memory_mapped"] = isinstance(index.vectors, np.memmap)
+    out["rss_after_load"] = _status()
+    for name, index in indexes.items():
+        rows = np.random.default_rng(0).choice(index.size, queries, replace=False)
+        one = cycler(
+            lambda r, index=index: index.search_rows(
+                np.asarray(index.vectors[r], np.float32), K, exclude_rows=[r]
+            ),
+            rows,
+        )
+        t0 = time.perf_counter()
+        stats = ms(interleaved({"q": one}, queries)["q"])
+        out[f"{name}_first_and_{queries}_queries_s"] = round(time.perf_counter() - t0, 2)
+        out[f"{name}_single_p95_ms"] = stats["p95_ms"]
+        out[f"{name}_single_median_ms"] = stats["median_ms"]
+    out["rss_after_queries"] = _status()
+    out["loadavg_after"] = loadavg()
+    return out

@@ -39,6 +39,7 @@ CHILD_TASKS = {
     "app": "pipelines.bench.app:child_app",
     "ann_1m_build": "pipelines.bench.ann_1m:child_build",
     "ann_1m_serve": "pipelines.bench.ann_1m:child_serve",
+    "ann_1m_load_index": "pipelines.bench.ann_1m:child_load_index",
     "maps_1m_compare": "pipelines.bench.maps_1m:child_compare",
     "maps_1m_map": "pipelines.bench.maps_1m:child_map",
     "maps_1m_kmeans": "pipelines.bench.maps_1m:child_kmeans",
