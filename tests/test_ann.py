@@ -207,6 +207,8 @@ def test_index_uses_a_memmap_in_place_and_searches_pools_within_their_members(tm
     )
     assert isinstance(index.vectors, np.memmap) and np.shares_memory(index.vectors, mm)
     assert all(matrix is None for _, matrix in index._cluster_pools.values())  # no copies
+    np.testing.assert_array_equal(index.row_vectors([5, 2999, 5]), vectors[[5, 2999, 5]])
+    np.testing.assert_array_equal(index.row_vectors(7), vectors[7])
 
     queries = np.arange(0, 3000, 37)
     rows, sims = index.search_rows(vectors[queries], 10, "exact", exclude_rows=queries)

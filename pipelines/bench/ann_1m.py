@@ -261,9 +261,7 @@ def child_load_index(artifacts_dir: str, queries: int = 200) -> dict[str, Any]:
     for name, index in indexes.items():
         rows = np.random.default_rng(0).choice(index.size, queries, replace=False)
         one = cycler(
-            lambda r, index=index: index.search_rows(
-                np.asarray(index.vectors[r], np.float32), K, exclude_rows=[r]
-            ),
+            lambda r, index=index: index.search_rows(index.row_vectors(r), K, exclude_rows=[r]),
             rows,
         )
         t0 = time.perf_counter()
