@@ -41,6 +41,10 @@ def run_ann(
     for name in dict.fromkeys(extractors):
         path = config.ann_index_path(name)
         if len(catalog) < ann.ANN_MIN_ITEMS:
+            print(
+                f"ann {name}: {len(catalog):,} items, below {ann.ANN_MIN_ITEMS:,}: searched "
+                f"exactly, nothing to build"
+            )
             results[name] = {"path": str(path), "skipped": True, "build_seconds": None}
             continue
         vectors, digest = read_embeddings(config, name, n_rows=len(catalog), map_large=True)

@@ -78,6 +78,12 @@ def _clusters(config: Config, args: argparse.Namespace) -> Any:
     return run_clusters(config, args.extractor, force=args.force)
 
 
+def _ann(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.ann_store import run_ann
+
+    return run_ann(config, args.extractor, force=args.force)
+
+
 def _mosaic(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.mosaic import run_mosaic
 
@@ -295,6 +301,12 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         _clusters,
         [_extractors],
     ),
+    "ann": (
+        "the saved approximate index per extractor, for catalogs of 100k items and more, into "
+        "artifacts/ann/ (smaller catalogs are searched exactly; nothing is written)",
+        _ann,
+        [_extractors],
+    ),
     "mosaic": (
         "the photo map: every thumbnail on a grid laid out by each map, into artifacts/mosaic/",
         _mosaic,
@@ -313,7 +325,7 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
     ),
     "run": (
         "every stage in order (catalog, colours, train, embed, the metric head, classify, "
-        "maps, clusters, mosaic, health, evaluate); each skips itself when nothing changed",
+        "maps, clusters, ann, mosaic, health, evaluate); each skips itself when nothing changed",
         _run,
         [_source, _extractors, _engine],
     ),

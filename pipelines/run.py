@@ -1,5 +1,5 @@
 """Runs every stage in order (catalog, colours, train, embed, head, classify, maps, clusters,
-evaluate); prints times."""
+ann, mosaic, health, evaluate); prints times."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def _stages(
     stage (InceptionV3 is embedded whenever the head is asked for). A catalog without labels
     skips the head, and the later stages then leave it out (`extractors` is edited in place).
     """
+    from pipelines.ann_store import run_ann
     from pipelines.catalog import run_catalog
     from pipelines.classify import run_classify
     from pipelines.clusters import run_clusters
@@ -73,6 +74,7 @@ def _stages(
     stages += [
         ("maps", lambda: run_maps(config, extractors, force=force)),
         ("clusters", lambda: run_clusters(config, extractors, force=force)),
+        ("ann", lambda: run_ann(config, extractors, force=force)),
         ("mosaic", lambda: run_mosaic(config, extractors, force=force)),
         ("health", lambda: run_health(config, extractors, force=force)),
         ("evaluate", lambda: run_evaluate(config, extractors, force=force)),
