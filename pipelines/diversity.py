@@ -102,7 +102,7 @@ def diversify_table(table: pd.DataFrame, index: Index, k: int, diversity: float)
     diversity = check_diversity(diversity)
     if diversity == 0.0 or table.empty:
         return table.head(k).reset_index(drop=True)
-    vectors = index.vectors[index.rows_of(table["item_id"].astype(str).tolist())]
+    vectors = index.row_vectors(index.rows_of(table["item_id"].astype(str).tolist()))
     order = mmr_order(table["similarity"].to_numpy(np.float64), vectors, k, diversity)
     out = table.iloc[order].reset_index(drop=True)
     out["rank"] = np.arange(1, len(out) + 1)
@@ -158,10 +158,10 @@ def diversity_table(
         ils, precision, closeness = [], [], []
         for query, cand, sim in zip(rows, found, sims, strict=True):
             cand, sim = cand[:pool], sim[:pool]
-            order = mmr_order(sim, index.vectors[cand], k, diversity)
+            order = mmr_order(sim, index.row_vectors(cand), k, diversity)
             chosen = cand[order]
             with one_blas_thread():
-                ils.append(intra_list_similarity(index.vectors[chosen]))
+                ils.append(intra_list_similarity(index.row_vectors(chosen)))
             precision.append(float(np.mean(labels[chosen] == labels[query])))
             closeness.append(float(np.mean(sim[order])))
         out.append(

@@ -151,7 +151,7 @@ def evaluate_index(
         reason = "no query has another gallery item with its label"
         return {"skipped": reason}, pd.DataFrame(columns=["label", "n_queries", f"p@{PER_CLASS_K}"])
     ks = [k for k in ks if k <= top]
-    vectors = index.vectors[query_rows]
+    vectors = index.row_vectors(query_rows)
     exclude = query_rows if loo else None
     categories = None
     if strategy == "category" and index.categories is not None:

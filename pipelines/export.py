@@ -83,7 +83,7 @@ def write_neighbours(
     with bar:
         for lo in range(0, len(todo), part_rows):
             rows = todo[lo : lo + part_rows]
-            found, sims = index.search_rows(index.vectors[rows], k, exclude_rows=rows)
+            found, sims = index.search_rows(index.row_vectors(rows), k, exclude_rows=rows)
             parts.add(found, sims)
             bar.update(len(rows))
     seconds = time.perf_counter() - start

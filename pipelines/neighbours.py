@@ -149,7 +149,7 @@ def item_neighbours(
     if strategy == "cluster" and index.clusters is not None:
         clusters = index.clusters[row]
     result = index.search(
-        index.vectors[row], pool, strategy, exclude_rows=row, query_clusters=clusters
+        index.row_vectors(row), pool, strategy, exclude_rows=row, query_clusters=clusters
     )[0]
     table = only_colour(neighbours_table(result, catalog, artifacts_dir), result, colours, colour)
     return diversify_table(table, index, k, diversity)

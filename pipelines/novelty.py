@@ -37,7 +37,7 @@ def far_check(index: Index, quantile: float = FAR_QUANTILE, sample: int = SAMPLE
     if index.size < 2:
         return FarCheck(index.name, float("-inf"), quantile, 0)
     rows = np.unique(np.linspace(0, index.size - 1, min(sample, index.size)).astype(np.int64))
-    _, sims = index.search_rows(index.vectors[rows], 1, "exact", exclude_rows=rows)
+    _, sims = index.search_rows(index.row_vectors(rows), 1, "exact", exclude_rows=rows)
     return FarCheck(index.name, float(np.quantile(sims[:, 0], quantile)), quantile, len(rows))
 
 

@@ -129,7 +129,9 @@ def neighbour_graph(index: Index, m: int) -> tuple[np.ndarray, np.ndarray]:
     step = 4096  # bounds the (step, n) similarity block the exact search allocates
     for lo in range(0, n, step):
         part = every[lo : lo + step]
-        found, values = index.search_rows(index.vectors[part], width, "exact", exclude_rows=part)
+        found, values = index.search_rows(
+            index.row_vectors(part), width, "exact", exclude_rows=part
+        )
         rows[part, :width] = found
         sims[part, :width] = np.nan_to_num(values, nan=0.0)
     return rows, sims
