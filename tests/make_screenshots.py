@@ -82,6 +82,37 @@ def _select_a_box(page) -> None:
     page.get_by_role("heading", name=re.compile(r"^Selection: [1-9]")).wait_for()
 
 
+def colour_grid(artifacts: Path, per_colour: int = 8, tile: int = 96) -> Path:
+    """A sample of each dominant colour the colours stage assigned, as app/screenshots/colours.png:
+    one row per palette colour, `per_colour` random items (seeded) whose colour it is."""
+    import numpy as np
+    import pandas as pd
+    from PIL import ImageDraw
+
+    from pipelines.colour import COLOURS as NAMES
+    from pipelines.config import Config
+
+    config = Config(artifacts_dir=artifacts)
+    colours = pd.read_parquet(config.colours_path)
+    rng = np.random.default_rng(0)
+    label_width = 90
+    grid = Image.new("RGB", (label_width + per_colour * tile, len(NAMES) * tile), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, colour in enumerate(NAMES):
+        draw.text((8, row * tile + tile // 2 - 6), colour, fill="black")
+        ids = colours.loc[colours["colour"] == colour, "item_id"].to_numpy()
+        pick = rng.choice(ids, size=min(per_colour, len(ids)), replace=False) if len(ids) else []
+        for col, item_id in enumerate(pick):
+            with Image.open(config.thumb_path(item_id)) as thumb:
+                thumb = thumb.convert("RGB")
+                thumb.thumbnail((tile - 4, tile - 4))
+                grid.paste(thumb, (label_width + col * tile + 2, row * tile + 2))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / "colours.png"
+    grid.quantize(COLOURS * 2, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=REPO_ROOT / "artifacts")
@@ -98,7 +129,15 @@ def main() -> None:
         default=[name for _, _, name in PAGES],
         help="only these pages (default: all)",
     )
+    parser.add_argument(
+        "--colour-grid",
+        action="store_true",
+        help="only write colours.png: a sample of the items of each dominant colour",
+    )
     args = parser.parse_args()
+    if args.colour_grid:
+        print(colour_grid(args.artifacts))
+        return
     require_browser()
     from playwright.sync_api import sync_playwright
 
