@@ -517,4 +517,6 @@ def test_upload_warns_on_tiny_and_panoramic_photos(app: AppTest) -> None:
     named = [re.fullmatch(r"Category by the (.+) classifier\.", c.value) for c in at.caption]
     models = {m.group(1) for m in named if m}
     assert len(models) == 1 and "None" not in models, models
+    # ... by its display name, not an internal one like "inception_v3".
+    assert not any(name in m for m in models for name in ("inception_v3", "custom_cnn")), models
     assert len(at.expander) >= 2  # each photo's results collapse

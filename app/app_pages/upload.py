@@ -40,7 +40,8 @@ for chart_key in [k for k in st.session_state if str(k).startswith(("upload_all_
 
 # The category comes from the classifier chosen on validation, else the custom CNN's head.
 CATEGORY_MODEL = (
-    category_model.name
+    "logistic regression on "
+    + " + ".join(widgets.EXTRACTOR_NAMES.get(f, f) for f in category_model.features)
     if category_model is not None
     else widgets.EXTRACTOR_NAMES.get("custom_cnn", "custom_cnn")
 )
