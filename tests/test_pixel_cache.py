@@ -56,7 +56,11 @@ def test_rows_equal_load_array_and_the_cache_is_memory_mapped(small: Config) -> 
     assert path.stat().st_size - len(catalog) * pixel_cache.bytes_per_item(SIZE) < 256  # header
     manifest = artifacts.read_manifest(path)
     assert manifest["stage"] == pixel_cache.STAGE and manifest["failed_rows"] == []
-    assert manifest["params"] == {"size": SIZE, "max_pixels": small.max_pixels, "version": 1}
+    assert manifest["params"] == {
+        "size": SIZE,
+        "max_pixels": small.max_pixels,
+        "version": pixel_cache.CACHE_VERSION,
+    }
     assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]
 
 
