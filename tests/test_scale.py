@@ -171,10 +171,41 @@ def test_map_page_box_and_lasso_select_the_items_inside_on_the_raster_path(
     assert set(at.session_state["map_selection"]["ids"]) == hats
 
 
+@pytest.mark.slow
+def test_clusters_of_a_large_catalog_order_a_sample_and_count_every_member(
+    built: Config, monkeypatch: pytest.MonkeyPatch, clear_caches: None
+) -> None:
+    from app.ui import loaders
+    from pipelines import browse
+
+    # The large-catalog path on the 36-item build: 2 members per cluster sampled.
+    monkeypatch.setattr(loaders, "OVERVIEW_SAMPLE_FROM", 1)
+    monkeypatch.setattr(loaders, "OVERVIEW_SAMPLE", 2)
+    monkeypatch.setattr(loaders, "MEMBERS_SAMPLE", 2)
+    at = _app(built.artifacts_dir, monkeypatch)
+    at.switch_page("app_pages/clusters.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    catalog = pd.read_parquet(built.catalog_path)
+    clusters = pd.read_parquet(built.clusters_path("inception_v3"))
+    labels = catalog.set_index("item_id")["label"]
+    rows = [m.value for m in at.markdown if m.value.startswith("**Cluster ")]
+    assert rows
+    for cluster, members in clusters.groupby("cluster"):
+        # The counts come from every member, not from the sample.
+        expected = browse.label_counts_text(labels.loc[members["item_id"]].to_numpy())
+        (row,) = [r for r in rows if r.startswith(f"**Cluster {cluster}**")]
+        assert row.endswith(expected), (row, expected)
+    biggest = int(clusters["cluster"].value_counts().idxmax())
+    at.selectbox(key="clusters_pick_inception_v3").set_value(biggest).run()
+    assert any("among a sample of 2 of its items" in c.value for c in at.caption)
+    size = int((clusters["cluster"] == biggest).sum())
+    assert any(h.value.endswith(browse.plural(size, "item")) for h in at.subheader)
+
+
 @pytest.fixture(scope="module")
 def scaled(built: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
     """60,000 synthetic items made from the 36-item build (above the raster threshold)."""
-    from pipelines.bench.scale import build_scaled
+    from pipelines.bench.scale_build import build_scaled
 
     return build_scaled(built, tmp_path_factory.mktemp("scaled") / "n60000", N_SCALED, models=False)
 

@@ -59,7 +59,14 @@ with left:
     widgets.export_download(items, catalog, f"cluster-{cluster}", key="cluster_csv")
 with right:
     st.subheader(f"Cluster {cluster}: {browse.plural(len(items), 'item')}")
-    st.caption("Nearest the cluster's centre first.")
+    ordered = items.attrs.get("ordered")
+    if ordered is not None and ordered < len(items):  # a large catalog: a sample is ordered
+        st.caption(
+            f"Nearest the cluster's centre first, among a sample of {ordered:,} of its items "
+            f"(then the rest)."
+        )
+    else:
+        st.caption("Nearest the cluster's centre first.")
     shown = items.head(DETAIL_LIMIT)
     widgets.lookalike_grid(shown, DETAIL_LIMIT, "cluster")
     if len(items) > DETAIL_LIMIT:

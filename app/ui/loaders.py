@@ -20,6 +20,7 @@ import streamlit as st
 
 from app.ui import plots
 from pipelines import browse, status, upload
+from pipelines.ann import take_rows
 from pipelines.artifacts import read_manifest
 from pipelines.config import Config
 from pipelines.index import Index
@@ -208,6 +209,8 @@ def _cluster_summary(artifacts_dir: str, extractor: str, summary_sha: str) -> pd
 # every member (they come from the cluster summary).
 OVERVIEW_SAMPLE_FROM = 200_000
 OVERVIEW_SAMPLE = 2_000
+# Members of one cluster ordered by their centre similarity on a large catalog (a sample).
+MEMBERS_SAMPLE = 5_000
 
 
 @st.cache_resource(show_spinner="Ordering the clusters…", max_entries=8)
@@ -239,7 +242,7 @@ def _cluster_overview(
         sub,
         table.iloc[sub_rows].reset_index(drop=True),
         5,
-        vectors=np.asarray(_index.vectors[sub_rows], dtype=np.float32),
+        vectors=take_rows(_index.vectors, sub_rows),
         centroids=_index.centroids,
     )
     texts = dict(zip(summary["cluster"], summary["composition"], strict=True))
@@ -282,18 +285,32 @@ def cluster_overview(cfg: Config, extractor: str) -> pd.DataFrame:
 def _cluster_members(
     _index: Index, artifacts_dir: str, extractor: str, key: tuple[str, ...], cluster: int
 ) -> pd.DataFrame:
-    return browse.cluster_members(
-        _clusters(artifacts_dir, extractor, (key[1], key[0])),
-        _catalog(artifacts_dir, key[0]),
-        cluster,
-        _index.vectors,
-        _index.centroids,
-    )
+    members = _clusters(artifacts_dir, extractor, (key[1], key[0]))
+    table = _catalog(artifacts_dir, key[0])
+    if len(table) < OVERVIEW_SAMPLE_FROM:
+        return browse.cluster_members(members, table, cluster, _index.vectors, _index.centroids)
+    # A large catalog: the members nearest the centre among a seeded sample, then the rest
+    # in catalog order (ordering all ~100k members of a cluster reads ~1 GB of vectors).
+    centroids = _index.centroids
+    rows = item_index(table).get_indexer(members["item_id"][members["cluster"] == cluster])
+    rows = np.sort(rows[rows >= 0])
+    rng = np.random.default_rng(0)
+    picked = np.sort(rng.choice(rows, size=min(len(rows), MEMBERS_SAMPLE), replace=False))
+    sims = np.full(len(picked), np.nan, dtype=np.float32)
+    if centroids is not None and int(cluster) < len(centroids):
+        sims = take_rows(_index.vectors, picked) @ np.asarray(centroids[cluster], np.float32)
+    order = np.argsort(-sims, kind="stable")
+    rest = np.setdiff1d(rows, picked, assume_unique=True)
+    out = table.iloc[np.concatenate([picked[order], rest])].reset_index(drop=True)
+    out["centre_similarity"] = np.concatenate([sims[order], np.full(len(rest), np.nan)])
+    out.attrs["ordered"] = len(picked)
+    return out
 
 
 def cluster_members(cfg: Config, extractor: str, cluster: int) -> pd.DataFrame:
     """`browse.cluster_members` of one cluster, nearest its centre first, computed once per
-    cluster and shared (read only): a rerun that keeps the cluster does not sort it again."""
+    cluster and shared (read only). From OVERVIEW_SAMPLE_FROM items only a seeded sample of
+    MEMBERS_SAMPLE members is ordered (then the rest, `attrs["ordered"]` says how many)."""
     key = _overview_key(cfg, extractor)
     return _cluster_members(
         index(cfg, extractor), str(cfg.artifacts_dir), extractor, key, int(cluster)
