@@ -6,6 +6,9 @@ and scikit-learn), ann (recall and latency of the approximate index), maps (UMAP
 memory), app (AppTest re-renders, upload round trip), memory (disk per item, peak RSS),
 ann_1m and maps_1m (search, maps and k-means at 1M x 2048 from memory-mapped files), rerank
 (P@10 gain and latency of query expansion).
+`bench --scale N` is not a section: `scale.run_scale_bench` builds a synthetic N-item catalog
+from the build and times the app on it (every page, the Map's paint in Chromium) against the
+build itself; it writes bench/scale-N.json.
 Ratios are measured side by side in one run (interleaved repetitions), because other jobs
 share the cores and absolute times drift. Peak memory is measured in child processes
 (`common.run_child`), so one measurement never inherits another's peak.

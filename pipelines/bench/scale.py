@@ -1,13 +1,7 @@
-"""The app at scale: builds a synthetic catalog of N items from a real build (scratch folder),
-times every page (AppTest), the Map's first paint in Chromium, search and the map layer, and
-peak RSS, against the real build in the same run; writes bench/scale-<N>.json.
-
-The synthetic items are real items of the source build, jittered: item i copies a random
-real item j (its label, split, photo and thumbnail), its vector is drawn around j's class
-centroid (the centroid plus j's own offset from it, scaled by a random factor, plus noise, then
-normalised), its map position is j's plus a small jitter, and its cluster, predicted category
-and colour are j's. So the pages see N distinct items with the real catalog's classes, map
-shape and photos, and every id points at a real thumbnail.
+"""The app at scale (`python -m pipelines bench --scale N`): reads a real build, writes a
+synthetic N-item build into a scratch folder (`scale_build`, deleted afterwards), times every
+page with AppTest on both builds in one run, the Map's first paint in Chromium
+(`scale_browser`), search and the map layer, and peak RSS; writes bench/scale-<N>.json.
 """
 
 from __future__ import annotations
@@ -15,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -28,20 +21,11 @@ import pandas as pd
 from pipelines import artifacts
 from pipelines.ann_store import run_ann
 from pipelines.bench.common import RESULT_PREFIX, jsonable, ms, peak_rss_mb
+from pipelines.bench.scale_browser import browser_paint
+from pipelines.bench.scale_build import build_scaled
 from pipelines.config import EXTRACTORS, REPO_ROOT, Config
-from pipelines.errors import LookalikeError
 
 APP = REPO_ROOT / "app" / "streamlit_app.py"
-# Rows written per chunk: 50k x 2048 float32 is 400 MB, so a 1M-item build never holds its
-# vectors in memory.
-CHUNK = 50_000
-# Map jitter, as a share of the map's spread: enough to separate copies of one item, small
-# enough to keep the map's shape.
-MAP_JITTER = 0.01
-# Vector noise per dimension, before normalising (the real vectors' per-dimension spread
-# around a class centroid is ~0.01-0.02 for 2048-d unit vectors).
-VECTOR_NOISE = 0.004
-# Pages timed, in this order (the router's paths).
 PAGES = (
     "app_pages/map.py",
     "app_pages/search.py",
@@ -62,159 +46,6 @@ TARGETS = {
 def scale_results_path(config: Config, n: int, results_dir: Path | None = None) -> Path:
     """Where `run_scale_bench` writes: bench/scale-<n>.json (or `results_dir`/scale-<n>.json)."""
     return Path(results_dir or config.bench_dir) / f"scale-{n}.json"
-
-
-def build_scaled(
-    source: Config,
-    out_dir: Path,
-    n: int,
-    seed: int = 0,
-    dtype: str = "float32",
-    extractors: list[str] | None = None,
-    models: bool = True,
-) -> Config:
-    """Write a synthetic N-item build into `out_dir` from the real build `source`.
-
-    Parameters
-    ----------
-    source : a finished build (catalog, embeddings, maps, clusters; categories, colours,
-        metrics and models when it has them).
-    out_dir : the scratch artifacts folder (created; what was there is replaced).
-    n : number of synthetic items.
-    seed : the draw of items and noise.
-    dtype : "float32" or "float16" vectors (float16 halves the file; the engine must read it).
-    extractors : which extractors to write (default: every one `source` has).
-    models : link the source's models (the Upload page needs them; False keeps a test from
-        loading InceptionV3).
-
-    Returns
-    -------
-    The Config of the new build (artifacts_dir = out_dir).
-    """
-    if n < 1:
-        raise LookalikeError(f"--scale must be at least 1 item, got {n}")
-    if dtype not in ("float32", "float16"):
-        raise LookalikeError(f"dtype must be float32 or float16, got {dtype!r}")
-    if not source.catalog_path.exists():
-        raise LookalikeError(
-            f"no catalog at {source.catalog_path} to scale from — pass --artifacts of a finished "
-            f"build (python -m pipelines run)"
-        )
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    cfg = Config(artifacts_dir=out_dir)
-    rng = np.random.default_rng(seed)
-    real = pd.read_parquet(source.catalog_path)
-    real["item_id"] = real["item_id"].astype(str)
-    pick = rng.integers(len(real), size=n)
-    ids = np.array([f"{i:016x}" for i in range(n)], dtype=object)
-
-    # Thumbnails and models are the real ones (links, nothing copied).
-    (out_dir / "thumbs").symlink_to(source.thumbs_dir.resolve(), target_is_directory=True)
-    if models and source.models_dir.exists():
-        (out_dir / "models").symlink_to(source.models_dir.resolve(), target_is_directory=True)
-    catalog = real.iloc[pick].reset_index(drop=True)
-    catalog["item_id"] = ids
-    artifacts.write_parquet(catalog, cfg.catalog_path)
-    cat_manifest = artifacts.write_manifest(
-        cfg.catalog_path, "catalog", {"synthetic_from": str(source.artifacts_dir), "n": n}, {}
-    )
-    _copy_manifest_params(source.catalog_path, cfg.catalog_path)
-    inputs = {"catalog": cat_manifest["sha256"]}
-
-    for path in (source.metrics_path, source.per_class_path):
-        if path.exists():
-            shutil.copy(path, out_dir / path.name)
-            shutil.copy(artifacts.manifest_path(path), artifacts.manifest_path(out_dir / path.name))
-    if source.categories_path.exists():
-        table = pd.read_parquet(source.categories_path).iloc[pick].reset_index(drop=True)
-        table["item_id"] = ids
-        artifacts.write_parquet(table, cfg.categories_path)
-        artifacts.write_manifest(cfg.categories_path, "classify", {}, inputs)
-    if source.colours_path.exists():
-        table = pd.read_parquet(source.colours_path)
-        by_id = dict(zip(table["item_id"].astype(str), table["colour"], strict=True))
-        colours = pd.Series(real["item_id"].map(by_id).fillna("none").to_numpy()[pick])
-        artifacts.write_parquet(pd.DataFrame({"item_id": ids, "colour": colours}), cfg.colours_path)
-        artifacts.write_manifest(cfg.colours_path, "colours", {}, inputs)
-
-    names = extractors or [e for e in EXTRACTORS if source.embeddings_path(e).exists()]
-    labels = real["label"].fillna("(none)").astype(str).to_numpy()
-    for name in names:
-        _scaled_extractor(source, cfg, name, pick, ids, labels, rng, dtype, inputs)
-    return cfg
-
-
-def _copy_manifest_params(src: Path, dest: Path) -> None:
-    """Keep the source manifest's params and extra keys (image size, weights) on `dest`'s."""
-    old = artifacts.read_manifest(src) or {}
-    new = artifacts.read_manifest(dest) or {}
-    keep = {k: v for k, v in old.items() if k not in new or k == "params"}
-    artifacts.write_json({**new, **keep}, artifacts.manifest_path(dest))
-
-
-def _scaled_extractor(
-    source: Config,
-    cfg: Config,
-    name: str,
-    pick: np.ndarray,
-    ids: np.ndarray,
-    labels: np.ndarray,
-    rng: np.random.Generator,
-    dtype: str,
-    inputs: dict[str, str],
-) -> None:
-    """Vectors, map, clusters and centroids of one extractor for the synthetic items."""
-    real = np.load(source.embeddings_path(name), mmap_mode="r")
-    real = np.asarray(real, dtype=np.float32)
-    n, d = len(pick), real.shape[1]
-    classes, codes = np.unique(labels, return_inverse=True)
-    centroids = np.stack([real[codes == c].mean(axis=0) for c in range(len(classes))])
-    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    offsets = real - centroids[codes]
-    path = cfg.embeddings_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=(n, d))
-    for start in range(0, n, CHUNK):
-        rows = pick[start : start + CHUNK]
-        scale = rng.uniform(0.8, 1.2, size=(len(rows), 1)).astype(np.float32)
-        noise = rng.standard_normal((len(rows), d), dtype=np.float32) * VECTOR_NOISE
-        block = centroids[codes[rows]] + scale * offsets[rows] + noise
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out[start : start + len(rows)] = block
-    out.flush()
-    del out
-    vec_manifest = artifacts.write_manifest(path, "embed", {"synthetic": True}, inputs)
-    _copy_manifest_params(source.embeddings_path(name), path)
-    vec_inputs = {**inputs, f"embeddings/{name}": vec_manifest["sha256"]}
-
-    points = pd.read_parquet(source.map_path(name))
-    points["item_id"] = points["item_id"].astype(str)
-    real_ids = pd.read_parquet(source.catalog_path)["item_id"].astype(str)
-    xy = points.set_index("item_id").loc[real_ids, ["x", "y"]].to_numpy(np.float32)
-    spread = float(np.std(xy)) or 1.0
-    jitter = rng.normal(scale=MAP_JITTER * spread, size=(n, 2)).astype(np.float32)
-    coords = xy[pick] + jitter
-    table = pd.DataFrame({"item_id": ids, "x": coords[:, 0], "y": coords[:, 1]})
-    artifacts.write_parquet(table, cfg.map_path(name))
-    trust = (artifacts.read_manifest(source.map_path(name)) or {}).get("trustworthiness")
-    artifacts.write_manifest(cfg.map_path(name), "maps", {}, vec_inputs, {"trustworthiness": trust})
-
-    if source.clusters_path(name).exists():
-        from pipelines.clusters import cluster_summary
-
-        clusters = pd.read_parquet(source.clusters_path(name))["cluster"].to_numpy()[pick]
-        table = pd.DataFrame({"item_id": ids, "cluster": clusters.astype(np.int32)})
-        artifacts.write_parquet(table, cfg.clusters_path(name))
-        shutil.copy(source.centroids_path(name), cfg.centroids_path(name))
-        catalog_labels = labels[pick]
-        summary = cluster_summary(clusters, catalog_labels)
-        artifacts.write_parquet(summary, cfg.cluster_summary_path(name))
-        for artifact in (cfg.clusters_path(name), cfg.centroids_path(name)):
-            artifacts.write_manifest(artifact, "clusters", {}, vec_inputs)
-        artifacts.write_manifest(cfg.cluster_summary_path(name), "clusters", {}, vec_inputs)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -288,12 +119,28 @@ def child_scale_app(
                 e_times.append(time.perf_counter() - t0)
             row["k_rerender_ms"] = ms(k_times)["median_ms"]
             row["extractor_rerender_ms"] = ms(e_times)["median_ms"]
+        row.update(_rss_split())
         row["exceptions"] = [str(e.value)[:300] for e in at.exception]
         row["errors_shown"] = [str(e.value)[:200] for e in at.error]
         rows.append(row)
     out["pages"] = rows
     out.update(_map_figure_numbers(artifacts_dir))
     out.update(_search_numbers(artifacts_dir))
+    return out
+
+
+def _rss_split() -> dict[str, float]:
+    """This process's resident memory now, split: anonymous (its own heap) and file-backed
+    (pages of memory-mapped files such as the embeddings: the shared page cache, which the
+    kernel can drop), MB."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:")):
+                name = "rss_anon_mb" if line.startswith("RssAnon") else "rss_file_mb"
+                out[name] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return out
 
 
@@ -386,135 +233,6 @@ def _search_numbers(artifacts_dir: str, queries: int = 30) -> dict[str, Any]:
         out[f"search_{strategy}_median_ms"] = ms(times[1:])["median_ms"]
         out[f"search_{strategy}_p95_ms"] = ms(times[1:])["p95_ms"]
     return out
-
-
-def browser_paint(builds: dict[str, str], repeats: int = 3) -> dict[str, Any]:
-    """The Map page's first paint in Debian's Chromium on each build, interleaved: seconds from
-    opening the page to the map drawn (its canvas painted, the raster image loaded, the script
-    run over), and the websocket bytes the page received; each server warmed by one load.
-
-    Parameters
-    ----------
-    builds : {name: artifacts dir}; one Streamlit server per build, all up together.
-    """
-    from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
-
-    if not CHROMIUM.exists():
-        return {"skipped": f"{CHROMIUM} is missing (apt-get install chromium)"}
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return {"skipped": "the Python package playwright is missing"}
-    servers = {name: _start_server(Path(path)) for name, path in builds.items()}
-    try:
-        times: dict[str, list[float]] = {name: [] for name in builds}
-        received: dict[str, list[int]] = {name: [] for name in builds}
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                for round_ in range(repeats + 1):  # round 0 warms each server
-                    for name, (url, _) in servers.items():
-                        seconds, size = _paint_once(browser, url, VIEWPORT)
-                        if round_ > 0:
-                            times[name].append(seconds)
-                            received[name].append(size)
-            finally:
-                browser.close()
-        out: dict[str, Any] = {"repeats": repeats}
-        for name in builds:
-            out[name] = {
-                "paint_median_s": round(statistics.median(times[name]), 3),
-                "paint_all_s": [round(t, 3) for t in times[name]],
-                "ws_bytes_median": int(statistics.median(received[name])),
-                "server_peak_rss_mb": _peak_rss_mb(servers[name][1].pid),
-            }
-        return out
-    finally:
-        for _, process in servers.values():
-            _stop(process)
-
-
-def _paint_once(browser: Any, url: str, viewport: dict) -> tuple[float, int]:
-    """One fresh page (own session) on the Map: seconds to painted and idle, bytes received."""
-    context = browser.new_context(viewport=viewport)
-    page = context.new_page()
-    page.set_default_timeout(300_000)
-    size = [0]
-
-    def on_socket(ws: Any) -> None:
-        ws.on("framereceived", lambda payload: size.__setitem__(0, size[0] + len(payload)))
-
-    page.on("websocket", on_socket)
-    try:
-        t0 = time.perf_counter()
-        page.goto(url, wait_until="domcontentloaded")
-        plot = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first
-        plot.locator("canvas.gl-canvas-context").wait_for(state="attached")
-        page.wait_for_function(_PAINTED_JS, arg=plot.element_handle(), timeout=300_000)
-        page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=300_000)
-        return time.perf_counter() - t0, size[0]
-    finally:
-        context.close()
-
-
-# The map is drawn when its WebGL canvas has painted pixels and every layout image (the raster
-# of a large map) has loaded.
-_PAINTED_JS = """(plot) => {
-    const gl = plot.querySelector('canvas.gl-canvas-context');
-    if (!gl || !gl.width) return false;
-    const copy = document.createElement('canvas');
-    copy.width = gl.width; copy.height = gl.height;
-    const ctx = copy.getContext('2d');
-    ctx.drawImage(gl, 0, 0);
-    const data = ctx.getImageData(0, 0, copy.width, copy.height).data;
-    let painted = 0;
-    for (let i = 3; i < data.length && painted <= 20; i += 64) if (data[i] > 0) painted++;
-    if (painted <= 20) return false;
-    const images = Array.from(plot.querySelectorAll('.layer-below image, .imagelayer image'));
-    return images.every((img) => img.getBBox().width > 0);
-}"""
-
-
-def _start_server(artifacts_dir: Path) -> tuple[str, subprocess.Popen]:
-    from tests.browser_helpers import _healthy, free_port
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py",
-        "--server.headless", "true", "--server.port", str(port),
-        "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-    ]  # fmt: skip
-    env = {**os.environ, "LOOKALIKE_ARTIFACTS": str(artifacts_dir)}
-    log = open(artifacts_dir / "streamlit.log", "wb")  # noqa: SIM115 (closed with the process)
-    process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not _healthy(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop(process)
-            raise RuntimeError(f"the app on {artifacts_dir} did not start; see its streamlit.log")
-        time.sleep(0.5)
-    return url, process
-
-
-def _stop(process: subprocess.Popen) -> None:
-    from tests.browser_helpers import _stop as stop
-
-    stop(process)
-
-
-def _peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 def run_scale_bench(
