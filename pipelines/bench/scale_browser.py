@@ -1,6 +1,6 @@
 """The Map page's first paint in Debian's Chromium, for `bench --scale`: starts one Streamlit
-server per build (logs in each build's folder), opens the Map in fresh browser contexts and
-times it; writes nothing else.
+server per build, opens the Map in fresh browser contexts and times it; writes each server's
+log to its build's bench/streamlit-scale.log.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ def _start_server(artifacts_dir: Path) -> tuple[str, subprocess.Popen]:
         "--server.fileWatcherType", "none",
     ]  # fmt: skip
     env = {**os.environ, "LOOKALIKE_ARTIFACTS": str(artifacts_dir)}
-    log = open(artifacts_dir / "streamlit.log", "wb")  # noqa: SIM115 (closed with the process)
+    # The log goes to the build's bench folder (where the results go), not beside its artifacts.
+    (artifacts_dir / "bench").mkdir(parents=True, exist_ok=True)
+    log = open(artifacts_dir / "bench" / "streamlit-scale.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -124,7 +126,10 @@ def _start_server(artifacts_dir: Path) -> tuple[str, subprocess.Popen]:
     while not _healthy(url):
         if process.poll() is not None or time.monotonic() > deadline:
             _stop(process)
-            raise RuntimeError(f"the app on {artifacts_dir} did not start; see its streamlit.log")
+            raise RuntimeError(
+                f"the app on {artifacts_dir} did not start; see {artifacts_dir}/bench/"
+                f"streamlit-scale.log"
+            )
         time.sleep(0.5)
     return url, process
 
