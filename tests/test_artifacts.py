@@ -148,3 +148,36 @@ def test_a_rewritten_file_is_hashed_again_not_remembered(tmp_path: Path) -> None
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     assert sha256_file(path) == hashlib.sha256(b"other").hexdigest()
+
+
+def test_a_large_unchanged_file_is_not_rehashed_but_a_rewrite_or_copy_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large files (an 8 GB embeddings matrix at 1M items) skip the hash while inode, size and
+    mtime are those the manifest recorded; any rewrite (same size) or copy is hashed again."""
+    import shutil
+
+    from pipelines import artifacts
+
+    monkeypatch.setattr(artifacts, "QUICK_CHECK_MIN_BYTES", 16)
+    path = tmp_path / "emb.npy"
+    write_npy(np.ones((8, 4), np.float32), path)
+    write_manifest(path, "embed", {}, {"catalog": "abc"})
+    hashed = []
+    real = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda p, *a: hashed.append(p) or real(p, *a))
+    assert is_fresh(path, "embed", {}, {"catalog": "abc"})
+    assert artifact_hash(path, "embed") == read_manifest(path)["sha256"]
+    assert hashed == []  # the quick check answered
+    write_npy(np.full((8, 4), 2.0, np.float32), path)  # same size, new bytes and mtime
+    assert not is_fresh(path, "embed", {}, {"catalog": "abc"})
+    assert hashed == [path]
+    copy = tmp_path / "copy.npy"
+    write_npy(np.ones((8, 4), np.float32), copy)
+    write_manifest(copy, "embed", {}, {"catalog": "abc"})
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy2(copy, moved / "copy.npy")  # same mtime, another inode
+    shutil.copy2(artifacts.manifest_path(copy), moved / artifacts.manifest_path(copy).name)
+    assert is_fresh(moved / "copy.npy", "embed", {}, {"catalog": "abc"})
+    assert hashed[-1] == moved / "copy.npy"  # hashed, and still matching
