@@ -237,15 +237,15 @@ def descriptor_maps(extractor: Any, pair: np.ndarray) -> tuple[float, np.ndarray
         scaled = summed / (hi * wi * norm[:, None, None, None])
         stages.append((scaled, descriptor.projection[offsets[i] : offsets[i + 1]]))
     offset = -descriptor.mean @ descriptor.projection
-    u = offset + sum(cells.sum(axis=(1, 2)) @ rows for cells, rows in stages)  # (2, c)
+    u = offset + sum(part.sum(axis=(1, 2)) @ rows for part, rows in stages)  # (2, c)
     appearance = u / np.linalg.norm(u, axis=1, keepdims=True)
     s = descriptor.share
     heat = []
     for x, y in ((0, 1), (1, 0)):
         part = (sums[x] @ category[y]).reshape(h, w) / np.linalg.norm(total[x])
         look = np.full((h, w), offset @ appearance[y] / (h * w))
-        for cells, rows in stages:
-            look += _pool_to((cells[x] @ (rows @ appearance[y]))[None], (h, w))[0]
+        for stage_cells, rows in stages:
+            look += _pool_to((stage_cells[x] @ (rows @ appearance[y]))[None], (h, w))[0]
         heat.append(((1 - s) * part + s * look / np.linalg.norm(u[x])).astype(np.float32))
     cosine = float((1 - s) * category[0] @ category[1] + s * appearance[0] @ appearance[1])
     return cosine, heat[0], heat[1]
