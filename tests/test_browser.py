@@ -476,6 +476,23 @@ def test_hovering_a_point_shows_its_photo(page) -> None:
         image = preview.evaluate("(el) => getComputedStyle(el).backgroundImage")
         assert image.startswith('url("data:image/jpeg;base64,'), image[:60]
 
+    with step(page, "21b-hover-photo-goes-with-its-chart"):
+        # A chart that leaves the page under the pointer (a rerun, another page) sends plotly
+        # no unhover: the photo must not stay on screen over whatever comes next. The chart is
+        # taken out of the page for a moment, the pointer not moved, then put back.
+        expect(preview).to_be_visible()
+        plot.evaluate(
+            "(gd) => { window.__lookalikeChart = [gd, gd.parentNode, gd.nextSibling];"
+            " gd.parentNode.removeChild(gd); }"
+        )
+        try:
+            expect(page.locator(f"#{PREVIEW_ID}")).to_be_hidden(timeout=5000)
+        finally:
+            page.evaluate(
+                "() => { const [gd, parent, next] = window.__lookalikeChart;"
+                " parent.insertBefore(gd, next); }"
+            )
+
 
 def test_a_box_selection_counts_its_labels_and_downloads_its_ids(
     page, catalog: pd.DataFrame, tmp_path: Path

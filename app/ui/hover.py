@@ -61,16 +61,29 @@ _SCRIPT = """<script>
     tip.style.display = "block";
   }
   function hide() { tip.style.display = "none"; }
+  // A chart replaced or removed under the pointer (a rerun, another page) never sends
+  // plotly_unhover: hide the photo when the pointer is not over a chart any more, and when
+  // the chart that showed it has left the page.
+  if (!doc.__lookalikeMove) {
+    doc.__lookalikeMove = true;
+    doc.addEventListener("mousemove", function (e) {
+      const t = doc.getElementById(data.id);
+      const onChart = e.target.closest && e.target.closest(".js-plotly-plot");
+      if (t && t.style.display !== "none" && !onChart) t.style.display = "none";
+    }, true);
+  }
   function attach() {
+    if (tip.style.display !== "none" && tip.__owner && !tip.__owner.isConnected) hide();
     doc.querySelectorAll(".js-plotly-plot").forEach(function (gd) {
       if (!gd.on || gd.__lookalikeHover === token) return;
       if (gd.__lookalikeHandlers && gd.removeListener) {
         gd.removeListener("plotly_hover", gd.__lookalikeHandlers[0]);
         gd.removeListener("plotly_unhover", gd.__lookalikeHandlers[1]);
       }
-      gd.on("plotly_hover", show);
+      const onHover = function (ev) { tip.__owner = gd; show(ev); };
+      gd.on("plotly_hover", onHover);
       gd.on("plotly_unhover", hide);
-      gd.__lookalikeHandlers = [show, hide];
+      gd.__lookalikeHandlers = [onHover, hide];
       gd.__lookalikeHover = token;
     });
   }
