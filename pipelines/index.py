@@ -333,13 +333,18 @@ class Index:
         rows, sims = self.search_rows(
             queries, k, strategy, exclude_rows, query_clusters, query_categories
         )
-        results = []
+        return self.results(rows, sims)
+
+    def results(self, rows: np.ndarray, sims: np.ndarray) -> list[SearchResult]:
+        """(m, k) rows and similarities from `search_rows` as one `SearchResult` per query,
+        the padding (row -1) trimmed."""
+        out = []
         for found, similarity in zip(rows, sims, strict=True):
-            if found[-1] < 0:  # padding sits at the end; trim it
+            if len(found) and found[-1] < 0:  # padding sits at the end; trim it
                 keep = found >= 0
                 found, similarity = found[keep], similarity[keep]
-            results.append(SearchResult(self.item_ids[found], similarity, found))
-        return results
+            out.append(SearchResult(self.item_ids[found], similarity, found))
+        return out
 
     def search_rows(
         self,

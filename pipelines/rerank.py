@@ -303,12 +303,7 @@ class RerankedIndex:
         rows, sims = self.search_rows(
             queries, k, strategy, exclude_rows, query_clusters, query_categories
         )
-        results = []
-        for found, similarity in zip(rows, sims, strict=True):
-            keep = found >= 0
-            found, similarity = found[keep], similarity[keep]
-            results.append(SearchResult(self.index.item_ids[found], similarity, found))
-        return results
+        return self.index.results(rows, sims)
 
 
 def reranked(index: Index | RerankedIndex, rerank: bool) -> Index | RerankedIndex:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """Artifacts of the whole pipeline on 36 real photos (dress, hat, pants, shoes: 3 per
     split), built once per session and shared by the app and browser tests (read only)."""
     return build_small_pipeline(tmp_path_factory.mktemp("pipeline"), SMALL_LABELS)
+
+
+@pytest.fixture
+def clear_caches() -> Iterator[None]:
+    """Each AppTest starts with empty Streamlit caches, and leaves none behind."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from pipelines.config import REPO_ROOT, Config
@@ -21,16 +19,6 @@ PAGES = ["map", "search", "compare", "clusters", "upload", "photo_map", "health"
 TIMEOUT = 240
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def clear_caches() -> Iterator[None]:
-    """Each AppTest starts with empty Streamlit caches, and leaves none behind."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@ drawn, and `bench --scale` builds and times a small synthetic catalog."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from pipelines import raster
@@ -94,15 +92,6 @@ def test_raster_draws_each_group_in_its_colour() -> None:
 
 
 # --------------------------------------------------------------------------- through the app
-
-
-@pytest.fixture
-def clear_caches() -> Iterator[None]:
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def _app(artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:

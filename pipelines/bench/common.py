@@ -37,6 +37,7 @@ CHILD_TASKS = {
     "vector_stages": "pipelines.bench.maps:child_vector_stages",
     "stage": "pipelines.bench.memory:child_stage",
     "app": "pipelines.bench.app:child_app",
+    "scale_app": "pipelines.bench.scale:child_scale_app",
     "ann_1m_build": "pipelines.bench.ann_1m:child_build",
     "ann_1m_serve": "pipelines.bench.ann_1m:child_serve",
     "ann_1m_load_index": "pipelines.bench.ann_1m:child_load_index",

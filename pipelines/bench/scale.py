@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import pandas as pd
 
 from pipelines import artifacts
 from pipelines.ann_store import run_ann
-from pipelines.bench.common import RESULT_PREFIX, jsonable, ms, peak_rss_mb
+from pipelines.bench.common import jsonable, ms, run_child
 from pipelines.bench.scale_browser import browser_paint
 from pipelines.bench.scale_build import build_scaled
 from pipelines.config import EXTRACTORS, REPO_ROOT, Config
@@ -144,43 +142,6 @@ def _rss_split() -> dict[str, float]:
     return out
 
 
-def _run_child(params: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """`child_scale_app(**params)` in a fresh Python process (its own peak RSS)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    code = "from pipelines.bench.scale import child_main; child_main()"
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code],
-            input=json.dumps(params),
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            env=env,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
-    return {"error": f"the app child exited {proc.returncode}: {' | '.join(tail)}"}
-
-
-def child_main() -> None:
-    """Entry point of the child: read the parameters on stdin, print the result."""
-    params = json.loads(sys.stdin.read())
-    start = time.perf_counter()
-    result = child_scale_app(**params)
-    result["child_seconds"] = round(time.perf_counter() - start, 2)
-    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    print(RESULT_PREFIX + json.dumps(jsonable(result)), flush=True)
-
-
 def _map_figure_numbers(artifacts_dir: str) -> dict[str, Any]:
     """Server-side cost and size of the Map page's figure: drawing a large map's layer (once
     per map, colouring and filter; cached by the app), then the figure a rerun builds from it
@@ -297,7 +258,7 @@ def run_scale_bench(
         for name, path in (("default", config.artifacts_dir), ("scaled", build_dir)):
             print(f"bench --scale {n}: pages on the {name} build ...", flush=True)
             load = loadavg()
-            result = _run_child({"artifacts_dir": str(path), **params}, 3600)
+            result = run_child("scale_app", {"artifacts_dir": str(path), **params}, 3600)
             result["loadavg_before"] = load
             results[name] = result
         if browser:

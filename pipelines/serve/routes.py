@@ -45,6 +45,12 @@ RERANK_TEXT = (
     "true re-orders the nearest candidates by query expansion (pipelines.rerank); "
     "similarities stay cosines to the query"
 )
+# Query options both search routes take.
+DiversityQuery = Annotated[
+    float | None,
+    Query(description="0 = plain nearest neighbours; up to 1 spreads out near-duplicates"),
+]
+RerankQuery = Annotated[bool, Query(description=RERANK_TEXT)]
 
 
 def add_service_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> None:
@@ -106,11 +112,8 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
         extractor: Annotated[str, Query(description=" or ".join(EXTRACTORS))] = EXTRACTORS[0],
         strategy: Annotated[str, Query(description=", ".join(STRATEGIES))] = "exact",
         label: Annotated[str | None, Query(description="only neighbours with this label")] = None,
-        diversity: Annotated[
-            float | None,
-            Query(description="0 = plain nearest neighbours; up to 1 spreads out near-duplicates"),
-        ] = None,
-        rerank: Annotated[bool, Query(description=RERANK_TEXT)] = False,
+        diversity: DiversityQuery = None,
+        rerank: RerankQuery = False,
     ) -> dict[str, Any]:
         """The k catalog items most similar to a catalog item (never the item itself)."""
         # A worker thread, not the event loop: the matrix product releases the GIL, so two
@@ -173,11 +176,8 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
             list[str] | None, Query(description="repeatable; default: every loaded extractor")
         ] = None,
         strategy: Annotated[str, Query(description=", ".join(STRATEGIES))] = "exact",
-        diversity: Annotated[
-            float | None,
-            Query(description="0 = plain nearest neighbours; up to 1 spreads out near-duplicates"),
-        ] = None,
-        rerank: Annotated[bool, Query(description=RERANK_TEXT)] = False,
+        diversity: DiversityQuery = None,
+        rerank: RerankQuery = False,
     ) -> dict[str, Any]:
         """Photos -> predicted category (custom CNN) and neighbours per extractor; with several
         photos also the set's three most common categories."""
