@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import platform
+import re
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -79,8 +82,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffixes = "".join(path.suffixes)
+    # The owner's pid and host are in the name, so `sweep_stale_temporaries` can tell the
+    # temporary of a SIGKILLed writer (never renamed, never unlinked) from one being written.
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{suffixes}", dir=path.parent
+        prefix=f".{path.name}.pid{os.getpid()}@{_host_tag()}.",
+        suffix=f".tmp{suffixes}",
+        dir=path.parent,
     )
     os.close(fd)
     tmp = Path(tmp_name)
@@ -99,6 +106,129 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Temporaries older than this in the name format before the owner was recorded (no pid) are
+# removed: no write takes a day, and the next `run` redoes whatever was cut short.
+OLD_TEMPORARY_MAX_AGE_S = 24 * 3600
+# A live pid owns a temporary only when it started before the temporary last changed; this
+# margin absorbs clock steps and a file server's clock, so a reused pid (a container whose
+# `run` restarts under the same pid) frees a killed run's temporaries an hour later.
+PID_REUSE_MARGIN_S = 3600
+# `.{name}.pid{pid}@{host}.{8 random}.tmp{suffixes}`, as atomic_path names them, and the older
+# `.{name}.{8 random}.tmp{suffixes}`; the 8 characters are mkstemp's alphabet.
+_TEMPORARY = re.compile(
+    r"\.(?P<target>.+)\.pid(?P<pid>[1-9][0-9]{0,9})@(?P<host>[A-Za-z0-9-]+)"
+    r"\.[a-z0-9_]{8}\.tmp(?P<tail>(\.[^.]+)*)"
+)
+_OLD_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(?P<tail>(\.[^.]+)*)")
+
+
+@functools.cache
+def _host_tag() -> str:
+    """This machine's name as it goes into a temporary's name: letters, digits and '-' only,
+    at most 40 characters (a longer name is cut and ends in a hash of the whole name)."""
+    host = socket.gethostname() or "localhost"
+    tag = re.sub(r"[^A-Za-z0-9-]", "-", host)
+    if len(tag) > 40:
+        tag = f"{tag[:31]}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
+    return tag
+
+
+def _is_alive(pid: int) -> bool:
+    """True when process `pid` exists on this machine (possibly owned by another user); True
+    too when that cannot be told, so the file is kept."""
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # PermissionError: alive, another user's
+    return True
+
+
+@functools.cache
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (Linux /proc), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_stale(name: str, stat: os.stat_result, now: float) -> bool:
+    """True when `name` is an atomic_path temporary no live writer can own."""
+    match = _TEMPORARY.fullmatch(name)
+    if match is not None:
+        if not match["target"].endswith(match["tail"]) or match["host"] != _host_tag():
+            return False  # not ours, or another machine's: its pids mean nothing here
+        pid = int(match["pid"])
+        if not _is_alive(pid):
+            return True
+        # ctime, not mtime: nothing can set it back, and every write moves it forward.
+        start = _process_start(pid)
+        return start is not None and stat.st_ctime < start - PID_REUSE_MARGIN_S
+    match = _OLD_TEMPORARY.fullmatch(name)
+    if match is None or not match["target"].endswith(match["tail"]):
+        return False
+    return now - max(stat.st_mtime, stat.st_ctime) > OLD_TEMPORARY_MAX_AGE_S
+
+
+def sweep_stale_temporaries(folder: Path) -> dict[Path, int]:
+    """Remove the temporary files of atomic_path writes whose writer is gone.
+
+    A writer killed by SIGKILL or a power cut leaves its hidden temporary
+    (`.{name}.pid{pid}@{host}.{random}.tmp{suffixes}`) beside the artifact forever; at 1M items
+    an embeddings temporary is several GB. This walks `folder` and everything under it (not
+    following symlinks) and removes a temporary when it names this host and a pid that no
+    longer runs here (or was reused by a process started after the temporary was last
+    written). A temporary of a live process, of another host (a folder shared over NFS), or any
+    file whose name is not exactly an atomic_path temporary is left alone; so is a temporary in
+    the older name format without a pid unless it is older than `OLD_TEMPORARY_MAX_AGE_S`.
+
+    Args:
+        folder: the artifacts folder; a missing folder removes nothing.
+
+    Returns:
+        {removed path: its size in bytes}. A file that disappears or cannot be removed
+        meanwhile is skipped, never raised.
+    """
+    removed: dict[Path, int] = {}
+    now = time.time()
+    pending = [Path(folder)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                    continue
+                # The cheap test first: tens of thousands of thumbnails pass through here.
+                if not (entry.name.startswith(".") and ".tmp" in entry.name):
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                stat = entry.stat(follow_symlinks=False)
+                if _is_stale(entry.name, stat, now):
+                    os.unlink(entry.path)
+                    removed[Path(entry.path)] = stat.st_size
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove
+    return removed
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:

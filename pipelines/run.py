@@ -96,6 +96,7 @@ def run_all(
     """
     results: list[tuple[str, StageResult]] = []
     total = time.perf_counter()
+    _sweep(config)
     stages = _stages(config, list(extractors), force, engine, address)
     for i, (name, thunk) in enumerate(stages, 1):
         print(f"\n[{i}/{len(stages)}] {name}", flush=True)
@@ -109,6 +110,31 @@ def run_all(
     print(f"\nArtifacts are in {config.artifacts_dir}.")
     print(f"Open the explorer with: {commands.APP}")
     return [result for _name, result in results]
+
+
+def _sweep(config: Config) -> None:
+    """Remove the temporaries of writes a SIGKILL or power cut interrupted (GBs at 1M items),
+    which nothing else would ever delete; one line when something was removed."""
+    from pipelines.artifacts import sweep_stale_temporaries
+
+    removed = sweep_stale_temporaries(config.artifacts_dir)
+    if removed:
+        files = "file" if len(removed) == 1 else "files"
+        print(
+            f"removed {len(removed)} temporary {files} left by an interrupted run "
+            f"({_size(sum(removed.values()))})",
+            flush=True,
+        )
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 812 B, 4.2 MB, 3.1 GB (powers of 1000)."""
+    if n < 1000:
+        return f"{n} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
+        if n < 999.95 * scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e9:.1f} GB"
 
 
 def _print_report(config: Config) -> None:
