@@ -9,7 +9,8 @@ waits for that stage's header and kills the process at a random moment (fixed se
 it. The next round's run is the run after that kill. After every kill: each artifact that
 matches its manifest must load whole (nothing half-written behind a good manifest). At the
 end one run must finish, rebuild every stage whose artifact no longer matched its manifest,
-leave every artifact matching its manifest and aligned with the catalog, and a last run must
+leave every artifact matching its manifest and aligned with the catalog, remove the temporary
+files the killed writes left (SIGKILL skips atomic_path's clean-up), and a last run must
 report every stage up to date.
 """
 
@@ -102,6 +103,11 @@ def _manifests(art: Path) -> list[tuple[Path, Path, dict]]:
     return out
 
 
+def _temporaries(art: Path) -> list[Path]:
+    """Every file under `art` named like an atomic_path temporary (`.{name}.*.tmp*`)."""
+    return sorted(p for p in art.rglob(".*") if ".tmp" in p.name)
+
+
 def _loads_whole(path: Path) -> None:
     """Read an artifact completely by its type; raises if it is cut short."""
     suffix = "".join(path.suffixes[-1:])
@@ -120,6 +126,18 @@ def _loads_whole(path: Path) -> None:
     elif suffix in (".jpg", ".png"):
         with Image.open(path) as img:
             img.load()
+
+
+def _check_after_kill(art: Path) -> set[str]:
+    """Load every artifact that matches its manifest whole (nothing half-written behind a
+    matching manifest); returns the stages whose artifacts do not match."""
+    stale = set()
+    for artifact, _file, manifest in _manifests(art):
+        if artifact.exists() and matches_manifest(artifact, manifest):
+            _loads_whole(artifact)
+        else:
+            stale.add(manifest["stage"])
+    return stale
 
 
 def _run_and_kill(cmd: list[str], stage_index: int, delay: float, log: Path) -> tuple[bool, str]:
@@ -157,6 +175,22 @@ def _run_and_kill(cmd: list[str], stage_index: int, delay: float, log: Path) -> 
     return proc.returncode == -signal.SIGKILL, "".join(seen)
 
 
+def _kill_mid_write(cmd: list[str], art: Path, log: Path) -> list[Path]:
+    """Start `run` and SIGKILL it the moment a new temporary file appears under `art` (a write
+    in progress); returns the new temporaries still there after the kill."""
+    before = set(_temporaries(art))
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if set(_temporaries(art)) - before:
+            break
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    return sorted(set(_temporaries(art)) - before)
+
+
 @pytest.mark.slow
 def test_kills_in_every_stage_are_repaired_by_the_next_run(tmp_path: Path) -> None:
     rng = random.Random(SEED)
@@ -187,19 +221,26 @@ def test_kills_in_every_stage_are_repaired_by_the_next_run(tmp_path: Path) -> No
             continue
         kills += 1
         hit[name] = hit.get(name, 0) + 1
-        stale = set()
-        for artifact, _file, manifest in _manifests(art):
-            if artifact.exists() and matches_manifest(artifact, manifest):
-                _loads_whole(artifact)  # nothing half-written behind a matching manifest
-            else:
-                stale.add(manifest["stage"])
-        stale_before_final = stale
+        stale_before_final = _check_after_kill(art)
 
     assert kills == KILLS
     assert set(hit) == set(stages), f"stages never killed: {set(stages) - set(hit)}"
 
+    # Random moments rarely fall inside one of these tiny writes, so one more run is killed
+    # the moment a write is under way: SIGKILL skips atomic_path's clean-up, the temporary stays.
+    for _attempt in range(5):
+        for _artifact, manifest_file, manifest in _manifests(art):
+            if manifest["stage"] == "catalog":
+                manifest_file.unlink()  # the catalog stage rewrites its tables, nothing else
+        if _kill_mid_write(cmd, art, log):
+            break
+    stale_before_final = _check_after_kill(art)
+    left = _temporaries(art)
+    assert left, "no kill left a temporary file behind"
     repair = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert repair.returncode == 0, repair.stderr[-3000:]
+    assert f"removed {len(left)} temporary file" in repair.stdout, (left, repair.stdout[:500])
+    assert _temporaries(art) == [], "the repair run left temporaries of killed writes"
     table = _stage_table(repair.stdout)
     for stage in stale_before_final:
         # A stage whose artifact did not match its manifest must not call itself up to date.
@@ -217,3 +258,5 @@ def test_kills_in_every_stage_are_repaired_by_the_next_run(tmp_path: Path) -> No
     assert again.returncode == 0, again.stderr[-3000:]
     results = [r for _s, r in _stage_table(again.stdout).values()]
     assert all(r.startswith("up to date") for r in results), again.stdout[-2000:]
+    assert "temporary" not in again.stdout
+    assert _temporaries(art) == []
