@@ -3,6 +3,7 @@ key, reload after a rebuild, and the real server started as a subprocess."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import shutil
 import time
@@ -481,3 +482,51 @@ def test_real_server_answers_over_http(built: Config, ids: list[str], tmp_path: 
         auth = {"Authorization": f"Bearer {KEY}"}
         similar = httpx.get(f"{base}/items/{ids[0]}/similar?k=3", headers=auth)
         assert similar.status_code == 200 and len(similar.json()["results"]) == 3
+
+
+# --------------------------------------------------------------------------- latency pins
+
+
+def test_similar_runs_on_the_event_loop(client: TestClient) -> None:
+    # A sync route costs two thread hops per request (the endpoint, then the response
+    # validation), which under concurrent clients queue on the GIL behind each other.
+    route = next(
+        r for r in client.app.routes if getattr(r, "path", "") == "/items/{item_id}/similar"
+    )
+    assert inspect.iscoroutinefunction(route.endpoint)
+
+
+BLAS_PROBE = """
+import sys, types
+assert "numpy" not in sys.modules  # as in `python -m pipelines serve`: nothing loaded BLAS yet
+seen = []
+def create_app(*args, **kwargs):  # stands in for the real app: building it loads numpy
+    import numpy
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=2, user_api="blas")  # a BLAS that starts on two threads
+    return object()
+def run(app, **kwargs):
+    from threadpoolctl import threadpool_info
+    seen.extend(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+sys.modules["uvicorn"] = types.SimpleNamespace(run=run)
+sys.modules["pipelines.serve.app"] = types.SimpleNamespace(create_app=create_app)
+from pipelines.config import Config
+from pipelines.serve import run_server
+run_server(Config())
+print(seen)
+"""
+
+
+def test_server_limits_blas_after_numpy_is_loaded() -> None:
+    # threadpoolctl limits only libraries already loaded: set before the app imported numpy,
+    # the limit did nothing and every InceptionV3 product woke a second OpenBLAS thread.
+    import subprocess
+    import sys
+
+    from pipelines.config import REPO_ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-c", BLAS_PROBE], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[1]"

@@ -106,7 +106,7 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
         return {**current.records[row_of(current, item_id)], "thumbnail_url": thumb_url(item_id)}
 
     @app.get("/items/{item_id}/similar", response_model=m.Neighbours, tags=["search"], **protected)
-    def similar(
+    async def similar(
         item_id: str,
         k: Annotated[int, Query(description=f"neighbours, 1 to {svc.config.max_k}")] = 10,
         extractor: Annotated[str, Query(description=" or ".join(EXTRACTORS))] = EXTRACTORS[0],
@@ -116,8 +116,10 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
         rerank: RerankQuery = False,
     ) -> dict[str, Any]:
         """The k catalog items most similar to a catalog item (never the item itself)."""
-        # A worker thread, not the event loop: the matrix product releases the GIL, so two
-        # queries use both cores (BLAS runs one thread per query in the server, see run_server).
+        # On the event loop, not a worker thread: the whole request is ~1.5 ms of CPU, and the
+        # two thread hops of a sync route (the endpoint, then its response validation) under
+        # 16 clients waited on the GIL behind each other (p50 at 160 req/s 45 -> 24 ms at
+        # load average 7; pipelines/bench/api_profile.py and notes/api-latency.md).
         start = time.perf_counter()
         current = svc.state()
         k = svc.checked(k, strategy)
