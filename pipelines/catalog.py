@@ -81,14 +81,15 @@ def _inspect(row: dict[str, Any], config: Config) -> _Inspected:
 
 
 def _prune_thumbs(config: Config, keep: set[str]) -> int:
-    """Delete thumbnails (and temporary files of killed writes) no catalog row refers to;
-    returns how many were removed."""
+    """Delete thumbnails no catalog row refers to, and temporaries of killed writes (only those
+    whose writer is gone: another process may be writing thumbnails now); returns how many
+    files were removed."""
     if not config.thumbs_dir.is_dir():
         return 0
-    removed = 0
+    removed = len(artifacts.sweep_stale_temporaries(config.thumbs_dir))
     for path in config.thumbs_dir.iterdir():
-        is_tmp = path.name.startswith(".") and ".tmp" in path.name
-        if path.is_file() and (is_tmp or (path.suffix == ".jpg" and path.stem not in keep)):
+        hidden = path.name.startswith(".")  # temporaries end in .jpg too: the sweep decides
+        if path.is_file() and not hidden and path.suffix == ".jpg" and path.stem not in keep:
             path.unlink(missing_ok=True)
             removed += 1
     return removed

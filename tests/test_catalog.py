@@ -435,3 +435,21 @@ def test_links_loops_fifos_and_image_named_folders_in_a_tree(
     assert inner["label"] == "hat" and inner["split"] == "train"
     assert "bundle.jpg is a folder named like an image" in out
     assert "\x1b" not in out and "evil\\x1b[2J.jpg" in out
+
+
+def test_up_to_date_catalog_keeps_a_live_writers_thumbnail_temporary(tmp_path: Path) -> None:
+    """The catalog stage prunes thumbnails even when up to date. It used to delete every
+    hidden temporary in thumbs/, also one another process (an app, a second run) was writing;
+    now only those whose writer is gone go."""
+    from tests.test_artifacts import _dead_pid, _temporary
+
+    source = copy_subset(tmp_path / "src", {"hat": 2}, splits=("train",))
+    config = Config(artifacts_dir=tmp_path / "art", source=source)
+    run_catalog(config, progress=False)
+    dead = _temporary(config.thumbs_dir, "0123456789abcdef.jpg", _dead_pid())
+    with artifacts.atomic_path(config.thumbs_dir / "fedcba9876543210.jpg") as live:
+        live.write_bytes(b"being written")
+        result = run_catalog(config, progress=False)
+        assert result.skipped
+        assert live.exists()
+    assert not dead.exists()
