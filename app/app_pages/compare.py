@@ -71,7 +71,9 @@ for column, name in zip(columns, EXTRACTORS, strict=True):
         shown = "n/a" if precision != precision else f"{precision:.2f}"
         st.subheader(widgets.EXTRACTOR_NAMES[name])
         st.caption(f"Precision@{settings.k} against the query's label: **{shown}**")
-        widgets.neighbour_grid(table, key=f"compare_{name}", columns=4, catalog=catalog)
+        widgets.neighbour_grid(
+            table, key=f"compare_{name}", columns=4, catalog=catalog, compact=True
+        )
         if show_heatmaps:
             heatmap.show_pair(cfg, name, catalog, table, f"compare_{name}", query_item=query_id)
         figure, trace_ids = plots.map_figure(

@@ -39,6 +39,10 @@ GRID_COLUMNS = 6
 GRID_LIMIT = 60
 # The button under every thumbnail that searches from it.
 LOOKALIKES_LABEL = "🔎 Find lookalikes"
+# The same button in grids too narrow for the words (Compare's three panels): the icon, with
+# the words as its tooltip.
+LOOKALIKES_ICON = "🔎"
+LOOKALIKES_HELP = "Find lookalikes of this item"
 # Set by `find_lookalikes`; the router opens Search on the next run when it is set.
 GOTO_SEARCH = "goto_search"
 # Recent Search queries kept for "back" (newest last).
@@ -245,6 +249,7 @@ def thumbnail_grid(
     limit: int = GRID_LIMIT,
     pick: Callable[[str], None] | None = None,
     key: str = "grid",
+    compact: bool = False,
 ) -> None:
     """Thumbnails in rows of `columns`, each with its caption (and a pick button).
 
@@ -258,6 +263,8 @@ def thumbnail_grid(
     pick : when given, a "Find lookalikes" button under each thumbnail calls pick(item_id)
         (`find_lookalikes` opens Search on that item).
     key : prefix of the buttons' keys.
+    compact : the pick button shows only its icon (its words become the tooltip), for
+        columns too narrow to hold "Find lookalikes".
     """
     if items.empty:
         st.caption("Nothing to show.")
@@ -272,8 +279,9 @@ def thumbnail_grid(
                 st.image(paths[i], caption=captions[i], width="stretch")
                 if pick is not None:
                     st.button(
-                        LOOKALIKES_LABEL,
+                        LOOKALIKES_ICON if compact else LOOKALIKES_LABEL,
                         key=f"{key}_pick_{ids[i]}",
+                        help=LOOKALIKES_HELP if compact else None,
                         on_click=pick,
                         args=(ids[i],),
                         width="stretch",
@@ -287,10 +295,12 @@ def neighbour_grid(
     key: str = "neighbours",
     columns: int = 5,
     catalog: pd.DataFrame | None = None,
+    compact: bool = False,
 ) -> None:
     """A neighbour table (`neighbours.neighbours_table`) as a grid captioned "#rank · label ·
-    similarity", each with a "Find lookalikes" button, with the table itself (ids included)
-    and its CSV download (paths too when `catalog` is given) in an expander."""
+    similarity", each with a "Find lookalikes" button (only its icon when `compact`), with the
+    table itself (ids included) and its CSV download (paths too when `catalog` is given) in an
+    expander."""
     # Records, not iterrows: a Series per row of arrow-backed columns costs ~2 ms each.
     captions = [
         caption(row, int(row["rank"]), float(row["similarity"]))
@@ -305,6 +315,7 @@ def neighbour_grid(
         limit=len(neighbours),
         pick=find_lookalikes,
         key=key,
+        compact=compact,
     )
     with st.expander("As a table"):
         st.dataframe(
