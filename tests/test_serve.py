@@ -496,6 +496,35 @@ def test_similar_runs_on_the_event_loop(client: TestClient) -> None:
     assert inspect.iscoroutinefunction(route.endpoint)
 
 
+def test_reranked_similar_leaves_the_event_loop(
+    client: TestClient, ids: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain similar runs on the loop; a re-ranked one in a worker thread, because its first
+    query builds a neighbour graph for seconds and the loop must keep answering meanwhile."""
+    import asyncio
+
+    from pipelines.serve import routes
+
+    on_loop: list[bool] = []
+
+    def recording(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return item_neighbours(*args, **kwargs)
+
+    from pipelines.neighbours import item_neighbours
+
+    monkeypatch.setattr(routes, "item_neighbours", recording)
+    for rerank in (False, True):
+        response = client.get(f"/items/{ids[3]}/similar", params={"k": 4, "rerank": rerank})
+        assert response.status_code == 200, response.text
+        assert response.json()["rerank"] is rerank
+    assert on_loop and on_loop[0] is True and on_loop[-1] is False
+
+
 BLAS_PROBE = """
 import sys, types
 assert "numpy" not in sys.modules  # as in `python -m pipelines serve`: nothing loaded BLAS yet

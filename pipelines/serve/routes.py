@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import pandas as pd
 from fastapi import FastAPI, File, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from pipelines import commands, upload
 from pipelines.config import EXTRACTORS, STRATEGIES
@@ -135,7 +136,13 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
                 index, current.catalog, item_id, width, use, rerank=rerank, **extra
             )
 
-        table = engine(lambda: filtered(search, k, label, index.size - 1, svc.config.max_k))
+        def answer() -> pd.DataFrame:
+            return engine(lambda: filtered(search, k, label, index.size - 1, svc.config.max_k))
+
+        # Re-ranking goes to a worker thread: its first query builds the neighbour graph of
+        # database-side augmentation (1-3 s at 3.8k items), which on the loop would stall
+        # every other request, /health included, for that long.
+        table = await run_in_threadpool(answer) if rerank else answer()
         body = neighbours_body(current, item_id, extractor, use, k, start, table, note)
         return {**body, "rerank": rerank}
 
