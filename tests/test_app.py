@@ -230,12 +230,14 @@ def test_compare_jaccard_matches_the_sets_shown(app: AppTest) -> None:
 
 def test_compare_pick_buttons_fit_their_narrow_columns_and_open_search(app: AppTest) -> None:
     """Three panels of four thumbnails left "Find lookalikes" cut to "Fi…"; there the button
-    is the icon, its words the tooltip, and it still opens Search on that item."""
+    is a magnifier icon, its words the tooltip, and it still opens Search on that item."""
     at = open_page(app, "compare")
     query = at.session_state["query_id"]
     buttons = [b for b in at.button if b.key and "_pick_" in b.key]
     assert len(buttons) == 3 * at.session_state["sidebar_k"]
-    assert {(b.label, b.help) for b in buttons} == {("🔎", "Find lookalikes of this item")}
+    assert {(b.label, b.icon, b.help) for b in buttons} == {
+        ("", ":material/search:", "Find lookalikes of this item")
+    }
     picked = next(b for b in buttons if not b.key.endswith(f"_pick_{query}"))
     picked.click().run()
     assert not at.exception

@@ -39,9 +39,10 @@ GRID_COLUMNS = 6
 GRID_LIMIT = 60
 # The button under every thumbnail that searches from it.
 LOOKALIKES_LABEL = "🔎 Find lookalikes"
-# The same button in grids too narrow for the words (Compare's three panels): the icon, with
-# the words as its tooltip.
-LOOKALIKES_ICON = "🔎"
+# The same button in grids too narrow for the words (Compare's three panels): a magnifier
+# from Streamlit's bundled Material font (an emoji needs a system emoji font, which headless
+# browsers often lack), with the words as its tooltip.
+LOOKALIKES_ICON = ":material/search:"
 LOOKALIKES_HELP = "Find lookalikes of this item"
 # Set by `find_lookalikes`; the router opens Search on the next run when it is set.
 GOTO_SEARCH = "goto_search"
@@ -279,8 +280,9 @@ def thumbnail_grid(
                 st.image(paths[i], caption=captions[i], width="stretch")
                 if pick is not None:
                     st.button(
-                        LOOKALIKES_ICON if compact else LOOKALIKES_LABEL,
+                        "" if compact else LOOKALIKES_LABEL,
                         key=f"{key}_pick_{ids[i]}",
+                        icon=LOOKALIKES_ICON if compact else None,
                         help=LOOKALIKES_HELP if compact else None,
                         on_click=pick,
                         args=(ids[i],),
