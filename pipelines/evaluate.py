@@ -172,29 +172,13 @@ def evaluate_index(
         metrics[f"r@{k}"] = float(recall_at(relevant, n_relevant, k).mean())
     metrics[f"map@{MAP_K}"] = float(average_precision(relevant, n_relevant, MAP_K).mean())
     if colours is not None and top >= COLOUR_K:
-        gallery_colours = colours if loo else colours[protocol.gallery]
-        query_colours = colours[query_rows]
-        known = np.array([c is not None and not pd.isna(c) for c in query_colours], dtype=bool)
-        if known.any():
-            share = colour_agreement(found[known], query_colours[known], gallery_colours, COLOUR_K)
-            metrics[f"colour@{COLOUR_K}"] = float(share.mean())
+        metrics.update(_colour_metric(found, query_rows, colours, protocol))
 
-    # Latency as the app sees it: one query per call, results as objects.
     spread = np.linspace(0, len(query_rows) - 1, min(latency_queries, len(query_rows)))
     sample = np.unique(spread.astype(np.int64))
-    k_latency = min(LATENCY_K, top)
-    seconds = []
-    for i in [*sample[:2], *sample]:  # the first two are warm-up calls, not counted
-        start = time.perf_counter()
-        gallery.search(
-            vectors[i],
-            k_latency,
-            strategy,
-            exclude_rows=None if exclude is None else exclude[i : i + 1],
-            query_categories=None if categories is None else categories[i : i + 1],
-        )
-        seconds.append(time.perf_counter() - start)
-    metrics.update(latency_stats(seconds[min(2, len(sample)) :]))
+    metrics.update(
+        _latency(gallery, vectors, sample, min(LATENCY_K, top), strategy, exclude, categories)
+    )
     metrics["n_queries"] = int(len(query_rows))
     metrics["n_gallery"] = int(gallery.size)
 
@@ -203,6 +187,45 @@ def evaluate_index(
         relevant, np.asarray(labels, dtype=object)[query_rows], PER_CLASS_K
     )
     return metrics, per_class
+
+
+def _colour_metric(
+    found: np.ndarray, query_rows: np.ndarray, colours: np.ndarray, protocol: Protocol
+) -> dict[str, float]:
+    """{"colour@10": share of the first 10 results whose colour is the query's}, over the
+    queries that have a colour; empty when none has one."""
+    gallery_colours = colours if protocol.leave_one_out else colours[protocol.gallery]
+    query_colours = colours[query_rows]
+    known = np.array([c is not None and not pd.isna(c) for c in query_colours], dtype=bool)
+    if not known.any():
+        return {}
+    share = colour_agreement(found[known], query_colours[known], gallery_colours, COLOUR_K)
+    return {f"colour@{COLOUR_K}": float(share.mean())}
+
+
+def _latency(
+    gallery: Index,
+    vectors: np.ndarray,
+    sample: np.ndarray,
+    k: int,
+    strategy: str,
+    exclude: np.ndarray | None,
+    categories: np.ndarray | None,
+) -> dict[str, float]:
+    """Latency as the app sees it: the `sample` queries one per call, results as objects; the
+    first two calls are warm-up, not counted."""
+    seconds = []
+    for i in [*sample[:2], *sample]:
+        start = time.perf_counter()
+        gallery.search(
+            vectors[i],
+            k,
+            strategy,
+            exclude_rows=None if exclude is None else exclude[i : i + 1],
+            query_categories=None if categories is None else categories[i : i + 1],
+        )
+        seconds.append(time.perf_counter() - start)
+    return latency_stats(seconds[min(2, len(sample)) :])
 
 
 def latency_context() -> dict[str, Any]:
@@ -296,25 +319,10 @@ def run_evaluate(
         dict.fromkeys(config.extractors_built() if extractors is None else extractors)
     )
     strategies = list(dict.fromkeys(strategies))
-    checks = ((extractors, EXTRACTORS, "extractor"), (strategies, STRATEGIES, "strategy"))
-    for names, valid, what in checks:
-        unknown = [name for name in names if name not in valid]
-        if unknown:
-            raise LookalikeError(f"unknown {what} {unknown[0]!r}; valid: {', '.join(valid)}")
+    _check_names(extractors, strategies)
     catalog, catalog_hash = read_catalog(config)
     inputs = _input_hashes(config, catalog_hash, extractors)
-    params = {
-        "extractors": extractors,
-        "strategies": strategies,
-        "ks": list(config.eval_ks),
-        "map_k": MAP_K,
-        "latency_queries": LATENCY_QUERIES,
-        "latency_k": LATENCY_K,
-        "likeness": LIKENESS_VERSION,
-        "copy_queries": config.eval_copy_queries,
-        "cluster_search_width": config.cluster_search_width,
-        "seed": config.seed,
-    }
+    params = _params(config, extractors, strategies)
     table_path = config.per_class_path
     if (
         not force
@@ -334,46 +342,13 @@ def run_evaluate(
 
     protocol = make_protocol(catalog)
     metrics: dict[str, Any] = {"ks": list(config.eval_ks), "results": {}}
-    tables = []
+    tables: list[pd.DataFrame] = []
     if protocol is None:
         message = no_labels_message(config)
         metrics.update({"labels": False, "protocol": None, "message": message})
         print(f"evaluate: {message}")
     else:
-        metrics.update(
-            {
-                "labels": True,
-                "protocol": protocol.description,
-                "latency_context": latency_context(),
-            }
-        )
-        labels = catalog["label"].to_numpy(dtype=object)
-        from pipelines.colour import read_colours
-
-        colours = read_colours(config, catalog["item_id"].to_numpy())
-        if colours is None:
-            metrics["colour_note"] = f"{config.colours_path} is missing or stale: no colour@10"
-        combos = [(e, s) for e in extractors for s in strategies]
-        indexes = {}
-        for name, strategy in tqdm(combos, desc="evaluate", disable=None):
-            if name not in indexes:
-                indexes[name] = load_index(config, name)
-            index = indexes[name]
-            results = metrics["results"].setdefault(name, {})
-            if strategy not in index.strategies:
-                results[strategy] = {
-                    "skipped": index.unavailable.get(strategy, f"no data for {strategy}")
-                }
-                continue
-            results[strategy], per_class = evaluate_index(
-                index, labels, protocol, strategy, config.eval_ks, colours=colours
-            )
-            tables.append(per_class.assign(extractor=name, strategy=strategy))
-        copies = copy_retrieval(config, catalog, protocol, extractors)
-        metrics["copy_retrieval"] = copies
-        for name in extractors:
-            if name in copies and "exact" in metrics["results"].get(name, {}):
-                metrics["results"][name]["exact"]["copy_r@1"] = copies[name]["copy_r@1"]
+        tables = _measure(config, catalog, protocol, extractors, strategies, metrics)
 
     columns = ["extractor", "strategy", "label", "n_queries", f"p@{PER_CLASS_K}"]
     table = pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame()
@@ -397,6 +372,75 @@ def run_evaluate(
         note=_best_note(metrics),
         details=metrics,
     )
+
+
+def _check_names(extractors: Sequence[str], strategies: Sequence[str]) -> None:
+    """Raise a LookalikeError naming the first unknown extractor or strategy and the valid ones."""
+    checks = ((extractors, EXTRACTORS, "extractor"), (strategies, STRATEGIES, "strategy"))
+    for names, valid, what in checks:
+        unknown = [name for name in names if name not in valid]
+        if unknown:
+            raise LookalikeError(f"unknown {what} {unknown[0]!r}; valid: {', '.join(valid)}")
+
+
+def _params(config: Config, extractors: list[str], strategies: list[str]) -> dict[str, Any]:
+    """The settings the metrics depend on (a change re-runs the stage)."""
+    return {
+        "extractors": extractors,
+        "strategies": strategies,
+        "ks": list(config.eval_ks),
+        "map_k": MAP_K,
+        "latency_queries": LATENCY_QUERIES,
+        "latency_k": LATENCY_K,
+        "likeness": LIKENESS_VERSION,
+        "copy_queries": config.eval_copy_queries,
+        "cluster_search_width": config.cluster_search_width,
+        "seed": config.seed,
+    }
+
+
+def _measure(
+    config: Config,
+    catalog: pd.DataFrame,
+    protocol: Protocol,
+    extractors: Sequence[str],
+    strategies: Sequence[str],
+    metrics: dict[str, Any],
+) -> list[pd.DataFrame]:
+    """Fill `metrics` for a labelled catalog: every extractor x strategy (or why it was
+    skipped), latency context, colour note and copy retrieval; returns the per-class tables."""
+    from pipelines.colour import read_colours
+
+    metrics.update(
+        {"labels": True, "protocol": protocol.description, "latency_context": latency_context()}
+    )
+    labels = catalog["label"].to_numpy(dtype=object)
+    colours = read_colours(config, catalog["item_id"].to_numpy())
+    if colours is None:
+        metrics["colour_note"] = f"{config.colours_path} is missing or stale: no colour@10"
+    tables = []
+    indexes = {}
+    combos = [(e, s) for e in extractors for s in strategies]
+    for name, strategy in tqdm(combos, desc="evaluate", disable=None):
+        if name not in indexes:
+            indexes[name] = load_index(config, name)
+        index = indexes[name]
+        results = metrics["results"].setdefault(name, {})
+        if strategy not in index.strategies:
+            results[strategy] = {
+                "skipped": index.unavailable.get(strategy, f"no data for {strategy}")
+            }
+            continue
+        results[strategy], per_class = evaluate_index(
+            index, labels, protocol, strategy, config.eval_ks, colours=colours
+        )
+        tables.append(per_class.assign(extractor=name, strategy=strategy))
+    copies = copy_retrieval(config, catalog, protocol, extractors)
+    metrics["copy_retrieval"] = copies
+    for name in extractors:
+        if name in copies and "exact" in metrics["results"].get(name, {}):
+            metrics["results"][name]["exact"]["copy_r@1"] = copies[name]["copy_r@1"]
+    return tables
 
 
 def _best_note(metrics: dict[str, Any]) -> str:
