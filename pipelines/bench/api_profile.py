@@ -19,9 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipelines.config import Config
+from pipelines.metrics import latency_stats
 from pipelines.neighbours import item_neighbours
 
 EXTRACTORS = ("inception_v3", "custom_cnn")
@@ -36,8 +35,8 @@ def percentiles(fn: Callable[[], Any], n: int, warm: int = 30) -> tuple[float, f
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    ms = np.asarray(times) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+    stats = latency_stats(times)
+    return stats["latency_ms_median"], stats["latency_ms_p95"]
 
 
 def profile(artifacts: Path, n: int = 400) -> dict[str, tuple[float, float]]:
