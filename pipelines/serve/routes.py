@@ -120,7 +120,7 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
         # On the event loop, not a worker thread: the whole request is ~1.5 ms of CPU, and the
         # two thread hops of a sync route (the endpoint, then its response validation) under
         # 16 clients waited on the GIL behind each other (p50 at 160 req/s 45 -> 24 ms at
-        # load average 7; pipelines/bench/api_profile.py and notes/api-latency.md).
+        # load average 7; pipelines/bench/api_profile.py and the README's HTTP API section).
         start = time.perf_counter()
         current = svc.state()
         k = svc.checked(k, strategy)
