@@ -85,7 +85,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     # The owner's pid and host are in the name, so `sweep_stale_temporaries` can tell the
     # temporary of a SIGKILLed writer (never renamed, never unlinked) from one being written.
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.pid{os.getpid()}@{_host_tag()}.",
+        prefix=f".{path.name}.{owner_tag()}.",
         suffix=f".tmp{suffixes}",
         dir=path.parent,
     )
@@ -167,18 +167,31 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
+def owner_tag() -> str:
+    """`pid{pid}@{host}` of this process, as temporaries' names record their owner."""
+    return f"pid{os.getpid()}@{_host_tag()}"
+
+
+def owner_is_gone(pid: int, host: str, stat: os.stat_result) -> bool:
+    """True when process `pid` on `host`, which wrote the file or folder with `stat`, can no
+    longer own it: it runs here and is dead, or its pid now belongs to a later process.
+    Another host's pids mean nothing here, so its files are never called stale."""
+    if host != _host_tag():
+        return False
+    if not _is_alive(pid):
+        return True
+    # ctime, not mtime: nothing can set it back, and every write moves it forward.
+    start = _process_start(pid)
+    return start is not None and stat.st_ctime < start - PID_REUSE_MARGIN_S
+
+
 def _is_stale(name: str, stat: os.stat_result, now: float) -> bool:
     """True when `name` is an atomic_path temporary no live writer can own."""
     match = _TEMPORARY.fullmatch(name)
     if match is not None:
-        if not match["target"].endswith(match["tail"]) or match["host"] != _host_tag():
-            return False  # not ours, or another machine's: its pids mean nothing here
-        pid = int(match["pid"])
-        if not _is_alive(pid):
-            return True
-        # ctime, not mtime: nothing can set it back, and every write moves it forward.
-        start = _process_start(pid)
-        return start is not None and stat.st_ctime < start - PID_REUSE_MARGIN_S
+        if not match["target"].endswith(match["tail"]):
+            return False
+        return owner_is_gone(int(match["pid"]), match["host"], stat)
     match = _OLD_TEMPORARY.fullmatch(name)
     if match is None or not match["target"].endswith(match["tail"]):
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -35,6 +36,9 @@ DEFAULT_COUNTS = {
     "hat": 149,
     "skirt": 136,
 }
+# A download's work folder, `.download-pid{pid}@{host}-{random}`: it holds the archive and,
+# while it is checked, the whole unpacked catalog.
+_WORK_DIR = re.compile(r"\.download-pid(?P<pid>[1-9][0-9]{0,9})@(?P<host>[A-Za-z0-9-]+)-.+")
 
 
 def resolve_source(config: Config) -> Path:
@@ -62,7 +66,10 @@ def download_catalog(url: str, dest: Path, expected: dict[str, int]) -> Path:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as work:
+    for stale in sweep_stale_downloads(dest.parent):
+        print(f"removed {stale}, left by a download that was killed")
+    prefix = f".download-{artifacts.owner_tag()}-"
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=prefix) as work:
         archive = Path(work) / "catalog.zip"
         _fetch(url, archive)
         try:
@@ -85,6 +92,32 @@ def download_catalog(url: str, dest: Path, expected: dict[str, int]) -> Path:
         shutil.move(str(root), str(dest))
     print(f"Verified {sum(expected.values())} images; saved to {dest}")
     return dest
+
+
+def sweep_stale_downloads(folder: Path) -> list[Path]:
+    """Remove the work folders in `folder` of downloads whose process is gone.
+
+    A download killed by SIGKILL or a power cut never runs its clean-up, and its work folder
+    can hold the whole unpacked catalog. A folder of a live download, of another host, or with
+    any other name is left alone. Returns the folders removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _WORK_DIR.fullmatch(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            stat = entry.stat()
+        except OSError:
+            continue
+        if artifacts.owner_is_gone(int(match["pid"]), match["host"], stat):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _fetch(url: str, target: Path) -> None:

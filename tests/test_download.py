@@ -58,3 +58,27 @@ def test_download_that_does_not_verify_leaves_nothing(
         download_catalog(f"{base}/missing.zip", dest, counts)
     assert not dest.exists()
     assert [p.name for p in dest.parent.iterdir()] == []
+
+
+def test_download_removes_what_a_killed_download_left(
+    served: tuple[str, dict[str, int]], tmp_path: Path
+) -> None:
+    from pipelines.artifacts import _host_tag, owner_tag
+    from tests.test_artifacts import _dead_pid
+
+    base, counts = served
+    out = tmp_path / "out"
+    # A killed download's work folder, half unpacked; a live one's (this process); another
+    # host's; and a folder that only looks similar.
+    dead = out / f".download-pid{_dead_pid()}@{_host_tag()}-k1ll3d"
+    (dead / "unpacked" / "hat").mkdir(parents=True)
+    (dead / "unpacked" / "hat" / "a.jpg").write_bytes(b"x" * 1000)
+    live = out / f".download-{owner_tag()}-l1ve"
+    elsewhere = out / f".download-pid{_dead_pid()}@another-host-0ther"
+    mine = out / ".download-notes"
+    for folder in (live, elsewhere, mine):
+        folder.mkdir(parents=True)
+    dest = download_catalog(f"{base}/archive.zip", out / "clothing-small", counts)
+    assert dict(count_labels(dest)) == counts
+    assert not dead.exists()
+    assert live.is_dir() and elsewhere.is_dir() and mine.is_dir()
