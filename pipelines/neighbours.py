@@ -3,6 +3,7 @@ rank, item, similarity, label, thumbnail. Reads an `Index` and the catalog; writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,17 +77,54 @@ def neighbours_table(
     )
 
 
-def only_colour(
-    table: pd.DataFrame, result: SearchResult, colours: np.ndarray | None, colour: str | None
-) -> pd.DataFrame:
-    """`table` (a `neighbours_table` of `result`) cut to the items of one colour, re-ranked
-    1..n; unchanged when `colour` is None."""
-    if colour is None or colours is None:
-        return table
-    keep = np.asarray(colours, dtype=object)[np.asarray(result.rows, dtype=np.int64)] == colour
-    table = table[keep].reset_index(drop=True)
-    table["rank"] = np.arange(1, len(table) + 1)
-    return table
+# A filtered search first asks for this many times the wanted neighbours, and widens by the same
+# factor until enough pass the filter (or the whole catalog is ranked).
+WIDEN = 4
+
+
+def wanted_rows(
+    catalog: pd.DataFrame,
+    colour: str | None = None,
+    colours: np.ndarray | None = None,
+    label: str | None = None,
+) -> np.ndarray | None:
+    """(n,) bool: the catalog rows a filtered search may return (colour `colour` in `colours`,
+    per catalog row, and label `label`), or None when nothing filters."""
+    keep = None
+    if colour is not None and colours is not None:
+        keep = np.asarray(colours, dtype=object) == colour
+    if label is not None:
+        labels = (
+            catalog["label"] if "label" in catalog.columns else pd.Series([None] * len(catalog))
+        )
+        is_label = labels.to_numpy(dtype=object) == label
+        keep = is_label if keep is None else keep & is_label
+    return keep
+
+
+def filtered_search(
+    search: Callable[[int], SearchResult], keep: np.ndarray | None, want: int, most: int
+) -> SearchResult:
+    """The first `want` results of `search(width)` whose rows `keep` allows, in order.
+
+    `search(width)` ranks the best `width` candidates; the width starts at WIDEN x `want` and
+    grows by WIDEN until `want` pass, the strategy's pool runs out or all `most` are ranked,
+    so a common filter costs one small search and a rare one a few larger ones.
+    """
+    if keep is None:
+        return search(want)
+    width = min(most, WIDEN * want)
+    while True:
+        result = search(width)
+        rows = np.asarray(result.rows, dtype=np.int64)
+        passed = np.flatnonzero(keep[rows])[:want]
+        if len(passed) >= want or width >= most or len(rows) < width:
+            return SearchResult(
+                item_ids=np.asarray(result.item_ids)[passed],
+                similarities=np.asarray(result.similarities)[passed],
+                rows=rows[passed],
+            )
+        width = min(most, width * WIDEN)
 
 
 def keep_colour(
@@ -112,6 +150,7 @@ def item_neighbours(
     diversity: float = 0.0,
     colour: str | None = None,
     colours: np.ndarray | None = None,
+    label: str | None = None,
     rerank: bool = False,
 ) -> pd.DataFrame:
     """The k nearest catalog items of a catalog item (never itself), best first.
@@ -129,8 +168,9 @@ def item_neighbours(
         nearest `diversity.pool_size` candidates by maximal marginal relevance
         (`pipelines.diversity.mmr_order`), so near-duplicates do not fill the list.
     colour, colours : only items whose colour (`colours`, (n,) per catalog row, from
-        `pipelines.colour.read_colours`) is `colour`; the whole ranking is filtered, so up
-        to k of that colour come back. None (default) filters nothing.
+        `pipelines.colour.read_colours`) is `colour`: the search widens until k of that
+        colour are found (`filtered_search`), so up to k come back. None filters nothing.
+    label : only items with this catalog label, found the same way. None filters nothing.
     rerank : False (default) gives plain search; True re-orders a shortlist by
         alpha-query-expansion (`pipelines.rerank.RerankedIndex`, every strategy); the
         similarity column stays the cosine to the query.
@@ -143,16 +183,17 @@ def item_neighbours(
     row = index.rows_of([item_id])
     k = clip_k(k, index.size - 1)
     pool = diversity_pool_size(k, diversity, index.size - 1)
-    if colour is not None and colours is not None:
-        pool = index.size - 1  # rank everything, then keep one colour
     clusters = None
     if strategy == "cluster" and index.clusters is not None:
         clusters = index.clusters[row]
-    result = index.search(
-        index.row_vectors(row), pool, strategy, exclude_rows=row, query_clusters=clusters
-    )[0]
-    table = only_colour(neighbours_table(result, catalog, artifacts_dir), result, colours, colour)
-    return diversify_table(table, index, k, diversity)
+    vector = index.row_vectors(row)
+
+    def search(width: int) -> SearchResult:
+        return index.search(vector, width, strategy, exclude_rows=row, query_clusters=clusters)[0]
+
+    keep = wanted_rows(catalog, colour, colours, label)
+    result = filtered_search(search, keep, pool, index.size - 1)
+    return diversify_table(neighbours_table(result, catalog, artifacts_dir), index, k, diversity)
 
 
 def vector_neighbours(

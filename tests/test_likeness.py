@@ -104,3 +104,48 @@ def test_colour_filter_returns_k_items_of_that_colour_in_rank_order() -> None:
         keep_colour(plain, colour_of, "blue", 2)["item_id"].tolist()
         == [i for i in plain["item_id"] if colour_of[i] == "blue"][:2]
     )
+
+
+def test_filtered_search_widens_only_as_far_as_a_rare_filter_needs() -> None:
+    import pandas as pd
+
+    from pipelines.index import Index
+    from pipelines.neighbours import WIDEN, item_neighbours
+
+    rng = np.random.default_rng(5)
+    n = 500
+    vectors = rng.normal(size=(n, 16)).astype(np.float32)
+    ids = [f"i{i}" for i in range(n)]
+    colours = np.where(np.arange(n) % 100 == 7, "red", "blue").astype(object)  # 5 red
+    labels = np.array(["shoes", "hat"] * (n // 2), dtype=object)
+    catalog = pd.DataFrame({"item_id": ids, "label": labels, "thumb": [f"{i}.jpg" for i in ids]})
+    index = Index(vectors, ids)
+    widths: list[int] = []
+    search = index.search
+
+    def spy(vector, k, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        widths.append(k)
+        return search(vector, k, *args, **kwargs)
+
+    index.search = spy  # type: ignore[method-assign]
+    everything = item_neighbours(index, catalog, "i0", n - 1)
+
+    def expected(keep) -> list[str]:  # noqa: ANN001
+        return [i for i in everything["item_id"] if keep[ids.index(i)]]
+
+    # A common label: one search of WIDEN x k candidates, the first k of that label.
+    widths.clear()
+    hats = item_neighbours(index, catalog, "i0", 10, label="hat")
+    assert widths == [WIDEN * 10]
+    assert hats["item_id"].tolist() == expected(labels == "hat")[:10]
+    assert hats["rank"].tolist() == list(range(1, 11))
+    # A rare colour: the search widens until all 5 red items (i0 is blue) are ranked.
+    widths.clear()
+    red = item_neighbours(index, catalog, "i0", 10, colour="red", colours=colours)
+    assert red["item_id"].tolist() == expected(colours == "red")
+    assert widths[0] == WIDEN * 10 and widths[-1] <= n - 1 and len(widths) >= 2
+    # Both filters at once, and with diversity every result still passes both.
+    both = item_neighbours(index, catalog, "i0", 3, colour="red", colours=colours, label="hat")
+    assert both["item_id"].tolist() == expected((colours == "red") & (labels == "hat"))[:3]
+    spread = item_neighbours(index, catalog, "i0", 5, label="shoes", diversity=0.5)
+    assert len(spread) == 5 and set(spread["label"]) == {"shoes"}

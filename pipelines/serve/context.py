@@ -119,24 +119,6 @@ def engine(call: Callable[[], Any]) -> Any:
         raise error(409, str(err)) from None
 
 
-def filtered(
-    search: Callable[[int], pd.DataFrame], k: int, label: str | None, most: int, max_k: int
-) -> pd.DataFrame:
-    """`search(k)`, or with a label: the first k neighbours with that label, found by widening
-    the engine's search (4k, 16k, ... up to the catalog) until k of them are in it."""
-    if label is None:
-        return search(k)
-    width = min(most, max(4 * k, max_k))
-    while True:
-        table = search(width)
-        hits = table[table["label"] == label]
-        if len(hits) >= k or width >= most or len(table) < width:
-            hits = hits.head(k).copy()
-            hits["rank"] = range(1, len(hits) + 1)
-            return hits
-        width = min(most, width * 4)
-
-
 def neighbours_body(
     current: ServiceState,
     query: str,

@@ -25,7 +25,6 @@ from pipelines.serve.context import (
     diversity_keyword,
     engine,
     error,
-    filtered,
     ms,
     neighbours_body,
     row_of,
@@ -131,13 +130,12 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
         extra = diversity_keyword(diversity)
         use, note = resolve_strategy(index, strategy)
 
-        def search(width: int) -> pd.DataFrame:
-            return item_neighbours(
-                index, current.catalog, item_id, width, use, rerank=rerank, **extra
-            )
-
         def answer() -> pd.DataFrame:
-            return engine(lambda: filtered(search, k, label, index.size - 1, svc.config.max_k))
+            return engine(
+                lambda: item_neighbours(
+                    index, current.catalog, item_id, k, use, label=label, rerank=rerank, **extra
+                )
+            )
 
         # Re-ranking goes to a worker thread: its first query builds the neighbour graph of
         # database-side augmentation (1-3 s at 3.8k items), which on the loop would stall
