@@ -4,10 +4,15 @@ chosen on validation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from pipelines.classify import choose_model, search_categories
+from pipelines.artifacts import write_manifest, write_parquet
+from pipelines.classify import candidate_sets, choose_model, run_classify, search_categories
+from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.index import Index, cluster_key
 from tests.conftest import blobs, unit
@@ -93,3 +98,20 @@ def test_classifier_is_chosen_on_validation() -> None:
     assert by_set[("good",)] > 0.9 > 0.6 > by_set[("noise",)]
     probs = model.probabilities({"good": good[~fit]})
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_classifier_prefers_inception_features_and_falls_back_to_the_cnn(tmp_path: Path) -> None:
+    # InceptionV3 embedded: only its vectors are candidates, however well the CNN's would do.
+    assert candidate_sets({"inception_v3", "custom_cnn"}) == (("inception_v3",),)
+    assert candidate_sets({"custom_cnn"}) == (("custom_cnn",),)
+    assert candidate_sets(set()) == ()
+    # A catalog with no vectors yet: a message that names the missing stage.
+    catalog = pd.DataFrame(
+        {"item_id": ["a", "b", "c", "d"], "path": ["a", "b", "c", "d"],
+         "label": ["x", "y", "x", "y"], "split": ["train"] * 4}
+    )  # fmt: skip
+    config = Config(artifacts_dir=tmp_path)
+    write_parquet(catalog, config.catalog_path)
+    write_manifest(config.catalog_path, "catalog", {}, {})
+    with pytest.raises(LookalikeError, match="python -m pipelines embed"):
+        run_classify(config)
