@@ -82,30 +82,40 @@ def neighbours_table(
 WIDEN = 4
 
 
-def wanted_rows(
+def row_filter(
     catalog: pd.DataFrame,
     colour: str | None = None,
     colours: np.ndarray | None = None,
     label: str | None = None,
-) -> np.ndarray | None:
-    """(n,) bool: the catalog rows a filtered search may return (colour `colour` in `colours`,
-    per catalog row, and label `label`), or None when nothing filters."""
-    keep = None
-    if colour is not None and colours is not None:
-        keep = np.asarray(colours, dtype=object) == colour
-    if label is not None:
-        labels = (
-            catalog["label"] if "label" in catalog.columns else pd.Series([None] * len(catalog))
-        )
-        is_label = labels.to_numpy(dtype=object) == label
-        keep = is_label if keep is None else keep & is_label
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A test of catalog rows for a filtered search: rows -> bool, True where the row has colour
+    `colour` in `colours` (per catalog row) and label `label`; None when nothing filters. It
+    reads only the rows it is given, so a search at a million items never builds a mask over
+    the whole catalog."""
+    by_colour = colour is not None and colours is not None
+    if not by_colour and label is None:
+        return None
+
+    def keep(rows: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(rows), dtype=bool)
+        if by_colour:
+            ok &= np.asarray(colours, dtype=object)[rows] == colour
+        if label is not None:
+            if "label" not in catalog.columns:
+                return np.zeros(len(rows), dtype=bool)
+            ok &= catalog["label"].iloc[rows].to_numpy(dtype=object) == label
+        return ok
+
     return keep
 
 
 def filtered_search(
-    search: Callable[[int], SearchResult], keep: np.ndarray | None, want: int, most: int
+    search: Callable[[int], SearchResult],
+    keep: Callable[[np.ndarray], np.ndarray] | None,
+    want: int,
+    most: int,
 ) -> SearchResult:
-    """The first `want` results of `search(width)` whose rows `keep` allows, in order.
+    """The first `want` results of `search(width)` whose rows pass `keep`, in order.
 
     `search(width)` ranks the best `width` candidates; the width starts at WIDEN x `want` and
     grows by WIDEN until `want` pass, the strategy's pool runs out or all `most` are ranked,
@@ -117,7 +127,7 @@ def filtered_search(
     while True:
         result = search(width)
         rows = np.asarray(result.rows, dtype=np.int64)
-        passed = np.flatnonzero(keep[rows])[:want]
+        passed = np.flatnonzero(keep(rows))[:want]
         if len(passed) >= want or width >= most or len(rows) < width:
             return SearchResult(
                 item_ids=np.asarray(result.item_ids)[passed],
@@ -191,7 +201,7 @@ def item_neighbours(
     def search(width: int) -> SearchResult:
         return index.search(vector, width, strategy, exclude_rows=row, query_clusters=clusters)[0]
 
-    keep = wanted_rows(catalog, colour, colours, label)
+    keep = row_filter(catalog, colour, colours, label)
     result = filtered_search(search, keep, pool, index.size - 1)
     return diversify_table(neighbours_table(result, catalog, artifacts_dir), index, k, diversity)
 
