@@ -4,7 +4,7 @@ models/category_model.npz and categories.parquet (predicted category, confidence
 categories each item's category search covers).
 
 Candidates are multinomial logistic regressions on an extractor's stored vectors: InceptionV3's
-when it was embedded, the custom CNN's otherwise (`FEATURE_GROUPS`); the custom CNN's own
+when it was embedded, the custom CNN's otherwise (`FEATURE_SETS`); the custom CNN's own
 softmax head is the reference (its validation accuracy is in its manifest). The test split
 never chooses anything.
 """
@@ -27,19 +27,15 @@ from pipelines.stage import StageResult
 
 STAGE = "classify"
 VERSION = "logreg-2"
-# Candidate feature sets (each a tuple of extractors whose unit vectors are put side by side),
-# in groups, the most robust to other kinds of photo first: the first group whose vectors all
-# exist is fitted, and the best validation accuracy within it wins. Validation accuracy on the
-# catalog's photos / on their shifted copies (shrunk to 60x80, JPEG 50, on a plain background;
-# README "Shifted check"), 112 px CNN of 48 epochs: InceptionV3 0.894 / 0.349, InceptionV3 +
-# custom CNN 0.900 / 0.217, custom CNN 0.859 / 0.117. The CNN learned the catalog's photos, so
-# its vector misleads the classifier on any other kind (the category strategy then fell 0.028
-# below exact search on the shifted gallery); it is used only without InceptionV3.
-FEATURE_GROUPS: tuple[tuple[tuple[str, ...], ...], ...] = (
-    (("inception_v3",),),
-    (("custom_cnn",),),
-)
-FEATURE_SETS: tuple[tuple[str, ...], ...] = tuple(fs for group in FEATURE_GROUPS for fs in group)
+# Feature sets (each a tuple of extractors whose unit vectors are put side by side) in order of
+# preference, the most robust to other kinds of photo first: the first whose vectors exist is
+# fitted. Validation accuracy on the catalog's photos / on their shifted copies (shrunk to
+# 60x80, JPEG 50, on a plain background; README "Shifted check"), 112 px CNN of 48 epochs:
+# InceptionV3 0.894 / 0.349, InceptionV3 + custom CNN 0.900 / 0.217, custom CNN 0.859 / 0.117.
+# The CNN learned the catalog's photos, so its vector misleads the classifier on any other kind
+# (the category strategy then fell 0.028 below exact search on the shifted gallery); it is used
+# only without InceptionV3.
+FEATURE_SETS: tuple[tuple[str, ...], ...] = (("inception_v3",), ("custom_cnn",))
 # Inverse regularisation strengths tried on standardised features.
 C_VALUES = (0.05,)
 
@@ -151,12 +147,11 @@ def choose_model(
 
 
 def candidate_sets(available: set[str] | frozenset[str]) -> tuple[tuple[str, ...], ...]:
-    """The feature sets to fit: the first group of `FEATURE_GROUPS` whose extractors are all in
-    `available` (those with stored vectors); empty when none is."""
-    for group in FEATURE_GROUPS:
-        sets = tuple(fs for fs in group if set(fs) <= set(available))
-        if sets:
-            return sets
+    """The feature sets to fit: the first of `FEATURE_SETS` whose extractors are all in
+    `available` (those with stored vectors), or none."""
+    for features in FEATURE_SETS:
+        if set(features) <= set(available):
+            return (features,)
     return ()
 
 
