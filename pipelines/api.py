@@ -8,8 +8,8 @@ categories of a folder of photos. Reads the built artifacts; writes nothing.
     >>> look.similar_to("3f2a...", rerank=True)      # re-ranked by query expansion
     >>> look.categories("holiday_photos/")           # predicted category of every photo
 
-A thin layer: photos go through the Upload page's functions (`pipelines.upload.embed_upload`,
-`analyse_upload`, `category_summary`), catalog items through `pipelines.neighbours`, so the
+A thin layer: photos go through the Upload page's functions (`pipelines.search.photos.embed_upload`,
+`analyse_upload`, `category_summary`), catalog items through `pipelines.search.similar`, so the
 answers are the app's answers.
 """
 
@@ -25,12 +25,12 @@ import pandas as pd
 
 from pipelines import commands
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
-from pipelines.diversity import check_diversity, diversify_table
 from pipelines.errors import LookalikeError
-from pipelines.index import Index
-from pipelines.rerank import check_rerank, reranked
-from pipelines.topk import check_k
-from pipelines.upload import UploadResult
+from pipelines.search.diversity import check_diversity, diversify_table
+from pipelines.search.index import Index
+from pipelines.search.photos import UploadResult
+from pipelines.search.rerank import check_rerank, reranked
+from pipelines.search.topk import check_k
 
 CATEGORY_COLUMNS = ["photo", "category", "confidence", "error"]
 
@@ -94,7 +94,7 @@ class Lookalike:
     @cached_property
     def catalog(self) -> pd.DataFrame:
         """The catalog: item_id, path, label, ..., thumb_file (absolute thumbnail path)."""
-        from pipelines.browse import with_thumb_files
+        from pipelines.explore.browse import with_thumb_files
         from pipelines.readers import read_catalog
 
         table, _ = read_catalog(self.config)
@@ -110,10 +110,10 @@ class Lookalike:
         return self._indexes[extractor]
 
     def extractor(self, name: str) -> Any:
-        """The loaded `pipelines.extractors.Extractor` called `name` (loaded on first use)."""
+        """The loaded `pipelines.models.extractors.Extractor` called `name`, loaded on first use."""
         _check_extractor(name)
         if name not in self._extractors:
-            from pipelines.extractors import get_extractor
+            from pipelines.models.extractors import get_extractor
 
             self._extractors[name] = get_extractor(name, self.config)
         return self._extractors[name]
@@ -138,9 +138,9 @@ class Lookalike:
         extractor : one of EXTRACTORS.
         strategy : one of STRATEGIES; falls back to "exact" where its data is missing.
         diversity : 0 for plain nearest neighbours; up to 1 to spread out near-duplicates
-            (maximal marginal relevance, see `pipelines.diversity`).
+            (maximal marginal relevance, see `pipelines.search.diversity`).
         rerank : False (default) for plain search; True re-orders the nearest candidates by
-            query expansion (`pipelines.rerank`); similarities stay cosines to the photo.
+            query expansion (`pipelines.search.rerank`); similarities stay cosines to the photo.
 
         Returns
         -------
@@ -179,7 +179,7 @@ class Lookalike:
     ) -> pd.DataFrame:
         """The k catalog items most similar to catalog item `item_id` (never itself), best
         first; same parameters and columns as `similar`."""
-        from pipelines.neighbours import item_neighbours, resolve_strategy
+        from pipelines.search.similar import item_neighbours, resolve_strategy
 
         index = self.index(extractor)
         use, _note = resolve_strategy(index, strategy)
@@ -200,9 +200,9 @@ class Lookalike:
         -------
         DataFrame with one row per file: photo, category, confidence, error (the problem, for a
         file that is not a usable photo; None otherwise). Its `attrs["most_common"]` is the
-        `top` most common categories (`pipelines.upload.category_summary`).
+        `top` most common categories (`pipelines.search.photos.category_summary`).
         """
-        from pipelines.upload import category_summary, embed_upload
+        from pipelines.search.photos import category_summary, embed_upload
 
         if "custom_cnn" not in self.available_models():
             raise LookalikeError(
@@ -237,7 +237,7 @@ class Lookalike:
     ) -> list[UploadResult]:
         """Neighbours of photos and folders of photos, as the Upload page finds them.
 
-        Returns one `pipelines.upload.UploadResult` per file (see `photo_files`), in order; a
+        Returns one `pipelines.search.photos.UploadResult` per file (see `photo_files`), in order; a
         file that cannot be used has `error` ("<file>: <problem>") and nothing else.
         `rerank` as in `similar`.
         """
@@ -264,8 +264,8 @@ class Lookalike:
     ) -> list[UploadResult]:
         """`search_files` on (name, bytes) pairs; a str instead of bytes is a problem found
         before embedding (kept as that result's error). `rerank` as in `similar`: the
-        indexes are searched through `pipelines.rerank.RerankedIndex`."""
-        from pipelines.upload import analyse_upload, embed_upload
+        indexes are searched through `pipelines.search.rerank.RerankedIndex`."""
+        from pipelines.search.photos import analyse_upload, embed_upload
 
         chosen = list(dict.fromkeys(extractors))
         for name in chosen:
@@ -337,7 +337,7 @@ def diversify_upload(
     }
     positions = dict(result.positions)
     if maps:
-        from pipelines.upload import place_on_map
+        from pipelines.search.photos import place_on_map
 
         positions.update(
             {name: place_on_map(tables[name], maps[name]) for name in tables if name in maps}
@@ -353,7 +353,7 @@ def _read(path: Path) -> bytes:
 
 
 def _failed(name: str, problem: str) -> Any:
-    from pipelines.upload import UploadEmbedding
+    from pipelines.search.photos import UploadEmbedding
 
     return UploadEmbedding(name, error=problem)
 

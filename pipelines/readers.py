@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipelines import ann, commands
+from pipelines import commands
 from pipelines.artifacts import artifact_hash, is_fresh, read_manifest
-from pipelines.catalog import catalog_hash, load_catalog
 from pipelines.config import EXTRACTORS, Config
+from pipelines.data.catalog import catalog_hash, load_catalog
 from pipelines.errors import LookalikeError
-from pipelines.index import Index
+from pipelines.search import approximate
+from pipelines.search.index import Index
 
 
 def read_catalog(config: Config) -> tuple[pd.DataFrame, str]:
@@ -30,7 +31,7 @@ def read_embeddings(
     Parameters
     ----------
     n_rows : the catalog's row count; a different number of rows is an error (stale file).
-    map_large : from `ann.ANN_MIN_ITEMS` rows, return the file memory-mapped read-only
+    map_large : from `approximate.ANN_MIN_ITEMS` rows, return the file memory-mapped read-only
         (`np.load(mmap_mode="r")`) instead of loading it: 1M x 2048 float32 is 8 GB. Only
         for callers that read it in chunks or by row (maps, clusters, the search index).
     """
@@ -51,23 +52,23 @@ def read_embeddings(
             f"{path} has {len(vectors)} rows but the catalog has {n_rows} — "
             f"rerun `{commands.embed(extractor)}`"
         )
-    if map_large and len(vectors) >= ann.ANN_MIN_ITEMS and vectors.dtype == np.float32:
+    if map_large and len(vectors) >= approximate.ANN_MIN_ITEMS and vectors.dtype == np.float32:
         return vectors, digest
     return np.array(vectors, dtype=np.float32, order="C"), digest
 
 
 def load_saved_ann(
     config: Config, extractor: str, vectors: np.ndarray, vectors_hash: str
-) -> ann.AnnIndex | None:
-    """The saved approximate index of `extractor` (`pipelines.ann_store`), attached to
+) -> approximate.AnnIndex | None:
+    """The saved approximate index of `extractor` (`pipelines.search.ann`), attached to
     `vectors`, when it was built from these embeddings (sha256 `vectors_hash`) with today's
     settings; else None (the index is then built in memory on first use)."""
     path = config.ann_index_path(extractor)
     inputs = {f"embeddings/{extractor}": vectors_hash}
-    if not is_fresh(path, ann.SAVED_STAGE, ann.saved_params(), inputs):
+    if not is_fresh(path, approximate.SAVED_STAGE, approximate.saved_params(), inputs):
         return None
     with np.load(path, allow_pickle=False) as arrays:
-        return ann.AnnIndex.from_arrays(arrays, vectors)
+        return approximate.AnnIndex.from_arrays(arrays, vectors)
 
 
 def load_index(config: Config, extractor: str) -> Index:
@@ -118,7 +119,7 @@ def load_index(config: Config, extractor: str) -> Index:
                 category_queries = table["search"].to_numpy(dtype=object)
 
     saved = None
-    if len(vectors) >= ann.ANN_MIN_ITEMS:
+    if len(vectors) >= approximate.ANN_MIN_ITEMS:
         saved = load_saved_ann(config, extractor, vectors, vectors_hash)
     return Index(
         vectors,

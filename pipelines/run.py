@@ -24,19 +24,19 @@ def _stages(
     stage (InceptionV3 is embedded whenever the head is asked for). A catalog without labels
     skips the head, and the later stages then leave it out (`extractors` is edited in place).
     """
-    from pipelines.ann_store import run_ann
-    from pipelines.catalog import run_catalog
-    from pipelines.classify import run_classify
-    from pipelines.clusters import run_clusters
-    from pipelines.colour import run_colours
-    from pipelines.embed import run_embed
-    from pipelines.evaluate import run_evaluate
-    from pipelines.head import EXTRACTOR as HEAD
-    from pipelines.head import run_embed_head, run_train_head
-    from pipelines.health import run_health
-    from pipelines.maps import run_maps
-    from pipelines.mosaic import run_mosaic
-    from pipelines.train import run_train
+    from pipelines.data.catalog import run_catalog
+    from pipelines.data.colour import run_colours
+    from pipelines.embedding.embed import run_embed
+    from pipelines.explore.clusters import run_clusters
+    from pipelines.explore.maps import run_maps
+    from pipelines.explore.mosaic import run_mosaic
+    from pipelines.models.classify import run_classify
+    from pipelines.models.head import EXTRACTOR as HEAD
+    from pipelines.models.head import run_embed_head, run_train_head
+    from pipelines.models.train import run_train
+    from pipelines.quality.evaluate import run_evaluate
+    from pipelines.quality.health import run_health
+    from pipelines.search.ann import run_ann
 
     stages: list[tuple[str, Callable[[], StageResult]]] = [
         ("catalog", lambda: run_catalog(config, force=force)),
@@ -140,7 +140,7 @@ def _size(n: int) -> str:
 def _print_report(config: Config) -> None:
     import json
 
-    from pipelines.evaluate import format_report
+    from pipelines.quality.evaluate import format_report
 
     if config.metrics_path.exists():
         print("\n" + format_report(json.loads(config.metrics_path.read_text())))

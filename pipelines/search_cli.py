@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rerank",
         action="store_true",
-        help="re-rank the nearest candidates by query expansion (pipelines.rerank; off by default)",
+        help="re-rank the nearest candidates by query expansion "
+        "(pipelines.search.rerank; off by default)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of tables"
@@ -52,7 +53,7 @@ def run_search(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     on stderr. Returns the report; raises LookalikeError (exit 2) when no photo could be
     searched at all."""
     from pipelines.api import Lookalike
-    from pipelines.upload import category_summary
+    from pipelines.search.photos import category_summary
 
     look = Lookalike.open(config.artifacts_dir)
     rerank = bool(getattr(args, "rerank", False))

@@ -89,8 +89,8 @@ def colour_grid(artifacts: Path, per_colour: int = 8, tile: int = 96) -> Path:
     import pandas as pd
     from PIL import ImageDraw
 
-    from pipelines.colour import COLOURS as NAMES
     from pipelines.config import Config
+    from pipelines.data.colour import COLOURS as NAMES
 
     config = Config(artifacts_dir=artifacts)
     colours = pd.read_parquet(config.colours_path)

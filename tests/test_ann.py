@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import ann
-from pipelines.ann import AnnIndex
-from pipelines.ann_store import run_ann
 from pipelines.artifacts import read_manifest
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.index import Index
 from pipelines.readers import load_index
-from pipelines.topk import top_k
+from pipelines.search import approximate
+from pipelines.search.ann import run_ann
+from pipelines.search.approximate import AnnIndex
+from pipelines.search.index import Index
+from pipelines.search.topk import top_k
 from tests.conftest import write_vector_artifacts
 
 pytest.importorskip("faiss")
@@ -162,8 +162,8 @@ def test_take_rows_of_a_mapped_file_are_the_rows(tmp_path):
     vectors = clustered(300, 48)
     mm = mapped(tmp_path, vectors, "float32")
     rows = np.array([299, 0, 17, 17, 150])  # any order, repeats kept
-    np.testing.assert_array_equal(ann.take_rows(mm, rows), vectors[rows])
-    blocks = list(ann.iter_chunks(mm, rows=128))
+    np.testing.assert_array_equal(approximate.take_rows(mm, rows), vectors[rows])
+    blocks = list(approximate.iter_chunks(mm, rows=128))
     assert [len(b) for b in blocks] == [128, 128, 44]
     np.testing.assert_array_equal(np.concatenate(blocks), vectors)
 
@@ -235,7 +235,7 @@ def test_index_refuses_a_memmap_that_is_not_unit_length(tmp_path):
 
 
 def test_a_large_catalog_is_memory_mapped_and_uses_its_saved_index(tmp_path, monkeypatch):
-    monkeypatch.setattr(ann, "ANN_MIN_ITEMS", 500)  # "large" from 500 items in this test
+    monkeypatch.setattr(approximate, "ANN_MIN_ITEMS", 500)  # "large" from 500 items in this test
     config = Config(artifacts_dir=tmp_path)
     vectors = clustered(1200, 256)
     write_vector_artifacts(config, {"inception_v3": vectors})

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import neighbours
 from pipelines.api import Lookalike
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
+from pipelines.search import similar
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_a_catalog_photo_finds_itself_first(look: Lookalike, catalog: pd.DataFra
         row = catalog[catalog["label"] == label].iloc[-1]
         for extractor in ("inception_v3", "custom_cnn"):
             table = look.similar(row["path"], k=5, extractor=extractor)
-            assert list(table.columns) == neighbours.NEIGHBOUR_COLUMNS
+            assert list(table.columns) == similar.NEIGHBOUR_COLUMNS
             assert table["rank"].tolist() == [1, 2, 3, 4, 5]
             assert table["item_id"].iloc[0] == row["item_id"], (label, extractor)
             assert table["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-3)
@@ -44,7 +44,7 @@ def test_a_catalog_photo_finds_itself_first(look: Lookalike, catalog: pd.DataFra
 def test_similar_to_is_the_engines_item_search(look: Lookalike, catalog: pd.DataFrame) -> None:
     item = str(catalog["item_id"].iloc[7])
     table = look.similar_to(item, k=6, extractor="custom_cnn")
-    expected = neighbours.item_neighbours(look.index("custom_cnn"), look.catalog, item, 6)
+    expected = similar.item_neighbours(look.index("custom_cnn"), look.catalog, item, 6)
     pd.testing.assert_frame_equal(table, expected)
     assert item not in table["item_id"].tolist()
 

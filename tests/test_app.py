@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from pipelines.config import REPO_ROOT, Config
-from pipelines.metrics import jaccard_at_k
+from pipelines.quality.metrics import jaccard_at_k
 
 APP = str(REPO_ROOT / "app" / "streamlit_app.py")
 PAGES = ["map", "search", "compare", "clusters", "upload", "photo_map", "health"]
@@ -307,7 +307,7 @@ def test_upload_works_with_keras_inception_weights(
     import keras
 
     from pipelines.artifacts import write_manifest
-    from pipelines.embed import run_embed
+    from pipelines.embedding.embed import run_embed
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(built.artifacts_dir, artifacts)
@@ -319,7 +319,7 @@ def test_upload_works_with_keras_inception_weights(
     write_manifest(config.inception_weights_path, "weights", {"source": "keras-imagenet"}, {})
     run_embed(config, "inception_v3", progress=False)
     # The metric head learns on the InceptionV3 vectors: new weights, new head (as `run` does).
-    from pipelines.head import run_embed_head, run_train_head
+    from pipelines.models.head import run_embed_head, run_train_head
 
     run_train_head(config)
     run_embed_head(config)

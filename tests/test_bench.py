@@ -22,8 +22,8 @@ from pipelines.bench.exact_search import (
     tie_aware_agreement,
 )
 from pipelines.bench.memory import bytes_per_item, pixel_cache_cost
-from pipelines.catalog import run_catalog
 from pipelines.config import Config
+from pipelines.data.catalog import run_catalog
 from pipelines.errors import LookalikeError
 from tests.conftest import copy_subset
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipelines import browse
-from pipelines.upload import upload_warnings
+from pipelines.explore import browse
+from pipelines.search.photos import upload_warnings
 from tests.conftest import unit
 
 

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from pipelines import artifacts
-from pipelines.catalog import bbox_of, load_catalog, run_catalog
 from pipelines.config import DEFAULT_SOURCE, REPO_ROOT, Config
-from pipelines.download import DEFAULT_COUNTS
+from pipelines.data.catalog import bbox_of, load_catalog, run_catalog
+from pipelines.data.download import DEFAULT_COUNTS
+from pipelines.data.images import load_image
 from pipelines.errors import LookalikeError
-from pipelines.images import load_image
 from tests.conftest import copy_subset, real_photos
 from tests.test_images import (
     cmyk_jpeg,

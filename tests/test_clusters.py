@@ -8,11 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import clusters as clusters_module
 from pipelines.artifacts import read_manifest
-from pipelines.clusters import cluster_summary, kmeans, overall_purity, run_clusters, summary_path
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
+from pipelines.explore import clusters as clusters_module
+from pipelines.explore.clusters import (
+    cluster_summary,
+    kmeans,
+    overall_purity,
+    run_clusters,
+    summary_path,
+)
 from tests.conftest import blobs as conftest_blobs
 from tests.conftest import unit, write_vector_artifacts
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.cnn_descriptor import Descriptor, fit_descriptor, pooled_parts
 from pipelines.errors import LookalikeError
+from pipelines.models.cnn_descriptor import Descriptor, fit_descriptor, pooled_parts
 
 
 def _parts(rng: np.random.Generator, n: int) -> np.ndarray:

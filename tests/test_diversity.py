@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import diversity, neighbours
 from pipelines.errors import LookalikeError
-from pipelines.index import Index
+from pipelines.search import diversity, similar
+from pipelines.search.index import Index
 from tests.conftest import blobs, unit
 
 
@@ -42,12 +42,12 @@ def test_planted_near_duplicates_fill_plain_results_and_mmr_spreads_them() -> No
     vectors, labels = planted()
     index = Index(vectors, catalog_of(len(vectors))["item_id"], name="planted")
     catalog = catalog_of(len(vectors), labels)
-    plain = neighbours.item_neighbours(index, catalog, "item000", 6)
+    plain = similar.item_neighbours(index, catalog, "item000", 6)
     # The planted setup: plain search returns the six near-duplicates and nothing else.
     assert plain["label"].tolist() == ["dup"] * 6
     plain_ils = diversity.intra_list_similarity(index.vectors[index.rows_of(plain["item_id"])])
 
-    mixed = neighbours.item_neighbours(index, catalog, "item000", 6, diversity=0.5)
+    mixed = similar.item_neighbours(index, catalog, "item000", 6, diversity=0.5)
     mixed_ils = diversity.intra_list_similarity(index.vectors[index.rows_of(mixed["item_id"])])
     assert mixed["rank"].tolist() == list(range(1, 7))
     assert mixed["item_id"].iloc[0] == plain["item_id"].iloc[0]  # the best match stays first
@@ -60,8 +60,8 @@ def test_planted_near_duplicates_fill_plain_results_and_mmr_spreads_them() -> No
     # The same through the outside-vector path (an upload that is not in the catalog).
     rest = Index(vectors[1:], catalog["item_id"].iloc[1:], name="rest")
     rest_catalog = catalog.iloc[1:].reset_index(drop=True)
-    plain_upload = neighbours.vector_neighbours(rest, rest_catalog, vectors[0], 6)
-    upload = neighbours.vector_neighbours(rest, rest_catalog, vectors[0], 6, diversity=0.5)
+    plain_upload = similar.vector_neighbours(rest, rest_catalog, vectors[0], 6)
+    upload = similar.vector_neighbours(rest, rest_catalog, vectors[0], 6, diversity=0.5)
     assert plain_upload["item_id"].tolist() == plain["item_id"].tolist()
     assert upload["item_id"].tolist() == mixed["item_id"].tolist()
 
@@ -84,8 +84,8 @@ def test_diversity_zero_is_plain_search_exactly(strategy: str) -> None:
     index = Index(vectors, ids, clusters=groups, categories=names, name="blobs")
     catalog = catalog_of(len(vectors), names)
     for item in ids[::5]:
-        plain = neighbours.item_neighbours(index, catalog, item, 8, strategy)
-        zero = neighbours.item_neighbours(index, catalog, item, 8, strategy, diversity=0.0)
+        plain = similar.item_neighbours(index, catalog, item, 8, strategy)
+        zero = similar.item_neighbours(index, catalog, item, 8, strategy, diversity=0.0)
         pd.testing.assert_frame_equal(plain, zero)
         # ... and plain search is the exact ranking by cosine (an independent computation).
         if strategy == "exact":
@@ -93,8 +93,8 @@ def test_diversity_zero_is_plain_search_exactly(strategy: str) -> None:
             sims[index.rows_of([item])[0]] = -np.inf
             expected = ids.to_numpy()[np.argsort(-sims, kind="stable")[:8]]
             assert plain["item_id"].tolist() == expected.tolist()
-    plain = neighbours.vector_neighbours(index, catalog, vectors[3], 5, strategy, category="a")
-    zero = neighbours.vector_neighbours(
+    plain = similar.vector_neighbours(index, catalog, vectors[3], 5, strategy, category="a")
+    zero = similar.vector_neighbours(
         index, catalog, vectors[3], 5, strategy, category="a", diversity=0
     )
     pd.testing.assert_frame_equal(plain, zero)
@@ -123,7 +123,7 @@ def test_item_neighbours_refuses_a_bad_diversity() -> None:
     vectors, _ = blobs((5, 5), d=8)
     index = Index(vectors, catalog_of(10)["item_id"])
     with pytest.raises(LookalikeError, match="diversity must be between 0"):
-        neighbours.item_neighbours(index, catalog_of(10), "item000", 3, diversity=2)
+        similar.item_neighbours(index, catalog_of(10), "item000", 3, diversity=2)
 
 
 def test_intra_list_similarity_is_the_mean_off_diagonal_cosine() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.download import count_labels, download_catalog
+from pipelines.data.download import count_labels, download_catalog
 from pipelines.errors import LookalikeError
 from tests.conftest import copy_subset
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from pipelines import artifacts
-from pipelines.catalog import load_catalog, run_catalog
 from pipelines.config import REPO_ROOT, Config
-from pipelines.embed import run_embed
+from pipelines.data.catalog import load_catalog, run_catalog
+from pipelines.embedding.embed import run_embed
 from pipelines.errors import LookalikeError
-from pipelines.extractors import InceptionV3Extractor, get_extractor
+from pipelines.models.extractors import InceptionV3Extractor, get_extractor
 from tests.conftest import copy_subset
 
 

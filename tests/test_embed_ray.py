@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import artifacts, embed, embed_ray, ray_session
-from pipelines.catalog import load_catalog, run_catalog
+from pipelines import artifacts
 from pipelines.cli import build_parser
 from pipelines.config import REPO_ROOT, Config
-from pipelines.embed import run_embed
+from pipelines.data.catalog import load_catalog, run_catalog
+from pipelines.embedding import embed, embed_ray, ray_session
+from pipelines.embedding.embed import run_embed
 from pipelines.errors import LookalikeError
 from tests.conftest import real_photos
 from tests.test_embed import inception_models, link_models  # noqa: F401 - a fixture

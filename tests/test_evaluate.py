@@ -9,18 +9,18 @@ import pandas as pd
 import pytest
 
 from pipelines.artifacts import read_manifest, write_manifest, write_parquet
-from pipelines.clusters import run_clusters
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.evaluate import evaluate_index, format_report, make_protocol, run_evaluate
-from pipelines.index import Index
-from pipelines.metrics import (
+from pipelines.explore.clusters import run_clusters
+from pipelines.quality.evaluate import evaluate_index, format_report, make_protocol, run_evaluate
+from pipelines.quality.metrics import (
     average_precision,
     latency_stats,
     per_class_precision,
     precision_at,
     recall_at,
 )
+from pipelines.search.index import Index
 from tests.conftest import blobs as conftest_blobs
 from tests.conftest import unit, write_vector_artifacts
 

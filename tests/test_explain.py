@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import explain
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.extractors import get_extractor
+from pipelines.models.extractors import get_extractor
+from pipelines.search import explain
 from tests.conftest import real_photos
 
 # Real pairs for the faithfulness check: photos of the same class from the test split.

@@ -14,13 +14,17 @@ import pytest
 from PIL import Image
 
 from app.ui import selection
-from pipelines import browse, images, metrics, neighbours, status, upload
+from pipelines import status
 from pipelines.artifacts import write_json, write_manifest
 from pipelines.config import REPO_ROOT, Config
+from pipelines.data import images
+from pipelines.data.images import load_array
 from pipelines.errors import LookalikeError
-from pipelines.extractors import normalize_rows
-from pipelines.images import load_array
-from pipelines.index import Index
+from pipelines.explore import browse
+from pipelines.models.extractors import normalize_rows
+from pipelines.quality import metrics
+from pipelines.search import photos, similar
+from pipelines.search.index import Index
 
 # --------------------------------------------------------------------------- selections
 
@@ -213,27 +217,27 @@ def tiny() -> dict:
 
 def test_item_neighbours_exclude_the_query_and_clip_k(tiny: dict) -> None:
     index, catalog = tiny["indexes"]["inception_v3"], tiny["catalog"]
-    table = neighbours.item_neighbours(index, catalog, "id0", k=50)
-    assert list(table.columns) == neighbours.NEIGHBOUR_COLUMNS
+    table = similar.item_neighbours(index, catalog, "id0", k=50)
+    assert list(table.columns) == similar.NEIGHBOUR_COLUMNS
     assert len(table) == 4 and "id0" not in set(table["item_id"])
     assert table["rank"].tolist() == [1, 2, 3, 4]
     assert table["similarity"].is_monotonic_decreasing
     assert table["thumb"].iloc[0].startswith("/art/thumbs/")
     # Cluster strategy: only the query's own cluster (id0 is in cluster 0 with id3, id4).
-    cluster = neighbours.item_neighbours(index, catalog, "id0", k=10, strategy="cluster")
+    cluster = similar.item_neighbours(index, catalog, "id0", k=10, strategy="cluster")
     assert set(cluster["item_id"]) == {"id3", "id4"}
     with pytest.raises(LookalikeError, match="k must be a whole number >= 1, got 0"):
-        neighbours.item_neighbours(index, catalog, "id0", k=0)
+        similar.item_neighbours(index, catalog, "id0", k=0)
     with pytest.raises(LookalikeError, match="'nope' is not in the inception_v3 index"):
-        neighbours.item_neighbours(index, catalog, "nope", k=3)
+        similar.item_neighbours(index, catalog, "nope", k=3)
 
 
 def test_query_precision_counts_missing_neighbours_as_misses(tiny: dict) -> None:
-    table = neighbours.item_neighbours(tiny["indexes"]["inception_v3"], tiny["catalog"], "id1", 4)
+    table = similar.item_neighbours(tiny["indexes"]["inception_v3"], tiny["catalog"], "id1", 4)
     labels = table["label"].tolist()
-    assert neighbours.query_precision(table, "cool", 4) == labels.count("cool") / 4
-    assert neighbours.query_precision(table.head(1), "cool", 4) == (labels[0] == "cool") / 4
-    assert np.isnan(neighbours.query_precision(table, None, 4))
+    assert similar.query_precision(table, "cool", 4) == labels.count("cool") / 4
+    assert similar.query_precision(table.head(1), "cool", 4) == (labels[0] == "cool") / 4
+    assert np.isnan(similar.query_precision(table, None, 4))
 
 
 def test_unavailable_strategy_falls_back_to_exact_with_a_reason(tiny: dict) -> None:
@@ -243,11 +247,11 @@ def test_unavailable_strategy_falls_back_to_exact_with_a_reason(tiny: dict) -> N
         name="bare",
         unavailable={"cluster": "clusters/bare.parquet is missing — run `x`"},
     )
-    assert neighbours.resolve_strategy(bare, "exact") == ("exact", None)
-    strategy, note = neighbours.resolve_strategy(bare, "cluster")
+    assert similar.resolve_strategy(bare, "exact") == ("exact", None)
+    strategy, note = similar.resolve_strategy(bare, "cluster")
     assert strategy == "exact" and "clusters/bare.parquet is missing" in note
     with pytest.raises(LookalikeError, match="valid strategies: exact, cluster, category"):
-        neighbours.resolve_strategy(bare, "fuzzy")
+        similar.resolve_strategy(bare, "fuzzy")
 
 
 def test_map_points_align_to_the_catalog_and_report_missing_items(tiny: dict) -> None:
@@ -266,18 +270,18 @@ def test_map_points_align_to_the_catalog_and_report_missing_items(tiny: dict) ->
 def test_place_on_map_is_the_similarity_weighted_mean() -> None:
     points = pd.DataFrame({"item_id": ["a", "b", "c"], "x": [0.0, 4.0, 9.0], "y": [0.0, 2.0, 9.0]})
     near = pd.DataFrame({"item_id": ["a", "b", "c"], "similarity": [0.75, 0.25, -0.5]})
-    assert upload.place_on_map(near, points) == pytest.approx((1.0, 0.5))
+    assert photos.place_on_map(near, points) == pytest.approx((1.0, 0.5))
     negative = pd.DataFrame({"item_id": ["a", "b"], "similarity": [-0.1, -0.2]})
-    assert upload.place_on_map(negative, points) == pytest.approx((2.0, 1.0))
+    assert photos.place_on_map(negative, points) == pytest.approx((2.0, 1.0))
     nowhere = pd.DataFrame({"item_id": ["zz"], "similarity": [0.9]})
-    assert all(np.isnan(upload.place_on_map(nowhere, points)))
+    assert all(np.isnan(photos.place_on_map(nowhere, points)))
 
 
 # --------------------------------------------------------------------------- uploads
 
 
 def test_an_uploaded_catalog_photo_finds_itself_first(tiny: dict) -> None:
-    results = upload.analyse_uploads(
+    results = photos.analyse_uploads(
         [("blue.png", tiny["data"][2])],
         tiny["extractors"],
         tiny["indexes"],
@@ -295,11 +299,11 @@ def test_an_uploaded_catalog_photo_finds_itself_first(tiny: dict) -> None:
         assert len(table) == 3
         x, y = result.positions[name]
         assert 0 <= x <= 4 and 0 <= y <= 8
-    assert Image.open(io.BytesIO(result.preview)).size[0] <= upload.UPLOAD_PREVIEW_SIZE
+    assert Image.open(io.BytesIO(result.preview)).size[0] <= photos.UPLOAD_PREVIEW_SIZE
 
 
 def test_upload_category_strategy_searches_the_predicted_category(tiny: dict) -> None:
-    (result,) = upload.analyse_uploads(
+    (result,) = photos.analyse_uploads(
         [("red.png", tiny["data"][0])],
         tiny["extractors"],
         tiny["indexes"],
@@ -338,9 +342,9 @@ def bomb_png() -> bytes:
 def test_bad_uploads_get_a_message_naming_the_file(
     tiny: dict, name: str, data: bytes, message: str
 ) -> None:
-    max_bytes = 1024 if name == "huge.jpg" else upload.MAX_UPLOAD_BYTES
+    max_bytes = 1024 if name == "huge.jpg" else photos.MAX_UPLOAD_BYTES
     extractors = tiny["extractors"]  # their Config() caps images at 40 Mpx; bomb.png has 48
-    results = upload.analyse_uploads(
+    results = photos.analyse_uploads(
         [("ok.png", tiny["data"][1]), (name, data)],
         extractors,
         tiny["indexes"],
@@ -367,22 +371,22 @@ def test_shared_decode_gives_the_batch_stage_pixels(fmt: str) -> None:
     data = buffer.getvalue()
     image = images.load_image(data)
     for size in (32, 128, 299):
-        np.testing.assert_array_equal(upload.square_pixels(image, size), load_array(data, size))
+        np.testing.assert_array_equal(photos.square_pixels(image, size), load_array(data, size))
 
 
 def test_category_summary_counts_the_top_three() -> None:
     results = [
-        upload.UploadResult(name=f"p{i}", category=c)
+        photos.UploadResult(name=f"p{i}", category=c)
         for i, c in enumerate(["hat", "dress", "hat", "shoes", "pants", "dress", "hat"])
     ]
-    results.append(upload.UploadResult(name="bad", error="bad: not a recognised image"))
-    table = upload.category_summary(results)
+    results.append(photos.UploadResult(name="bad", error="bad: not a recognised image"))
+    table = photos.category_summary(results)
     assert table.to_dict("records") == [
         {"category": "hat", "count": 3},
         {"category": "dress", "count": 2},
         {"category": "pants", "count": 1},
     ]
-    assert upload.category_summary([]).empty
+    assert photos.category_summary([]).empty
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -470,8 +474,8 @@ def test_artifacts_summary(tmp_path: Path) -> None:
 
 def test_the_engine_imports_without_streamlit_or_tensorflow() -> None:
     code = (
-        "import sys, pipelines.status, pipelines.browse, pipelines.neighbours, "
-        "pipelines.upload, pipelines.readers, pipelines.metrics, app.ui.selection; "
+        "import sys, pipelines.status, pipelines.explore.browse, pipelines.search.similar, "
+        "pipelines.search.photos, pipelines.readers, pipelines.quality.metrics, app.ui.selection; "
         "print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -13,8 +13,8 @@ import pytest
 from pipelines import artifacts
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.export import run_neighbours, write_neighbours
-from pipelines.index import Index
+from pipelines.search.index import Index
+from pipelines.search.neighbours import run_neighbours, write_neighbours
 from tests.conftest import blobs
 
 

@@ -34,7 +34,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from PIL import Image
 
 from pipelines.config import DEFAULT_SOURCE, REPO_ROOT, Config
-from pipelines.images import ImageError
+from pipelines.data.images import ImageError
 
 SEED = 20261126
 DB = DirectoryBasedExampleDatabase(str(REPO_ROOT / "test-output" / "hypothesis"))
@@ -278,17 +278,17 @@ def _decoder():
     """The function every upload goes through to become pixels. (The code before issue 11 had no
     decode_upload: its check_upload + load_image is the same path, so the before/after counts
     in the report come from this one fuzz.)"""
-    from pipelines import upload
+    from pipelines.search import photos
 
-    if hasattr(upload, "decode_upload"):
-        return upload.decode_upload
+    if hasattr(photos, "decode_upload"):
+        return photos.decode_upload
 
     def old(name: str, data: bytes):
-        problem = upload.check_upload(name, data)
+        problem = photos.check_upload(name, data)
         if problem:
             raise ImageError(problem.split(": ", 1)[1], name)
         try:
-            return upload.load_image(data, max_pixels=40_000_000, draft_size=256)
+            return photos.load_image(data, max_pixels=40_000_000, draft_size=256)
         except ImageError as err:
             raise ImageError(err.reason, name) from err
 
@@ -300,8 +300,8 @@ def _decoder():
 )
 def test_upload_decode_fuzz_child() -> None:
     """The property itself, in the child: pixels or an ImageError naming the file, per input."""
-    from pipelines.images import printable
-    from pipelines.upload import square_pixels
+    from pipelines.data.images import printable
+    from pipelines.search.photos import square_pixels
 
     decode = _decoder()
     counts: Counter[str] = Counter()
@@ -381,7 +381,7 @@ class _PixelExtractor:
         self.config = Config()
 
     def load_pixels(self, source: bytes) -> np.ndarray:
-        from pipelines.images import load_array
+        from pipelines.data.images import load_array
 
         return load_array(source, self.input_size, max_pixels=self.config.max_pixels)
 
@@ -397,8 +397,8 @@ class _PixelExtractor:
 @given(NAMES, hostile_bytes())
 def test_embed_upload_end_to_end_never_raises(name: str, case: tuple[str, bytes]) -> None:
     """embed_upload returns vectors and a preview, or an error naming the file; never raises."""
-    from pipelines.images import printable
-    from pipelines.upload import embed_upload
+    from pipelines.data.images import printable
+    from pipelines.search.photos import embed_upload
 
     _kind, data = case
     result = embed_upload(name, data, {"pixels": _PixelExtractor()})
@@ -424,8 +424,8 @@ def test_catalog_fuzz_every_file_is_a_row_or_a_reject_with_its_reason(
 ) -> None:
     """>= 200 hostile files through catalog ingestion (read_source + build_catalog): each is a
     catalog row with its thumbnail or a reject naming the file and the reason; never a crash."""
-    from pipelines.catalog import build_catalog
-    from pipelines.sources import read_source
+    from pipelines.data.catalog import build_catalog
+    from pipelines.data.sources import read_source
 
     _kind, data = case
     with tempfile.TemporaryDirectory() as work:

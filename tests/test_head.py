@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import Config
-from pipelines.head import Head, _loss_and_grads, precision_at_k, run_train_head, train_head
+from pipelines.models.head import Head, _loss_and_grads, precision_at_k, run_train_head, train_head
 from tests.conftest import unit, write_vector_artifacts
 
 # InceptionV3 vectors (float16) of 12 train and 5 validation photos per class of clothing-small,
@@ -100,9 +100,9 @@ def test_catalog_without_labels_skips_the_head_with_a_note(tmp_path: Path) -> No
 def test_upload_through_the_head_finds_the_photo_and_a_non_photo_is_far(built: Config) -> None:
     from PIL import Image
 
-    from pipelines.extractors import get_extractor
-    from pipelines.novelty import far_check, far_message, nearest_similarity
+    from pipelines.models.extractors import get_extractor
     from pipelines.readers import load_index, read_catalog
+    from pipelines.search.novelty import far_check, far_message, nearest_similarity
 
     catalog, _ = read_catalog(built)
     head_index = load_index(built, "inception_head")

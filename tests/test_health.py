@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipelines.config import Config
-from pipelines.health import (
+from pipelines.quality.health import (
     knn,
     likely_mislabelled,
     near_duplicate_pairs,
@@ -96,8 +96,8 @@ def _planted_catalog(root: Path) -> tuple[Path, Path, Path, Path]:
 
 @pytest.mark.slow
 def test_planted_near_duplicate_and_wrong_label_are_found_on_real_photos(tmp_path: Path) -> None:
-    from pipelines.catalog import run_catalog
-    from pipelines.embed import run_embed
+    from pipelines.data.catalog import run_catalog
+    from pipelines.embedding.embed import run_embed
 
     source, original, copy, wrong = _planted_catalog(tmp_path)
     config = Config(artifacts_dir=tmp_path / "artifacts", source=source, batch_size=8)

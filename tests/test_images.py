@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.images import ImageError, load_array, load_image
+from pipelines.data.images import ImageError, load_array, load_image
 from tests.conftest import real_photos
 
 
@@ -150,7 +150,7 @@ def _real_jpeg() -> bytes:
 )
 def test_plugin_errors_become_image_errors_naming_the_file(data: bytes) -> None:
     """Defect 1: other plugins' ValueError/NotImplementedError/RuntimeError never escape."""
-    from pipelines.upload import embed_upload
+    from pipelines.search.photos import embed_upload
 
     with pytest.raises(ImageError, match=r"^a\.jpg: not a recognised image"):
         load_image(_named(data), draft_size=64)
@@ -260,7 +260,7 @@ def _bomb_png(width: int, depth: int, colour: int) -> bytes:
 def test_small_file_of_a_huge_image_is_refused_before_decoding(depth: int, colour: int) -> None:
     """Defect 5: a ~100 KB PNG of a 6300x6300 16-bit or RGBA image is under the pixel cap but
     would take ~1 GB to decode; the upload's memory budget refuses it first."""
-    from pipelines.upload import UPLOAD_MAX_DECODE_BYTES, decode_upload
+    from pipelines.search.photos import UPLOAD_MAX_DECODE_BYTES, decode_upload
 
     data = _bomb_png(6300, depth, colour)
     assert len(data) < 2**20 and DEFAULT_PIXELS > 6300 * 6300
@@ -276,7 +276,7 @@ DEFAULT_PIXELS = 40_000_000
 def test_decode_cost_is_an_upper_bound_of_the_real_peak() -> None:
     """Defect 5: the budget is only a bound if the estimate is not below what decoding takes
     (checked against the pixels' own sizes: decoded image plus its RGB copy)."""
-    from pipelines.images import decode_cost
+    from pipelines.data.images import decode_cost
 
     for mode in ("L", "RGB", "RGBA", "I;16", "P", "LA"):
         img = Image.open(io.BytesIO(_png(Image.new(mode, (300, 200)))))
@@ -288,7 +288,7 @@ def test_decode_cost_is_an_upper_bound_of_the_real_peak() -> None:
 
 def test_jpeg_upload_decodes_reduced_so_a_huge_photo_is_cheap() -> None:
     """Defect 5: a JPEG is decoded at a reduced size (draft), far below its header's size."""
-    from pipelines.upload import decode_upload
+    from pipelines.search.photos import decode_upload
 
     buf = io.BytesIO()
     Image.new("RGB", (4000, 3000), (90, 90, 200)).save(buf, format="JPEG", quality=50)
@@ -298,7 +298,7 @@ def test_jpeg_upload_decodes_reduced_so_a_huge_photo_is_cheap() -> None:
 
 def test_upload_size_message_is_truthful_at_the_limit() -> None:
     """Defect 9: 20 MiB + 1 byte is not '20.0 MB over the 20.0 MB limit'."""
-    from pipelines.upload import MAX_UPLOAD_BYTES, check_upload
+    from pipelines.search.photos import MAX_UPLOAD_BYTES, check_upload
 
     message = check_upload("big.jpg", b"\0" * (MAX_UPLOAD_BYTES + 1))
     assert message == (
@@ -312,7 +312,7 @@ def test_upload_size_message_is_truthful_at_the_limit() -> None:
 
 def test_control_characters_in_a_file_name_are_escaped_in_messages() -> None:
     """Defect 8: a name holding ESC or a newline cannot drive the terminal it is printed to."""
-    from pipelines.upload import decode_upload
+    from pipelines.search.photos import decode_upload
 
     with pytest.raises(ImageError) as err:
         decode_upload("evil\x1b[2J\n.jpg", b"not an image")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipelines.errors import LookalikeError
-from pipelines.inception_weights import (
+from pipelines.models.inception_weights import (
     FEATURE_DIM,
     build_inception_v3,
     find_fid_weights,
@@ -23,7 +23,7 @@ from pipelines.inception_weights import (
     preprocess_keras,
     select_conv_units,
 )
-from pipelines.torchscript import read_torchscript_tensors
+from pipelines.models.torchscript import read_torchscript_tensors
 
 REFERENCE = Path(__file__).parent / "data" / "inception_reference.npz"
 # Measured 3.9e-6 (Keras/TF CPU vs TorchScript/torch CPU, float32); features are ~0..2.
@@ -133,7 +133,7 @@ def test_preprocess_maps_0_255_to_minus1_0p9921875() -> None:
 
 def test_each_weights_source_has_its_own_scale_and_the_extractor_uses_it(tmp_path: Path) -> None:
     from pipelines.config import Config
-    from pipelines.extractors import InceptionV3Extractor
+    from pipelines.models.extractors import InceptionV3Extractor
 
     images = np.zeros((1, 299, 299, 3), np.uint8)
     images[0, 0, 0] = (0, 255, 51)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.colour import COLOURS, dominant_colour, nearest_colour
-from pipelines.likeness import alter, colour_agreement, copy_recall_at_1
+from pipelines.data.colour import COLOURS, dominant_colour, nearest_colour
+from pipelines.quality.likeness import alter, colour_agreement, copy_recall_at_1
 from tests.conftest import unit
 
 
@@ -74,7 +74,7 @@ def test_dominant_colour_of_a_garment_on_a_plain_background(garment, background,
 
 
 def test_palette_colours_map_to_themselves() -> None:
-    from pipelines.colour import PALETTE
+    from pipelines.data.colour import PALETTE
 
     assert [COLOURS[i] for i in nearest_colour(np.array(list(PALETTE.values())))] == list(COLOURS)
 
@@ -82,8 +82,8 @@ def test_palette_colours_map_to_themselves() -> None:
 def test_colour_filter_returns_k_items_of_that_colour_in_rank_order() -> None:
     import pandas as pd
 
-    from pipelines.index import Index
-    from pipelines.neighbours import item_neighbours, keep_colour
+    from pipelines.search.index import Index
+    from pipelines.search.similar import item_neighbours, keep_colour
     from tests.conftest import blobs
 
     vectors, _ = blobs((6, 6), d=8)
@@ -109,8 +109,8 @@ def test_colour_filter_returns_k_items_of_that_colour_in_rank_order() -> None:
 def test_filtered_search_widens_only_as_far_as_a_rare_filter_needs() -> None:
     import pandas as pd
 
-    from pipelines.index import Index
-    from pipelines.neighbours import WIDEN, item_neighbours
+    from pipelines.search.index import Index
+    from pipelines.search.similar import WIDEN, item_neighbours
 
     rng = np.random.default_rng(5)
     n = 500

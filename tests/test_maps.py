@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import maps as maps_module
 from pipelines.artifacts import read_manifest, write_manifest, write_npy
 from pipelines.config import Config
-from pipelines.maps import align_procrustes, compute_map, map_trustworthiness, run_maps
+from pipelines.explore import maps as maps_module
+from pipelines.explore.maps import align_procrustes, compute_map, map_trustworthiness, run_maps
 from tests.conftest import blobs as conftest_blobs
 from tests.conftest import unit, write_vector_artifacts
 

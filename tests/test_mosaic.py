@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.mosaic import BACKGROUND, grid_shape, render_mosaic, snap_to_grid
+from pipelines.explore.mosaic import BACKGROUND, grid_shape, render_mosaic, snap_to_grid
 
 
 def test_grid_has_room_for_every_point_and_the_maps_aspect() -> None:

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import artifacts, pixel_cache
-from pipelines.catalog import bbox_of, load_catalog, run_catalog
+from pipelines import artifacts
 from pipelines.config import Config
-from pipelines.embed import pixel_stream
+from pipelines.data import pixel_cache
+from pipelines.data.catalog import bbox_of, load_catalog, run_catalog
+from pipelines.data.images import load_array
+from pipelines.embedding.embed import pixel_stream
 from pipelines.errors import LookalikeError
-from pipelines.images import load_array
 from tests.conftest import copy_subset
 
 SIZE = 32
@@ -86,8 +87,8 @@ def test_a_matching_cache_is_read_not_rebuilt(small: Config, monkeypatch) -> Non
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache matches")
 
-    monkeypatch.setattr("pipelines.train_data.decode_catalog", no_decoding)
-    monkeypatch.setattr("pipelines.embed.load_array", no_decoding)
+    monkeypatch.setattr("pipelines.models.train_data.decode_catalog", no_decoding)
+    monkeypatch.setattr("pipelines.embedding.embed.load_array", no_decoding)
     again = pixel_cache.catalog_pixels(small, catalog, SIZE)
     assert isinstance(again.pixels, np.memmap) and path.stat().st_mtime_ns == written
     assert sum(len(b) for _, b in pixel_stream(catalog, np.arange(len(catalog)), SIZE, small))
@@ -148,9 +149,9 @@ def test_without_a_catalog_manifest_nothing_is_written(small: Config) -> None:
 
 @pytest.mark.slow
 def test_train_fills_the_cache_and_embed_reads_it(small: Config, monkeypatch) -> None:
-    from pipelines.embed import run_embed
-    from pipelines.extractors import get_extractor
-    from pipelines.train import run_train
+    from pipelines.embedding.embed import run_embed
+    from pipelines.models.extractors import get_extractor
+    from pipelines.models.train import run_train
 
     config = small.replace(cnn_epochs=1, cnn_patience=1)
     run_train(config)
@@ -162,7 +163,7 @@ def test_train_fills_the_cache_and_embed_reads_it(small: Config, monkeypatch) ->
     def no_decoding(*args, **kwargs):
         raise AssertionError("the embed stage decoded although the cache matches")
 
-    monkeypatch.setattr("pipelines.embed.load_array", no_decoding)
+    monkeypatch.setattr("pipelines.embedding.embed.load_array", no_decoding)
     run_embed(config, "custom_cnn", progress=False)
     emb = np.load(config.embeddings_path("custom_cnn"))
     expected = get_extractor("custom_cnn", config).embed_arrays(np.asarray(opened.pixels))

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import rerank
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.index import Index
-from pipelines.neighbours import item_neighbours, vector_neighbours
-from pipelines.rerank import RerankedIndex, RerankSettings, neighbour_graph, reranked
+from pipelines.search import rerank
+from pipelines.search.index import Index
+from pipelines.search.rerank import RerankedIndex, RerankSettings, neighbour_graph, reranked
+from pipelines.search.similar import item_neighbours, vector_neighbours
 from tests.conftest import blobs, unit
 
 
@@ -168,18 +168,18 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def photo_of(built: Config, monkeypatch: pytest.MonkeyPatch) -> str:
     """Any photo embeds as a catalog item's InceptionV3 vector (no model is loaded, so these
     tests take a second, not the half minute TensorFlow needs); returns that item's id."""
-    from pipelines import upload
     from pipelines.api import Lookalike
     from pipelines.readers import load_index
+    from pipelines.search import photos
 
     index = load_index(built, "inception_v3")
     item = str(index.item_ids[5])
 
-    def embedded(name: str, *_args, **_kwargs) -> upload.UploadEmbedding:
+    def embedded(name: str, *_args, **_kwargs) -> photos.UploadEmbedding:
         vector = index.vectors[5].copy()
-        return upload.UploadEmbedding(name, {"inception_v3": vector}, "hat", 0.9)
+        return photos.UploadEmbedding(name, {"inception_v3": vector}, "hat", 0.9)
 
-    monkeypatch.setattr(upload, "embed_upload", embedded)
+    monkeypatch.setattr(photos, "embed_upload", embedded)
     monkeypatch.setattr(Lookalike, "extractor", lambda self, name: None)
     return item
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipelines import raster
 from pipelines.config import REPO_ROOT, Config
+from pipelines.explore import raster
 
 APP = str(REPO_ROOT / "app" / "streamlit_app.py")
 TIMEOUT = 240
@@ -165,7 +165,7 @@ def test_clusters_of_a_large_catalog_order_a_sample_and_count_every_member(
     built: Config, monkeypatch: pytest.MonkeyPatch, clear_caches: None
 ) -> None:
     from app.ui import loaders
-    from pipelines import browse
+    from pipelines.explore import browse
 
     # The large-catalog path on the 36-item build: 2 members per cluster sampled.
     monkeypatch.setattr(loaders, "OVERVIEW_SAMPLE_FROM", 1)
@@ -221,7 +221,7 @@ def test_a_large_map_sends_an_image_and_a_sample_with_the_query_drawn(
     scaled: Config, monkeypatch: pytest.MonkeyPatch, clear_caches: None
 ) -> None:
     from app.ui import plots
-    from pipelines import browse
+    from pipelines.explore import browse
 
     at = _app(scaled.artifacts_dir, monkeypatch)
     (spec,) = _specs(at)

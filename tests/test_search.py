@@ -9,10 +9,10 @@ import pytest
 from pipelines.artifacts import write_manifest, write_npy, write_parquet
 from pipelines.config import STRATEGIES, Config
 from pipelines.errors import LookalikeError
-from pipelines.index import Index, SearchResult
-from pipelines.metrics import precision_at_k
+from pipelines.quality.metrics import precision_at_k
 from pipelines.readers import load_index
-from pipelines.topk import PREFILTER_MIN_ITEMS, best_first, best_first_rows, top_k
+from pipelines.search.index import Index, SearchResult
+from pipelines.search.topk import PREFILTER_MIN_ITEMS, best_first, best_first_rows, top_k
 from tests.conftest import blobs as conftest_blobs
 from tests.conftest import unit, write_vector_artifacts
 
@@ -311,7 +311,7 @@ def test_load_index_rejects_embeddings_of_another_catalog(tmp_path):
 
 
 def test_load_index_reads_clusters_and_categories(tmp_path):
-    from pipelines.clusters import run_clusters
+    from pipelines.explore.clusters import run_clusters
 
     config = Config(artifacts_dir=tmp_path, n_clusters=4)
     vectors, labels = blobs()

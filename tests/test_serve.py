@@ -120,7 +120,7 @@ def test_similar_label_filter_returns_only_that_label(client: TestClient, ids: l
 def test_similar_diversity_is_passed_to_the_engine(
     client: TestClient, built: Config, ids: list[str]
 ) -> None:
-    from pipelines.neighbours import item_neighbours
+    from pipelines.search.similar import item_neighbours
 
     def similar(**params) -> list[str]:
         response = client.get(f"/items/{ids[2]}/similar", params={"k": 6, **params})
@@ -515,7 +515,7 @@ def test_reranked_similar_leaves_the_event_loop(
             on_loop.append(False)
         return item_neighbours(*args, **kwargs)
 
-    from pipelines.neighbours import item_neighbours
+    from pipelines.search.similar import item_neighbours
 
     monkeypatch.setattr(routes, "item_neighbours", recording)
     for rerank in (False, True):

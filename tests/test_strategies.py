@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from pipelines.artifacts import write_manifest, write_parquet
-from pipelines.classify import candidate_sets, choose_model, run_classify, search_categories
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.index import Index, cluster_key
+from pipelines.models.classify import candidate_sets, choose_model, run_classify, search_categories
+from pipelines.search.index import Index, cluster_key
 from tests.conftest import blobs, unit
 
 

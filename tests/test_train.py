@@ -16,11 +16,11 @@ from pipelines.artifacts import (
     write_manifest,
     write_parquet,
 )
-from pipelines.cnn import STAGE_WIDTHS, STEM_WIDTH, build_autoencoder, build_classifier
 from pipelines.config import DEFAULT_SOURCE, Config
+from pipelines.data.images import load_array
 from pipelines.errors import LookalikeError
-from pipelines.images import load_array
-from pipelines.train import (
+from pipelines.models.cnn import STAGE_WIDTHS, STEM_WIDTH, build_autoencoder, build_classifier
+from pipelines.models.train import (
     STAGE,
     load_custom_cnn,
     run_train,
@@ -28,7 +28,7 @@ from pipelines.train import (
     train_custom_cnn,
     train_params,
 )
-from pipelines.train_data import augment_batch, decode_catalog, split_rows
+from pipelines.models.train_data import augment_batch, decode_catalog, split_rows
 
 CLASSES = ("pants", "shoes", "t-shirt")
 SIZE = 32
@@ -266,7 +266,7 @@ def test_same_settings_train_the_same_model_on_a_quiet_and_a_busy_machine(tmp_pa
     while other threads keep the cores busy gives the very same model, only later."""
     import threading
 
-    from pipelines.train import train_custom_cnn
+    from pipelines.models.train import train_custom_cnn
 
     config = _small(Config(artifacts_dir=tmp_path))
     df = _write_catalog(config, _rows("train", 6) + _rows("validation", 2))
@@ -295,7 +295,7 @@ def test_same_settings_train_the_same_model_on_a_quiet_and_a_busy_machine(tmp_pa
 
 
 def test_the_extractor_takes_size_and_width_from_the_saved_model(classifier):
-    from pipelines.extractors import CustomCNNExtractor
+    from pipelines.models.extractors import CustomCNNExtractor
 
     config, df, _, _ = classifier
     # Settings changed since training must not change what the saved model is fed or gives.
@@ -308,7 +308,7 @@ def test_the_extractor_takes_size_and_width_from_the_saved_model(classifier):
 
 
 def test_the_custom_cnn_vector_is_the_same_for_a_photo_and_its_mirror_image(classifier):
-    from pipelines.extractors import CustomCNNExtractor
+    from pipelines.models.extractors import CustomCNNExtractor
 
     config, df, _, _ = classifier
     extractor = CustomCNNExtractor(config)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import loaders, plots, widgets
-from pipelines import browse
+from pipelines.explore import browse
 
 # Thumbnails of one cluster shown at once (each is an image and a button).
 DETAIL_LIMIT = 30

@@ -6,8 +6,11 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, widgets
-from pipelines import browse, commands, metrics, neighbours
+from pipelines import commands
 from pipelines.config import STRATEGIES
+from pipelines.explore import browse
+from pipelines.quality import metrics
+from pipelines.search import similar
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -34,10 +37,10 @@ results = {}
 notes = []
 with widgets.user_errors():
     for name, index in indexes.items():
-        strategy, note = neighbours.resolve_strategy(index, settings.strategy)
+        strategy, note = similar.resolve_strategy(index, settings.strategy)
         if note:
             notes.append(f"{name}: {note}")
-        results[name] = neighbours.item_neighbours(
+        results[name] = similar.item_neighbours(
             index, catalog, query_id, settings.k, strategy, diversity=diversity
         )
 for note in notes:
@@ -67,7 +70,7 @@ columns = st.columns(len(EXTRACTORS))
 for column, name in zip(columns, EXTRACTORS, strict=True):
     with column:
         table = results[name]
-        precision = neighbours.query_precision(table, query.get("label"), settings.k)
+        precision = similar.query_precision(table, query.get("label"), settings.k)
         shown = "n/a" if precision != precision else f"{precision:.2f}"
         st.subheader(widgets.EXTRACTOR_NAMES[name])
         st.caption(f"Precision@{settings.k} against the query's label: **{shown}**")

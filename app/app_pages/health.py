@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import loaders, widgets
-from pipelines import browse, commands
+from pipelines import commands
+from pipelines.explore import browse
 
 # Pairs and items a list shows; the CSV holds them all.
 SHOWN = 20

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import hover, loaders, plots, selection, widgets
-from pipelines import browse
+from pipelines.explore import browse
 
 # Thumbnails a selection shows: a sample drawn in proportion to its labels.
 SAMPLE_SIZE = 30

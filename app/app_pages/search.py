@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, widgets
-from pipelines import browse, neighbours
+from pipelines.explore import browse
+from pipelines.search import similar
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -31,7 +32,7 @@ if clicked and clicked != st.session_state.get(f"{chart_key}_seen"):
         widgets.set_query(clicked[0])
 
 query_id = widgets.query_picker(catalog, "search", ("Random", "Item id", "Browse", "Map"))
-strategy, note = neighbours.resolve_strategy(index, settings.strategy)
+strategy, note = similar.resolve_strategy(index, settings.strategy)
 colour, colours = widgets.colour_filter(cfg, catalog, "search")
 rerank = st.checkbox(
     "Re-rank by query expansion",
@@ -40,14 +41,14 @@ rerank = st.checkbox(
     "neighbours (alpha-query-expansion); the similarities stay cosines to the query.",
 )
 with widgets.user_errors():
-    found = neighbours.item_neighbours(
+    found = similar.item_neighbours(
         index, catalog, query_id, settings.k, strategy, diversity=diversity,
         colour=colour, colours=colours, rerank=rerank,
     )  # fmt: skip
 query = loaders.catalog_row(catalog, query_id)
 widgets.remember_query(query_id)
 widgets.query_history(catalog, query_id)
-precision = neighbours.query_precision(found, query.get("label"), settings.k)
+precision = similar.query_precision(found, query.get("label"), settings.k)
 
 if note:
     st.warning(note)

@@ -11,8 +11,11 @@ import dataclasses
 import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, warmup, widgets
-from pipelines import api, browse, classify, neighbours, novelty, upload
-from pipelines.diversity import pool_size
+from pipelines import api
+from pipelines.explore import browse
+from pipelines.models import classify
+from pipelines.search import novelty, photos, similar
+from pipelines.search.diversity import pool_size
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -25,7 +28,7 @@ with widgets.user_errors():
     EXTRACTORS = cfg.extractors_built()  # the metric head only where the catalog had labels
     indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
     maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
-    # The classifier chosen on validation (pipelines/classify.py) predicts the category, and
+    # The classifier chosen on validation (pipelines/models/classify.py) predicts the category, and
     # InceptionV3's similarities say when a photo is far from the whole catalog.
     category_model = classify.load_category_model(cfg)
     far = loaders.far_check(cfg, novelty.REFERENCE) if novelty.REFERENCE in indexes else None
@@ -47,12 +50,12 @@ CATEGORY_MODEL = (
 )
 
 files = st.file_uploader(
-    f"Photos of clothing: JPG, PNG or WebP, up to {upload.MAX_UPLOAD_MB} MB each",
+    f"Photos of clothing: JPG, PNG or WebP, up to {photos.MAX_UPLOAD_MB} MB each",
     # MIME types (not extensions): the browser filters the file picker, and anything else that
-    # arrives is checked by upload.embed_upload, which names the file and the problem.
+    # arrives is checked by photos.embed_upload, which names the file and the problem.
     type=["image/jpeg", "image/png", "image/webp"],
     accept_multiple_files=True,
-    max_upload_size=upload.MAX_UPLOAD_MB,
+    max_upload_size=photos.MAX_UPLOAD_MB,
     key="uploads",
 )
 if not files:
@@ -66,7 +69,7 @@ results = []
 photo_bytes = {}
 colour, colours = widgets.colour_filter(cfg, catalog, "upload")
 with widgets.user_errors():
-    # Diversity re-ranks a larger pool of nearest candidates down to k (pipelines.diversity).
+    # Diversity re-ranks a larger pool of nearest candidates down to k (pipelines.search.diversity).
     pool = pool_size(settings.k, diversity, min(index.size for index in indexes.values()))
     if colour is not None:  # rank the whole catalog, then keep the items of that colour
         colour_of = dict(zip(catalog["item_id"].astype(str), colours, strict=True))
@@ -80,7 +83,7 @@ with widgets.user_errors():
             predicted = classify.predict_upload(category_model, embedding.vectors, cfg)
         if predicted is not None:  # search the categories the classifier is unsure between
             embedding = dataclasses.replace(embedding, category=predicted[2])
-        result = upload.analyse_upload(embedding, indexes, catalog, maps, pool, settings.strategy)
+        result = photos.analyse_upload(embedding, indexes, catalog, maps, pool, settings.strategy)
         if predicted is not None:
             result = dataclasses.replace(result, category=predicted[0], confidence=predicted[1])
             searched = "everything" if predicted[2] == "*" else predicted[2].replace("|", ", ")
@@ -93,7 +96,7 @@ with widgets.user_errors():
                 result.notes.insert(0, f"⚠ {warning}")
         if colour is not None and result.error is None:
             tables = {
-                n: neighbours.keep_colour(t, colour_of, colour, keep)
+                n: similar.keep_colour(t, colour_of, colour, keep)
                 for n, t in result.neighbours.items()
             }
             result = dataclasses.replace(result, neighbours=tables)
@@ -110,7 +113,7 @@ if not good:
 
 if len(good) > 1:
     st.subheader(f"Top categories across {browse.plural(len(good), 'photo')}")
-    summary = upload.category_summary(good, top=len(good))
+    summary = photos.category_summary(good, top=len(good))
     top = browse.top_with_ties(summary, 3)
     ties = " (ties included)" if len(top) > 3 else ""
     distinct = browse.plural(len(summary), "distinct category", "distinct categories")
@@ -146,7 +149,7 @@ for i, result in enumerate(good):
                 help=f"Predicted by the {CATEGORY_MODEL} classifier.",
             )
             st.caption(f"Category by the {CATEGORY_MODEL} classifier.")
-        for warning in upload.upload_warnings(
+        for warning in photos.upload_warnings(
             result.name, photo_bytes[result.name], result.confidence
         ):
             st.warning(warning)

@@ -1,6 +1,6 @@
 """The "why do they match" heatmap: a toggle, a neighbour picker, and the query and neighbour
-photos with their similarity maps (`pipelines.explain`) blended over them. Computed live for the
-one pair shown, cached per pair."""
+photos with their similarity maps (`pipelines.search.explain`) blended over them. Computed
+live for the one pair shown, cached per pair."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import loaders, widgets
-from pipelines import explain
-from pipelines.catalog import bbox_of
 from pipelines.config import Config
+from pipelines.data.catalog import bbox_of
 from pipelines.errors import LookalikeError
+from pipelines.search import explain
 
 TOGGLE_LABEL = "Why do they match? Show a heatmap"
 # Caption prefixes the browser test looks for.

@@ -19,12 +19,14 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import plots
-from pipelines import browse, status, upload
-from pipelines.ann import take_rows
+from pipelines import status
 from pipelines.artifacts import read_manifest
 from pipelines.config import Config
-from pipelines.index import Index
+from pipelines.explore import browse
 from pipelines.readers import load_index, read_catalog
+from pipelines.search import photos
+from pipelines.search.approximate import take_rows
+from pipelines.search.index import Index
 
 sha = status.manifest_sha
 
@@ -160,7 +162,7 @@ def _map_layer(
 ) -> plots.MapLayer:
     points = _points(artifacts_dir, extractor, key)
     if color_by == "colour":
-        from pipelines.colour import read_colours
+        from pipelines.data.colour import read_colours
 
         colours = read_colours(_config(artifacts_dir), points["item_id"].to_numpy())
         points = points.assign(colour="none" if colours is None else colours)
@@ -318,7 +320,7 @@ def cluster_members(cfg: Config, extractor: str, cluster: int) -> pd.DataFrame:
 
 
 def cluster_summary(cfg: Config, extractor: str) -> pd.DataFrame:
-    """cluster, size, n_labelled, top_label, purity, composition (see pipelines.clusters)."""
+    """cluster, size, n_labelled, top_label, purity, composition (pipelines.explore.clusters)."""
     path = cfg.cluster_summary_path(extractor)
     return _cluster_summary(str(cfg.artifacts_dir), extractor, sha(path))
 
@@ -366,13 +368,13 @@ def index(cfg: Config, extractor: str) -> Index:
 
 @st.cache_data(show_spinner="Measuring how close catalog photos are to each other…", max_entries=4)
 def _far_check(_index: Index, extractor: str, key: tuple[str, ...]) -> Any:
-    from pipelines.novelty import far_check
+    from pipelines.search.novelty import far_check
 
     return far_check(_index)
 
 
 def far_check(cfg: Config, extractor: str) -> Any:
-    """`pipelines.novelty.far_check` on the extractor's cached index, once per build of it."""
+    """`pipelines.search.novelty.far_check` on the extractor's cached index, once per build."""
     key = (sha(cfg.catalog_path), sha(cfg.embeddings_path(extractor)))
     return _far_check(index(cfg, extractor), extractor, key)
 
@@ -413,7 +415,7 @@ def _keep_kernels_across_reruns() -> None:
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
 def _extractor(artifacts_dir: str, name: str, cnn: tuple, weights_sha: str) -> Any:
-    from pipelines.extractors import get_extractor
+    from pipelines.models.extractors import get_extractor
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     extractor = get_extractor(name, _config(artifacts_dir, cnn))
@@ -451,10 +453,10 @@ def extractors(cfg: Config) -> dict[str, Any]:
 @st.cache_data(show_spinner="Embedding the photo…", max_entries=64)
 def _upload(name: str, data: bytes, artifacts_dir: str, key: tuple[Any, ...]) -> Any:
     cfg = _config(artifacts_dir, key[0])
-    return upload.embed_upload(name, data, extractors(cfg), max_pixels=cfg.max_pixels)
+    return photos.embed_upload(name, data, extractors(cfg), max_pixels=cfg.max_pixels)
 
 
-def upload_embedding(cfg: Config, name: str, data: bytes) -> upload.UploadEmbedding:
+def upload_embedding(cfg: Config, name: str, data: bytes) -> photos.UploadEmbedding:
     """One uploaded photo embedded by both extractors (cached on its name and bytes, so a
     widget change does not embed it again)."""
     key = (
@@ -489,8 +491,8 @@ def _mosaic(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> dict[st
 
 
 def mosaic(cfg: Config, extractor: str) -> dict[str, Any] | None:
-    """The photo map of one extractor (see `pipelines.mosaic`): {"uri": the JPEG as a data URI,
-    "cells": item_id, col, row, label, "cols", "rows", "tile", "sha"}; None before the mosaic
+    """The photo map of one extractor (see `pipelines.explore.mosaic`): {"uri": the JPEG as a data
+    URI, "cells": item_id, col, row, label, "cols", "rows", "tile", "sha"}; None before the mosaic
     stage ran."""
     paths = (cfg.mosaic_image_path(extractor), cfg.mosaic_cells_path(extractor))
     if status.missing_paths(paths):
@@ -509,7 +511,7 @@ def _health(artifacts_dir: str, extractor: str, kind: str, key: str) -> pd.DataF
 
 
 def health(cfg: Config, extractor: str, kind: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-    """One health list (duplicates, mislabelled or outliers; see `pipelines.health`) and its
+    """One health list (duplicates, mislabelled or outliers; see `pipelines.quality.health`) and its
     manifest; None before the health stage ran."""
     path = cfg.health_path(extractor, kind)
     if status.missing_paths([path]):

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from pipelines import raster
-from pipelines.raster import Raster
+from pipelines.explore import raster
+from pipelines.explore.raster import Raster
 
 # Enough distinct colours for the 10 catalog classes and 10 clusters (plotly's "Plotly" set).
 PALETTE = [
@@ -100,7 +100,7 @@ def map_figure(
     Parameters
     ----------
     points : item_id, x, y, label, split and the `color_by` column (see
-        `pipelines.browse.map_points`).
+        `pipelines.explore.browse.map_points`).
     color_by : column whose values colour the points ("label", "cluster", "split", ...).
         Each value keeps its colour whatever is filtered (`group_colours`).
     query : item id drawn as a black star, with lines to each of `neighbours`.
@@ -184,8 +184,8 @@ def map_layer(
     shown_labels: Sequence[str] = (),
     sample_size: int = SAMPLE_POINTS,
 ) -> MapLayer:
-    """Draw a large map once (`pipelines.raster.rasterise`): every point binned into the image
-    in its group's colour (points a label filter hides in grey, weighted low), and a seeded
+    """Draw a large map once (`pipelines.explore.raster.rasterise`): every point binned into the
+    image in its group's colour (points a label filter hides in grey, weighted low), and a seeded
     sample of `sample_size` shown points kept as markers for hover and click.
 
     Parameters

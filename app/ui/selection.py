@@ -85,7 +85,7 @@ def region_item_ids(
     """
     import numpy as np
 
-    from pipelines.raster import selected_rows
+    from pipelines.explore.raster import selected_rows
 
     if not event:
         return None

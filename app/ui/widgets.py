@@ -15,9 +15,10 @@ import pandas as pd
 import streamlit as st
 
 from app.ui.loaders import item_index
-from pipelines import browse, commands, status
+from pipelines import commands, status
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
+from pipelines.explore import browse
 
 # Settings shared by every page: session key -> default. The router sets these once.
 DEFAULTS = {"extractor": EXTRACTORS[0], "k": 10, "strategy": STRATEGIES[0], "query_id": None}
@@ -156,7 +157,7 @@ def diversity_slider() -> float:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _colours(artifacts_dir: str, catalog_sha: str, colours_sha: str) -> np.ndarray | None:
-    from pipelines.colour import read_colours
+    from pipelines.data.colour import read_colours
     from pipelines.readers import read_catalog
 
     cfg = Config(artifacts_dir=artifacts_dir)
@@ -180,7 +181,7 @@ def colours(cfg: Config, catalog: pd.DataFrame) -> np.ndarray | None:
 def colour_filter(cfg: Config, catalog: pd.DataFrame, key: str) -> tuple[str | None, Any]:
     """A "Colour" select box ("any colour" or one palette name): (chosen colour or None,
     the colours array to filter with)."""
-    from pipelines.colour import COLOURS
+    from pipelines.data.colour import COLOURS
 
     values = colours(cfg, catalog)
     if values is None:

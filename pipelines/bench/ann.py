@@ -12,7 +12,7 @@ import numpy as np
 from pipelines.bench.common import BATCH, TARGETS, K, cycler, interleaved, ms, rss_mb
 from pipelines.bench.vectors import vector_spec, with_queries
 from pipelines.config import Config
-from pipelines.topk import top_k
+from pipelines.search.topk import top_k
 
 
 def bench_ann(config: Config, quick: bool) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def bench_ann(config: Config, quick: bool) -> dict[str, Any]:
         import faiss  # noqa: F401
     except ImportError:
         return {"skipped": "faiss-cpu is not installed (pip install faiss-cpu==1.15.1)"}
-    from pipelines.ann import ANN_MIN_ITEMS
+    from pipelines.search.approximate import ANN_MIN_ITEMS
 
     nq = 50 if quick else 200
     wide_n, narrow_n = (10_000, 10_000) if quick else (100_000, 1_000_000)
@@ -47,7 +47,7 @@ def bench_ann(config: Config, quick: bool) -> dict[str, Any]:
 
 def _wide_rows(config: Config, n: int, nq: int, quick: bool) -> list[dict[str, Any]]:
     """Wide vectors: what PCA costs in recall, with and without exact re-ranking."""
-    from pipelines.ann import ANN_PCA_DIMS, RERANK_FACTOR
+    from pipelines.search.approximate import ANN_PCA_DIMS, RERANK_FACTOR
 
     x, q = with_queries(vector_spec(config, n, 2048, seed=3), nq)
     truth = exact_truth(x, q)
@@ -126,7 +126,7 @@ def ann_case(
     reranks: tuple[int, ...] = (),
 ) -> list[dict[str, Any]]:
     """Rows of recall and latency of one built index, one per search setting."""
-    from pipelines import ann as ann_module
+    from pipelines.search import approximate as ann_module
 
     rss0 = rss_mb()
     index = ann_module.AnnIndex.build(x, **build)

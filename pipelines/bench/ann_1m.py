@@ -108,7 +108,7 @@ def _status() -> dict[str, float]:
 
 def child_build(f32: str, saved: str, narrow: str, saved_narrow: str, **_: Any) -> dict[str, Any]:
     """(child) Build the IVF index from the memory-mapped file and save it, as `ann_store`."""
-    from pipelines.ann import AnnIndex
+    from pipelines.search.approximate import AnnIndex
 
     out: dict[str, Any] = {"loadavg_before": loadavg()}
     for label, source, target in (("2048", f32, saved), ("128", narrow, saved_narrow)):
@@ -138,9 +138,9 @@ def child_serve(
 ) -> dict[str, Any]:
     """(child) Serve the catalog as the app does: memory-mapped vectors, the saved indexes,
     an `Index` per width with its item ids; then single queries. Reports RSS after each."""
-    from pipelines.ann import AnnIndex
     from pipelines.bench.ann import recall
-    from pipelines.index import Index
+    from pipelines.search.approximate import AnnIndex
+    from pipelines.search.index import Index
 
     out: dict[str, Any] = {"rss_start": _status(), "loadavg_before": loadavg()}
     t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def child_serve(
 
 def _exact_excluding(vectors: np.ndarray, queries: np.ndarray, own: np.ndarray) -> np.ndarray:
     """Exact top-K of each query over `vectors` in chunks, leaving out row `own[i]`."""
-    from pipelines.ann import iter_chunks
+    from pipelines.search.approximate import iter_chunks
 
     best_sims = np.full((len(queries), K), -np.inf, dtype=np.float32)
     best_rows = np.zeros((len(queries), K), dtype=np.int64)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import Config
-from pipelines.metrics import latency_stats
-from pipelines.neighbours import item_neighbours
+from pipelines.quality.metrics import latency_stats
+from pipelines.search.similar import item_neighbours
 
 EXTRACTORS = ("inception_v3", "custom_cnn")
 

@@ -100,9 +100,11 @@ def upload_round_trip(artifacts_dir: str, photos: int) -> dict[str, Any]:
     search both indexes, place on both maps. The first photo also builds the models."""
     import pandas as pd
 
-    from pipelines import browse, status, upload
-    from pipelines.extractors import get_extractor
+    from pipelines import status
+    from pipelines.explore import browse
+    from pipelines.models.extractors import get_extractor
     from pipelines.readers import load_index
+    from pipelines.search import photos
 
     config = status.app_config(Config(artifacts_dir=Path(artifacts_dir)))
     missing = status.missing_artifacts(config, ("catalog", "embeddings", "maps", "models"))
@@ -116,7 +118,7 @@ def upload_round_trip(artifacts_dir: str, photos: int) -> dict[str, Any]:
     for path in catalog["path"].head(photos + 1):
         data = Path(path).read_bytes()
         t0 = time.perf_counter()
-        (result,) = upload.analyse_uploads(
+        (result,) = photos.analyse_uploads(
             [(Path(path).name, data)], extractors, indexes, catalog, maps, k=10
         )
         times.append(time.perf_counter() - t0)

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import commands, pixel_cache
+from pipelines import commands
 from pipelines.bench.common import TARGETS, interleaved
 from pipelines.config import EXTRACTORS, Config
+from pipelines.data import pixel_cache
 
 
 def bench_embedding(config: Config, quick: bool) -> dict[str, Any]:
@@ -29,8 +30,8 @@ def bench_embedding(config: Config, quick: bool) -> dict[str, Any]:
             rows.append({"extractor": name, "skipped": f"failed: {type(err).__name__}: {err}"})
     return {
         "rows": rows,
-        "method": "stream = pipelines.embed.pixel_stream (the pixel cache, memory-mapped, when "
-        "one matches the catalog at the model's size; else tf.data decode+resize with "
+        "method": "stream = pipelines.embedding.embed.pixel_stream (the pixel cache, memory-mapped,"
+        " when one matches the catalog at the model's size; else tf.data decode+resize with "
         "prefetch) + the stage's model step; memory = the same step on the same uint8 batches "
         "held in RAM; memory and stream passes alternate (2-7 rounds, by speed) and the ratio "
         "is of the median rates",
@@ -49,9 +50,9 @@ def _fill_cache(config: Config, catalog: Any, size: int) -> dict[str, Any]:
 
 def embedding_throughput(config: Config, name: str, batches: int) -> dict[str, Any]:
     """One extractor's row: stream vs in-memory images/s over `batches` batches."""
-    from pipelines.catalog import load_catalog
-    from pipelines.embed import pixel_stream
-    from pipelines.extractors import CustomCNNExtractor, get_extractor
+    from pipelines.data.catalog import load_catalog
+    from pipelines.embedding.embed import pixel_stream
+    from pipelines.models.extractors import CustomCNNExtractor, get_extractor
 
     ext = get_extractor(name, config)
     catalog = load_catalog(config)

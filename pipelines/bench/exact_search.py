@@ -20,8 +20,8 @@ import numpy as np
 from pipelines.bench.common import BATCH, TARGETS, K, interleaved, ms, npy_shape, real_embeddings
 from pipelines.bench.vectors import make_vectors, vector_spec, with_queries
 from pipelines.config import Config
-from pipelines.index import Index
-from pipelines.topk import one_blas_thread
+from pipelines.search.index import Index
+from pipelines.search.topk import one_blas_thread
 
 OURS_SINGLE = "ours, one query"
 OURS_BATCH = "ours, 64 queries"
@@ -41,8 +41,8 @@ def bench_exact(config: Config, quick: bool) -> dict[str, Any]:
         "(warm, interleaved, same repeats, same process): "
         + ", ".join(pass_names())
         + f", {OURS_SINGLE}, {OURS_BATCH}; floor_method names the one that set it",
-        "ours": "pipelines.index.Index.search_rows, exact strategy (its approximate switch is "
-        "off here): one BLAS product and pipelines.topk's best-first top-k",
+        "ours": "pipelines.search.index.Index.search_rows, exact strategy (its approximate switch "
+        "is off here): one BLAS product and pipelines.search.topk's best-first top-k",
         "targets_met": {
             "single_p95_over_floor": all(r["single_p95_over_floor"] <= limit for r in rows),
             "speedup_vs_sklearn_single": all(r["speedup_vs_sklearn_single"] >= speed for r in rows),

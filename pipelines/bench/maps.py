@@ -11,7 +11,7 @@ import numpy as np
 from pipelines.bench.common import K, npy_shape, peak_rss_mb, real_embeddings, run_child
 from pipelines.bench.vectors import make_vectors, vector_spec
 from pipelines.config import Config
-from pipelines.index import Index
+from pipelines.search.index import Index
 
 
 def bench_maps(config: Config, quick: bool, shared: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def _catalog_size_rows(config: Config) -> list[dict[str, Any]]:
 
 def child_map(spec: dict[str, Any], pca_dims: int | None, seed: int = 0) -> dict[str, Any]:
     """(child) One UMAP map of the vectors `spec` describes: seconds and peak RSS."""
-    from pipelines.maps import compute_map
+    from pipelines.explore.maps import compute_map
 
     x = make_vectors(spec)
     before = peak_rss_mb()
@@ -96,7 +96,7 @@ def child_vector_stages(
 ) -> dict[str, Any]:
     """(child) Maps, then the search index and k-means on the same vectors, peak RSS after
     each. `raw_map` also times a map of the raw vectors (quick mode: saves a second child)."""
-    from pipelines.clusters import kmeans
+    from pipelines.explore.clusters import kmeans
 
     out = child_map(spec, pca_dims)
     if raw_map:

@@ -87,7 +87,7 @@ def bench_maps_1m(config: Config, quick: bool) -> dict[str, Any]:
 def _warm_up() -> float:
     """Seconds of one tiny map: numba compiles UMAP's functions on first use (a minute on
     the busy machine), which must not count against whichever map is timed first."""
-    from pipelines.maps import compute_map
+    from pipelines.explore.maps import compute_map
 
     t0 = time.perf_counter()
     x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
@@ -99,7 +99,7 @@ def _warm_up() -> float:
 
 
 def _trust(vectors: np.ndarray, coords: np.ndarray) -> float:
-    from pipelines.maps import map_trustworthiness
+    from pipelines.explore.maps import map_trustworthiness
 
     scores = [
         map_trustworthiness(vectors, coords, 10, max_items=TRUST_ROWS, seed=s) for s in TRUST_SEEDS
@@ -110,8 +110,8 @@ def _trust(vectors: np.ndarray, coords: np.ndarray) -> float:
 def child_compare(path: str, subset: int, settings: dict[str, Any]) -> dict[str, Any]:
     """(child) A `subset`-row sample of the file mapped twice: a full UMAP fit, and the
     sampled fit (`settings`' fit_sample rows, the rest placed)."""
-    from pipelines.ann import take_rows
-    from pipelines.maps import compute_map
+    from pipelines.explore.maps import compute_map
+    from pipelines.search.approximate import take_rows
 
     vectors = np.load(path, mmap_mode="r")
     rows = np.sort(np.random.default_rng(1).choice(len(vectors), subset, replace=False))
@@ -133,7 +133,7 @@ def child_compare(path: str, subset: int, settings: dict[str, Any]) -> dict[str,
 
 def child_map(path: str, settings: dict[str, Any]) -> dict[str, Any]:
     """(child) The map of every row of the memory-mapped file, as the maps stage makes it."""
-    from pipelines.maps import compute_map
+    from pipelines.explore.maps import compute_map
 
     vectors = np.load(path, mmap_mode="r")
     out: dict[str, Any] = {"compile_warm_up_s": _warm_up(), "loadavg_before": loadavg()}
@@ -151,7 +151,7 @@ def child_kmeans(
     path: str, n_clusters: int, full_max_items: int, sample: int, seed: int
 ) -> dict[str, Any]:
     """(child) The clusters stage's k-means over every row of the memory-mapped file."""
-    from pipelines.clusters import kmeans
+    from pipelines.explore.clusters import kmeans
 
     vectors = np.load(path, mmap_mode="r")
     out: dict[str, Any] = {"loadavg_before": loadavg()}

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines import artifacts, pixel_cache
+from pipelines import artifacts
 from pipelines.bench.common import K, jsonable, real_embeddings, run_child
 from pipelines.config import Config
+from pipelines.data import pixel_cache
 
 
 def bench_memory(config: Config, quick: bool, shared: dict[str, Any]) -> dict[str, Any]:
@@ -164,17 +165,17 @@ def child_stage(artifacts_dir: str, stage: str, extractors: list[str]) -> dict[s
     t0 = time.perf_counter()
     summary: Any
     if stage == "embed":
-        from pipelines.embed import run_embed
+        from pipelines.embedding.embed import run_embed
 
         summary = [
             run_embed(config, name, force=True, progress=False).details for name in extractors
         ]
     elif stage == "maps":
-        from pipelines.maps import run_maps
+        from pipelines.explore.maps import run_maps
 
         summary = run_maps(config, extractors, force=True).details
     elif stage == "clusters":
-        from pipelines.clusters import run_clusters
+        from pipelines.explore.clusters import run_clusters
 
         summary = run_clusters(config, extractors, force=True).details
     elif stage == "index":

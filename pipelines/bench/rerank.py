@@ -5,8 +5,8 @@ embeddings and colours; writes nothing.
 
 Protocols (never tuned on test):
 - validation: validation photos searched against the train split (the split the settings in
-  `pipelines.rerank.TUNED` were chosen on; `validation_grid` repeats that choice);
-- test: test photos against train + validation, as `pipelines.evaluate` measures P@10.
+  `pipelines.search.rerank.TUNED` were chosen on; `validation_grid` repeats that choice);
+- test: test photos against train + validation, as `pipelines.quality.evaluate` measures P@10.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pandas as pd
 
 from pipelines.bench.common import K, interleaved, ms
 from pipelines.config import EXTRACTORS, Config
-from pipelines.index import Index
-from pipelines.rerank import (
+from pipelines.search.index import Index
+from pipelines.search.rerank import (
     DBA_MAX_ITEMS,
     RerankedIndex,
     RerankSettings,
@@ -50,7 +50,7 @@ def bench_rerank(config: Config, quick: bool) -> dict[str, Any]:
     have = [e for e in EXTRACTORS if config.embeddings_path(e).exists()]
     if not have:
         return {"skipped": f"no embeddings in {config.artifacts_dir} — run the pipeline first"}
-    from pipelines.colour import read_colours
+    from pipelines.data.colour import read_colours
 
     colours = read_colours(config, catalog["item_id"].to_numpy())
     splits = catalog["split"].astype(str).to_numpy() if "split" in catalog.columns else None
@@ -152,7 +152,7 @@ def validation_grid(
     vectors: np.ndarray, codes: np.ndarray, queries: np.ndarray, gallery: np.ndarray
 ) -> list[dict[str, Any]]:
     """Validation P@10 gain of every setting in GRID_QE_M x GRID_ALPHA x GRID_DBA_M, best
-    first (how `pipelines.rerank.TUNED` was chosen)."""
+    first (how `pipelines.search.rerank.TUNED` was chosen)."""
     index = Index(vectors[gallery], np.arange(len(gallery)).astype(str), name="gallery")
     q, want, have = vectors[queries], codes[queries], codes[gallery]
 

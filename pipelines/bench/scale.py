@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from pipelines import artifacts
-from pipelines.ann_store import run_ann
 from pipelines.bench.common import jsonable, ms, run_child
 from pipelines.bench.scale_browser import browser_paint
 from pipelines.bench.scale_build import build_scaled
 from pipelines.config import EXTRACTORS, REPO_ROOT, Config
+from pipelines.search.ann import run_ann
 
 APP = REPO_ROOT / "app" / "streamlit_app.py"
 PAGES = (
@@ -147,7 +147,7 @@ def _map_figure_numbers(artifacts_dir: str) -> dict[str, Any]:
     per map, colouring and filter; cached by the app), then the figure a rerun builds from it
     and the JSON the browser receives."""
     from app.ui import plots
-    from pipelines import browse
+    from pipelines.explore import browse
     from pipelines.readers import read_catalog
 
     cfg = Config(artifacts_dir=Path(artifacts_dir))

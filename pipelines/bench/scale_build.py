@@ -171,7 +171,7 @@ def _scaled_extractor(
     artifacts.write_manifest(cfg.map_path(name), "maps", {}, vec_inputs, {"trustworthiness": trust})
 
     if source.clusters_path(name).exists():
-        from pipelines.clusters import cluster_summary
+        from pipelines.explore.clusters import cluster_summary
 
         clusters = pd.read_parquet(source.clusters_path(name))["cluster"].to_numpy()[pick]
         table = pd.DataFrame({"item_id": ids, "cluster": clusters.astype(np.int32)})

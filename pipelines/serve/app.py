@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipelines import upload
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
+from pipelines.search import photos
 from pipelines.serve.context import Service
 from pipelines.serve.gate import EMBED_MODES
 from pipelines.serve.guard import Guard
@@ -35,7 +35,7 @@ def create_app(
     embed_mode: str = "lock",
     load_extractors: bool = True,
     reload_interval: float = RELOAD_INTERVAL_S,
-    max_upload_bytes: int = upload.MAX_UPLOAD_BYTES,
+    max_upload_bytes: int = photos.MAX_UPLOAD_BYTES,
 ) -> FastAPI:
     """The API over `config.artifacts_dir`.
 

@@ -14,8 +14,8 @@ from fastapi import HTTPException
 from pipelines import commands
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
+from pipelines.search.topk import check_k
 from pipelines.serve.state import ServiceState, StateHolder
-from pipelines.topk import check_k
 
 
 def error(status: int, detail: str) -> HTTPException:
@@ -83,7 +83,7 @@ def diversity_keyword(diversity: float | None) -> dict[str, Any]:
     """The engine's diversity keyword, checked by the engine's own check (422 when invalid)."""
     if diversity is None:
         return {}
-    from pipelines.diversity import check_diversity
+    from pipelines.search.diversity import check_diversity
 
     try:
         return {"diversity": check_diversity(diversity)}

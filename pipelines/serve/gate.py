@@ -86,7 +86,8 @@ class MicroBatcher:
 
 class GatedExtractor:
     """An extractor whose forward passes go through a lock or a micro-batcher; every other
-    attribute is the wrapped extractor's, so `pipelines.upload.embed_upload` uses it as is."""
+    attribute is the wrapped extractor's, so `pipelines.search.photos.embed_upload` uses it
+    as is."""
 
     _FORWARDS = ("embed_arrays", "embed_and_classify")
 

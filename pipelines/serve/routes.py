@@ -15,10 +15,11 @@ from fastapi import FastAPI, File, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from pipelines import commands, upload
+from pipelines import commands
 from pipelines.config import EXTRACTORS, STRATEGIES
-from pipelines.neighbours import item_neighbours, resolve_strategy
-from pipelines.rerank import reranked
+from pipelines.search import photos
+from pipelines.search.rerank import reranked
+from pipelines.search.similar import item_neighbours, resolve_strategy
 from pipelines.serve import models as m
 from pipelines.serve.context import (
     Service,
@@ -42,7 +43,7 @@ STRATEGY_TEXT = {
 }
 THUMB_CACHE = "public, max-age=86400"
 RERANK_TEXT = (
-    "true re-orders the nearest candidates by query expansion (pipelines.rerank); "
+    "true re-orders the nearest candidates by query expansion (pipelines.search.rerank); "
     "similarities stay cosines to the query"
 )
 # Query options both search routes take.
@@ -201,14 +202,14 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
         if len(photo) > MAX_PHOTOS:
             raise error(413, f"at most {MAX_PHOTOS} photos per request, got {len(photo)}")
         models = {name: current.extractors[name] for name in names}
-        results: list[upload.UploadResult] = []
+        results: list[photos.UploadResult] = []
         for i, part in enumerate(photo, start=1):
             name = Path(part.filename or "").name or f"photo-{i}"
             data = part.file.read(svc.max_upload_bytes + 1)  # bounded: one byte tells "too large"
             embedding = _embed(svc, current, name, data, models)
             results.append(
                 engine(
-                    lambda e=embedding: upload.analyse_upload(
+                    lambda e=embedding: photos.analyse_upload(
                         e, indexes, current.catalog, {}, k, strategy, **extra
                     )
                 )
@@ -216,7 +217,7 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
         if not any(r.error is None for r in results):
             first = results[0].error or "no usable photo"
             raise error(upload_status(first), first)
-        summary = upload.category_summary(results, top=3)
+        summary = photos.category_summary(results, top=3)
         return {
             "took_ms": ms(start),
             "photos": [_photo(current, r, strategy, k, start, rerank) for r in results],
@@ -226,21 +227,21 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
 
 def _embed(
     svc: Service, current: ServiceState, name: str, data: bytes, models: dict[str, Any]
-) -> upload.UploadEmbedding:
+) -> photos.UploadEmbedding:
     """`embed_upload`, with any decoder failure it did not word kept as the photo's error."""
     try:
-        return upload.embed_upload(
+        return photos.embed_upload(
             name, data, models, svc.max_upload_bytes, max_pixels=current.config.max_pixels
         )
     except Exception as err:  # the photo's problem, never the service's
-        return upload.UploadEmbedding(
+        return photos.UploadEmbedding(
             name, error=f"{name}: unreadable image ({type(err).__name__}: {err})"
         )
 
 
 def _photo(
     current: ServiceState,
-    result: upload.UploadResult,
+    result: photos.UploadResult,
     strategy: str,
     k: int,
     start: float,

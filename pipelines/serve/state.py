@@ -16,8 +16,8 @@ from pipelines import commands, status
 from pipelines.artifacts import read_manifest
 from pipelines.config import EXTRACTORS, Config
 from pipelines.errors import LookalikeError
-from pipelines.index import Index
 from pipelines.readers import load_index, read_catalog
+from pipelines.search.index import Index
 from pipelines.serve.gate import GatedExtractor
 
 # Seconds between two looks at the manifests: a rebuilt artifact is served within this.
@@ -102,7 +102,7 @@ def load_models(
     config: Config, mode: str, extractors: list[str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """One warmed-up model per extractor, gated for concurrent use; and why any did not load."""
-    from pipelines.extractors import get_extractor
+    from pipelines.models.extractors import get_extractor
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     models: dict[str, Any] = {}

@@ -1,0 +1,258 @@
+"""The category classifier for the `category` strategy and uploads: reads the embeddings and
+labels, fits candidate classifiers on train, keeps the best on validation, writes
+models/category_model.npz and categories.parquet (predicted category, confidence, and the
+categories each item's category search covers).
+
+Candidates are multinomial logistic regressions on an extractor's stored vectors: InceptionV3's
+when it was embedded, the custom CNN's otherwise (`FEATURE_SETS`); the custom CNN's own
+softmax head is the reference (its validation accuracy is in its manifest). The test split
+never chooses anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import artifacts, commands
+from pipelines.config import Config
+from pipelines.errors import LookalikeError
+from pipelines.search.index import SEPARATOR, WHOLE_CATALOG
+from pipelines.stage import StageResult
+
+STAGE = "classify"
+VERSION = "logreg-2"
+# Feature sets (each a tuple of extractors whose unit vectors are put side by side) in order of
+# preference, the most robust to other kinds of photo first: the first whose vectors exist is
+# fitted. Validation accuracy on the catalog's photos / on their shifted copies (shrunk to
+# 60x80, JPEG 50, on a plain background; README "Shifted check"), 112 px CNN of 48 epochs:
+# InceptionV3 0.894 / 0.349, InceptionV3 + custom CNN 0.900 / 0.217, custom CNN 0.859 / 0.117.
+# The CNN learned the catalog's photos, so its vector misleads the classifier on any other kind
+# (the category strategy then fell 0.028 below exact search on the shifted gallery); it is used
+# only without InceptionV3.
+FEATURE_SETS: tuple[tuple[str, ...], ...] = (("inception_v3",), ("custom_cnn",))
+# Inverse regularisation strengths tried on standardised features.
+C_VALUES = (0.05,)
+
+
+@dataclass(frozen=True)
+class CategoryModel:
+    """A linear softmax classifier over standardised, concatenated extractor vectors."""
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (classes, d)
+    intercept: np.ndarray  # (classes,)
+    classes: np.ndarray  # (classes,) str
+
+    @property
+    def name(self) -> str:
+        return "logistic regression on " + " + ".join(self.features)
+
+    def probabilities(self, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """{extractor: (n, d) or (d,)} -> (n, classes) probabilities."""
+        x = np.hstack([np.atleast_2d(np.asarray(vectors[f], np.float64)) for f in self.features])
+        logits = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def save(self, path) -> None:  # noqa: ANN001
+        arrays = {k: np.asarray(v) for k, v in self.__dict__.items()}
+        arrays["features"] = np.asarray(self.features, dtype=str)
+        arrays["classes"] = np.asarray(self.classes, dtype=str)
+        with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    @classmethod
+    def load(cls, path) -> CategoryModel:  # noqa: ANN001
+        with np.load(path, allow_pickle=False) as data:
+            values = {k: data[k] for k in data.files}
+        values["features"] = tuple(str(f) for f in values["features"])
+        return cls(**values)
+
+
+def search_categories(
+    probs: np.ndarray, classes: Sequence[str], cover: float, exact_below: float
+) -> np.ndarray:
+    """(n,) the categories each query's category search covers, from its probabilities.
+
+    The top categories until their probabilities add up to `cover`, joined by "|"; "*" (the
+    whole catalog) when even the top one is below `exact_below`.
+    """
+    classes = np.asarray(classes, dtype=object)
+    order = np.argsort(-probs, axis=1, kind="stable")
+    out = []
+    for row, idx in zip(probs, order, strict=True):
+        if row[idx[0]] < exact_below:
+            out.append(WHOLE_CATALOG)
+            continue
+        n = int(np.searchsorted(np.cumsum(row[idx]), cover - 1e-9)) + 1
+        out.append(SEPARATOR.join(sorted(classes[idx[: max(1, n)]])))
+    return np.asarray(out, dtype=object)
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, ...]:
+    """(mean, scale, coef, intercept, classes) of a logistic regression on standardised x."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6
+    model = LogisticRegression(C=c, max_iter=300, random_state=seed)
+    model.fit((x - mean) / scale, y)
+    return mean, scale, model.coef_, model.intercept_, model.classes_.astype(str)
+
+
+def choose_model(
+    vectors: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    fit: np.ndarray,
+    val: np.ndarray,
+    seed: int,
+    feature_sets: Sequence[tuple[str, ...]] = FEATURE_SETS,
+    c_values: Sequence[float] = C_VALUES,
+) -> tuple[CategoryModel, list[dict[str, Any]]]:
+    """Fit every feature set x C on `fit` rows, keep the best validation accuracy.
+
+    Returns the chosen model (fitted on `fit` rows only) and one {"features", "C",
+    "val_accuracy", "chosen"} per candidate.
+    """
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, CategoryModel, dict[str, Any]] | None = None
+    for features in feature_sets:
+        if not all(f in vectors for f in features):
+            continue
+        x = np.hstack([vectors[f] for f in features]).astype(np.float64)
+        for c in c_values:
+            model = CategoryModel(features, *fit_logreg(x[fit], labels[fit], c, seed))
+            acc = None
+            if val.any():
+                probs = model.probabilities({f: vectors[f][val] for f in features})
+                acc = float((model.classes[probs.argmax(axis=1)] == labels[val]).mean())
+            trial = {"features": list(features), "C": c, "val_accuracy": acc, "chosen": False}
+            trials.append(trial)
+            score = -1.0 if acc is None else acc
+            if best is None or score > best[0]:
+                best = (score, model, trial)
+    if best is None:
+        raise ValueError("no feature set has all its vectors")
+    best[2]["chosen"] = True
+    return best[1], trials
+
+
+def candidate_sets(available: set[str] | frozenset[str]) -> tuple[tuple[str, ...], ...]:
+    """The feature sets to fit: the first of `FEATURE_SETS` whose extractors are all in
+    `available` (those with stored vectors), or none."""
+    for features in FEATURE_SETS:
+        if set(features) <= set(available):
+            return (features,)
+    return ()
+
+
+def run_classify(config: Config, force: bool = False) -> StageResult:
+    """Stage: choose the category classifier on validation; write categories.parquet and the
+    model. A catalog without labels keeps the custom CNN's categories (if any)."""
+    from pipelines.models.train_data import split_rows
+    from pipelines.readers import read_catalog
+
+    start = time.perf_counter()
+    catalog, catalog_sha = read_catalog(config)
+    fit, val, labelled = split_rows(catalog, config.seed)
+    if not labelled:
+        note = "no labels: no classifier to choose"
+        return StageResult(STAGE, seconds=time.perf_counter() - start, skipped=True, note=note)
+    built = {f for fs in FEATURE_SETS for f in fs if config.embeddings_path(f).exists()}
+    feature_sets = candidate_sets(built)
+    if not feature_sets:
+        raise LookalikeError(
+            "the category classifier learns from InceptionV3 or custom CNN vectors and neither "
+            f"is embedded — run `{commands.embed()}` first"
+        )
+    vectors, inputs = {}, {"catalog": catalog_sha}
+    for name in sorted({f for fs in feature_sets for f in fs}):
+        path = config.embeddings_path(name)
+        inputs[f"embeddings/{name}"] = artifacts.artifact_hash(path, commands.embed(name))
+        vectors[name] = np.load(path).astype(np.float32)
+    params = {
+        "version": VERSION,
+        "feature_sets": [list(f) for f in feature_sets],
+        "C": list(C_VALUES),
+        "cover": config.category_cover,
+        "exact_below": config.category_exact_below,
+        "seed": config.seed,
+    }
+    out = config.categories_path
+    fresh = artifacts.is_fresh(out, STAGE, params, inputs) and config.category_model_path.exists()
+    if fresh and not force:
+        manifest = artifacts.read_manifest(out) or {}
+        print(f"classify: up to date ({manifest.get('model')})")
+        return StageResult(STAGE, rows=len(catalog), seconds=time.perf_counter() - start,
+                           skipped=True, note=_note(manifest), details=manifest)  # fmt: skip
+    labels = catalog["label"].astype("string").fillna("").to_numpy().astype(object)
+    val = val & np.isin(labels, labels[fit])
+    model, trials = choose_model(vectors, labels, fit, val, config.seed, feature_sets)
+    probs = model.probabilities(vectors)
+    table = pd.DataFrame(
+        {
+            "item_id": catalog["item_id"].to_numpy(),
+            "predicted": model.classes[probs.argmax(axis=1)].astype(object),
+            "confidence": probs.max(axis=1).astype(np.float32),
+            "search": search_categories(
+                probs, model.classes, config.category_cover, config.category_exact_below
+            ),
+        }
+    )
+    model.save(config.category_model_path)
+    artifacts.write_parquet(table, out)
+    cnn = artifacts.read_manifest(config.custom_cnn_path) or {}
+    chosen = next(t for t in trials if t["chosen"])
+    extra = {
+        "model": model.name,
+        "C": chosen["C"],
+        "val_accuracy": chosen["val_accuracy"],
+        "custom_cnn_head_val_accuracy": cnn.get("best_val_accuracy"),
+        "trials": trials,
+    }
+    manifest = artifacts.write_manifest(out, STAGE, params, inputs, extra=extra)
+    artifacts.write_manifest(config.category_model_path, STAGE, params, inputs, extra=extra)
+    print(f"classify: {_note(manifest)} -> {out}")
+    return StageResult(
+        STAGE,
+        wrote=(out, config.category_model_path),
+        rows=len(catalog),
+        seconds=time.perf_counter() - start,
+        note=_note(manifest),
+        details=manifest,
+    )
+
+
+def _note(manifest: dict[str, Any]) -> str:
+    acc = manifest.get("val_accuracy")
+    return f"{manifest.get('model')}" + (f", val accuracy {acc:.3f}" if acc is not None else "")
+
+
+def load_category_model(config: Config) -> CategoryModel | None:
+    """The chosen classifier, or None before the classify stage has run."""
+    path = config.category_model_path
+    return CategoryModel.load(path) if path.is_file() else None
+
+
+def predict_upload(
+    model: CategoryModel, vectors: Mapping[str, np.ndarray], config: Config
+) -> tuple[str, float, str] | None:
+    """(category, confidence, searched categories) of one upload from its extractor vectors,
+    or None when a vector the model needs is missing."""
+    if not all(f in vectors for f in model.features):
+        return None
+    probs = model.probabilities({f: vectors[f] for f in model.features})
+    top = int(probs[0].argmax())
+    search = search_categories(
+        probs, model.classes, config.category_cover, config.category_exact_below
+    )[0]
+    return str(model.classes[top]), float(probs[0, top]), str(search)
