@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import loaders, plots, widgets
+from app.ui.names import display_name
 from pipelines.explore import browse
 
 # Thumbnails of one cluster shown at once (each is an image and a button).
@@ -23,7 +24,7 @@ with widgets.user_errors():
     # it is computed once per build (loaders), not on every rerun.
     overview = loaders.cluster_overview(cfg, settings.extractor)
 
-name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
+name = display_name(settings.extractor)
 st.caption(
     f"{browse.plural(len(overview), 'k-means cluster')} of {name} embeddings. Each row shows "
     f"the five photos nearest the cluster's centre. Purity: share of a cluster's items with "

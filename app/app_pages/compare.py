@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, widgets
+from app.ui.names import display_name
 from pipelines import commands
 from pipelines.config import STRATEGIES
 from pipelines.explore import browse
@@ -72,7 +73,7 @@ for column, name in zip(columns, EXTRACTORS, strict=True):
         table = results[name]
         precision = similar.query_precision(table, query.get("label"), settings.k)
         shown = "n/a" if precision != precision else f"{precision:.2f}"
-        st.subheader(widgets.EXTRACTOR_NAMES[name])
+        st.subheader(display_name(name))
         st.caption(f"Precision@{settings.k} against the query's label: **{shown}**")
         widgets.neighbour_grid(
             table, key=f"compare_{name}", columns=4, catalog=catalog, compact=True
@@ -104,7 +105,7 @@ else:
     for cell, (name, exact) in zip(st.columns(max(1, len(likeness))), likeness, strict=False):
         copy, colour = exact.get("copy_r@1"), exact.get("colour@10")
         cell.metric(
-            f"{widgets.EXTRACTOR_NAMES.get(name, name)} · copy R@1",
+            f"{display_name(name)} · copy R@1",
             "n/a" if copy is None else f"{copy:.3f}",
             "colour@10 n/a" if colour is None else f"colour@10 {colour:.3f}",
             delta_color="off",

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import loaders, widgets
+from app.ui.names import display_name
 from pipelines import commands
 from pipelines.explore import browse
 
@@ -32,7 +33,7 @@ if any(found is None for found in lists.values()):
     st.stop()
 
 info = catalog.set_index("item_id")
-name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
+name = display_name(settings.extractor)
 st.caption(f"Found with {name} embeddings; switch the extractor in the sidebar to compare.")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import hover, loaders, plots, selection, widgets
+from app.ui.names import display_name
 from pipelines.explore import browse
 
 # Thumbnails a selection shows: a sample drawn in proportion to its labels.
@@ -44,7 +45,7 @@ with trust_col:
 shown = loaders.label_total(cfg, settings.extractor, tuple(chosen)) if chosen else len(points)
 scope = f"{shown:,} of {len(points):,} items shown" if chosen else browse.plural(shown, "item")
 st.caption(
-    f"{scope} · {widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)} · "
+    f"{scope} · {display_name(settings.extractor)} · "
     f"drag a box to select (the lasso is on the chart's toolbar); hover a point for its photo; "
     f"double-click to clear."
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import hover, loaders, plots, selection, widgets
+from app.ui.names import display_name
 from pipelines import commands
 
 HEIGHT = 820
@@ -24,7 +25,7 @@ if mosaic is None:
     )
     st.stop()
 
-name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
+name = display_name(settings.extractor)
 st.caption(
     f"{len(mosaic['cells']):,} photos placed by the {name} map on a {mosaic['cols']} × "
     f"{mosaic['rows']} grid (each in the free cell nearest its map position). Drag to zoom in, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, widgets
+from app.ui.names import display_name
 from pipelines.explore import browse
 from pipelines.search import similar
 
@@ -58,7 +59,7 @@ with left:
 with right:
     spread = f" · diversity {diversity:.1f}" if diversity > 0 else ""
     spread += " · re-ranked" if rerank else ""
-    name = widgets.EXTRACTOR_NAMES.get(settings.extractor, settings.extractor)
+    name = display_name(settings.extractor)
     shown = browse.plural(len(found), "nearest item")
     st.subheader(f"{shown} · {name} · {strategy}{spread}")
     widgets.neighbour_grid(found, key="search", catalog=catalog)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from app.ui.names import display_name
 from pipelines.explore import raster
 from pipelines.explore.raster import Raster
 
@@ -52,13 +53,6 @@ SAMPLE_POINTS = 4_000
 # Rings drawn around a large map's selection at most (a sample of a bigger one): the
 # selection's own list and counts below the map cover all of it.
 SELECTED_LIMIT = 2_000
-
-
-def display_name(extractor: str) -> str:
-    """The extractor's name as the sidebar shows it ("InceptionV3 (ImageNet)")."""
-    from app.ui.widgets import EXTRACTOR_NAMES
-
-    return EXTRACTOR_NAMES.get(extractor, extractor)
 
 
 def _group_names(values: np.ndarray) -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 from app.ui import loaders
+from app.ui.names import display_name
 from pipelines import status
 from pipelines.config import Config
 
@@ -62,15 +63,13 @@ def _names(cfg: Config) -> tuple[str, ...]:
 
 
 def _run(cfg: Config, build: Build) -> None:
-    from app.ui.widgets import EXTRACTOR_NAMES
-
     # A lower priority for this thread (and the TensorFlow threads it starts): the pages
     # the user is browsing meanwhile come first.
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     try:
         for name in build.names:
-            build.current = EXTRACTOR_NAMES.get(name, name)
+            build.current = display_name(name)
             loaders.extractor(cfg, name)
             build.done += 1
     except Exception as err:  # shown on the Upload page, which then loads them itself

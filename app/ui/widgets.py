@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui.loaders import item_index
+from app.ui.names import EXTRACTOR_NAMES, STRATEGY_NAMES, display_name  # noqa: F401
 from pipelines import commands, status
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
@@ -22,16 +23,6 @@ from pipelines.explore import browse
 
 # Settings shared by every page: session key -> default. The router sets these once.
 DEFAULTS = {"extractor": EXTRACTORS[0], "k": 10, "strategy": STRATEGIES[0], "query_id": None}
-EXTRACTOR_NAMES = {
-    "inception_v3": "InceptionV3 (ImageNet)",
-    "custom_cnn": "Custom CNN (trained)",
-    "inception_head": "Metric head (InceptionV3 + CNN)",
-}
-STRATEGY_NAMES = {
-    "exact": "exact (whole catalog)",
-    "cluster": "cluster (query's nearest k-means clusters)",
-    "category": "category (predicted; wider when unsure)",
-}
 # Sidebar labels, spelled once: tests and the benchmark find the widgets by them.
 EXTRACTOR_LABEL = "Extractor"
 K_LABEL = "Neighbours (k)"
@@ -97,7 +88,7 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
         st.selectbox(
             EXTRACTOR_LABEL,
             offered,
-            format_func=lambda n: EXTRACTOR_NAMES.get(n, n),
+            format_func=display_name,
             key="sidebar_extractor",
             on_change=_keep,
             args=("extractor",),
