@@ -18,6 +18,8 @@ from pipelines.data.images import BBox, ImageSource, load_image
 CROP_RANGE = (0.70, 1.00)
 JITTER = 0.15
 JPEG_QUALITY = 60
+# Copies decoded and embedded at a time.
+BATCH = 32
 
 
 def alter(image: Image.Image, rng: np.random.Generator) -> bytes:
@@ -67,7 +69,6 @@ def altered_vectors(
     """
     from pipelines.data.catalog import bbox_of
     from pipelines.models.extractors import get_extractor
-    from pipelines.quality.shifted import embed_bytes
 
     records = catalog.iloc[rows].to_dict("records")
     photos = altered_copies(
@@ -80,11 +81,11 @@ def altered_vectors(
         if hasattr(ext, "from_base"):
             heads.append((name, ext))
         else:
-            out[name] = embed_bytes(ext, photos)
+            out[name] = ext.embed_images(photos, batch=BATCH)
     for name, ext in heads:
         for base in ("inception_v3", "custom_cnn"):
             if base not in out and (base == "inception_v3" or ext.head.cnn_share > 0):
-                out[base] = embed_bytes(get_extractor(base, config), photos)
+                out[base] = get_extractor(base, config).embed_images(photos, batch=BATCH)
         out[name] = ext.from_base(out["inception_v3"], out.get("custom_cnn"))
     return {name: out[name] for name in extractors}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.data.images import ImageSource, load_array, load_image
+from pipelines.data.images import ImageSource, load_image
 
 # The photo is shrunk to fit 60x80 (w x h), saved as a JPEG of this quality, and pasted at a
 # random place on a plain canvas of CANVAS pixels a side, in a random light or dark flat colour.
@@ -47,24 +47,13 @@ def shifted_copies(sources: Sequence[ImageSource], seed: int, max_pixels: int) -
     ]
 
 
-def embed_bytes(extractor, photos: Sequence[bytes], batch: int = 32) -> np.ndarray:  # noqa: ANN001
-    """(n, d) unit vectors of encoded photos through `extractor`'s own loading and model."""
-    out = []
-    for start in range(0, len(photos), batch):
-        pixels = np.stack(
-            [load_array(p, extractor.input_size) for p in photos[start : start + batch]]
-        )
-        out.append(extractor.embed_arrays(pixels))
-    return np.concatenate(out) if out else np.zeros((0, extractor.dim), np.float32)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Cache vectors of shifted (or altered) copies of catalog rows for offline checks."""
     import pandas as pd
 
     from pipelines.config import Config
     from pipelines.models.extractors import get_extractor
-    from pipelines.quality.likeness import altered_copies
+    from pipelines.quality.likeness import BATCH, altered_copies
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--artifacts", type=Path, required=True)
@@ -88,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = catalog["path"].to_numpy()[rows].tolist()
     make = shifted_copies if args.transform == "shift" else altered_copies
     photos = make(paths, config.seed, config.max_pixels)
-    vectors = embed_bytes(get_extractor(args.extractor, config), photos)
+    vectors = get_extractor(args.extractor, config).embed_images(photos, batch=BATCH)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.transform}_{args.split}_{args.extractor}"
     np.save(args.out / f"{stem}.npy", vectors)
