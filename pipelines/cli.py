@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ENGINES, EXTRACTORS, SOURCE_FORMATS, Config
+from pipelines.config import ENGINES, EXTRACTORS, SOURCE_FORMATS, Config, parse_overrides
 from pipelines.errors import LookalikeError
 
 
@@ -367,36 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
         for extra in extras:
             extra(stage)
     return parser
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`["batch_size=16", ...]` -> typed values, converted by each setting's default type."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    defaults = Config()
-    changes: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or name not in fields:
-            raise LookalikeError(
-                f"--set takes NAME=VALUE with a setting of pipelines/config.py, got {pair!r}; "
-                f"settings: {', '.join(sorted(fields))}"
-            )
-        current = getattr(defaults, name)
-        try:
-            if isinstance(current, bool):
-                value: Any = text.lower() in ("1", "true", "yes")
-            elif isinstance(current, tuple):
-                value = tuple(int(v) for v in text.split(","))
-            elif current is None or isinstance(current, Path):
-                value = Path(text)
-            else:
-                value = type(current)(text)
-        except ValueError as err:
-            raise LookalikeError(
-                f"--set {name}: {text!r} is not a valid {type(current).__name__}"
-            ) from err
-        changes[name] = value
-    return changes
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -402,3 +403,33 @@ _SHARES = (
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise LookalikeError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["batch_size=16", ...]` -> typed values, converted by each setting's default type."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    defaults = Config()
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in fields:
+            raise LookalikeError(
+                f"--set takes NAME=VALUE with a setting of pipelines/config.py, got {pair!r}; "
+                f"settings: {', '.join(sorted(fields))}"
+            )
+        current = getattr(defaults, name)
+        try:
+            if isinstance(current, bool):
+                value: Any = text.lower() in ("1", "true", "yes")
+            elif isinstance(current, tuple):
+                value = tuple(int(v) for v in text.split(","))
+            elif current is None or isinstance(current, Path):
+                value = Path(text)
+            else:
+                value = type(current)(text)
+        except ValueError as err:
+            raise LookalikeError(
+                f"--set {name}: {text!r} is not a valid {type(current).__name__}"
+            ) from err
+        changes[name] = value
+    return changes

@@ -1,5 +1,7 @@
 """Embedding benchmark: images/s through the embed stage's reader and model step against the
-same model on batches held in memory. Reads the catalog and models; may fill the pixel cache."""
+same model on batches held in memory; and the local engine against the Ray engine
+(`python -m pipelines.bench.embedding`). Reads the catalog and models; may fill the pixel cache
+(the engine comparison writes the embeddings artifact)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from pipelines import commands
 from pipelines.bench.common import TARGETS, interleaved
-from pipelines.config import EXTRACTORS, Config
+from pipelines.config import ENGINES, EXTRACTORS, Config, parse_overrides
 from pipelines.data import pixel_cache
 
 
@@ -52,7 +54,12 @@ def embedding_throughput(config: Config, name: str, batches: int) -> dict[str, A
     """One extractor's row: stream vs in-memory images/s over `batches` batches."""
     from pipelines.data.catalog import load_catalog
     from pipelines.embedding.embed import pixel_stream
-    from pipelines.models.extractors import CustomCNNExtractor, get_extractor
+    from pipelines.models.extractors import (
+        CustomCNNExtractor,
+        get_extractor,
+        model_step,
+        wants_categories,
+    )
 
     ext = get_extractor(name, config)
     catalog = load_catalog(config)
@@ -61,16 +68,13 @@ def embedding_throughput(config: Config, name: str, batches: int) -> dict[str, A
     t0 = time.perf_counter()
     _ = ext.model
     load_s = time.perf_counter() - t0
-    wants_categories = isinstance(ext, CustomCNNExtractor) and bool(ext.class_names)
+    step = model_step(ext, wants_categories(ext))  # exactly what run_embed calls per batch
     reader = {"reader": "decode (tf.data)"}
     if isinstance(ext, CustomCNNExtractor):
         reader = _fill_cache(config, catalog, ext.input_size)
 
     def embed(pixels: np.ndarray) -> np.ndarray:
-        # Exactly what run_embed calls per batch.
-        if wants_categories:
-            return ext.embed_and_classify(pixels)[0]  # type: ignore[attr-defined]
-        return ext.embed_arrays(pixels)
+        return step(pixels)[0]
 
     # Warm-up pass: fills the file cache, traces the model, and keeps the batches.
     t0 = time.perf_counter()
@@ -109,3 +113,64 @@ def embedding_throughput(config: Config, name: str, batches: int) -> dict[str, A
         "target": f">= {TARGETS['embedding_ratio']}",
         "met": bool(ratio >= TARGETS["embedding_ratio"]),
     }
+
+
+def compare_engines(config: Config, extractor: str = "inception_v3") -> dict[str, Any]:
+    """Embed the catalog with the local engine, then the Ray engine, in one process.
+
+    Returns per engine: images/s end to end (start-up included), and images/s while the model
+    runs (rows / model seconds: the local engine's one model with all cores, one Ray actor
+    with `ray_actor_cpus`); the Ray/local ratio of the end-to-end rates; Ray's start-up and
+    actor count. Writes the embeddings artifact twice (`force`), identical both times.
+    """
+    from pipelines.embedding.embed import run_embed
+
+    results: dict[str, Any] = {}
+    rows = 0
+    for engine in ENGINES:
+        details = run_embed(config, extractor, force=True, engine=engine).details
+        rows = int(details["embedded"])
+        model_s = details["forward_share"] * details["seconds"]
+        results[engine] = {
+            "images_per_s": details["images_per_s"],
+            "seconds": details["seconds"],
+            "model_images_per_s": round(rows / model_s, 2) if model_s else None,
+        }
+        if engine == "ray":
+            results[engine].update(
+                actors=details["actors"],
+                actor_cpus=config.ray_actor_cpus,
+                ray_start_s=details["ray_start_s"],
+                model_images_per_s=details["per_actor_images_per_s"],
+            )
+    results["rows"] = rows
+    results["ratio_ray_to_local"] = round(
+        results["ray"]["images_per_s"] / results["local"]["images_per_s"], 3
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipelines.bench.embedding [--artifacts DIR] [--set NAME=VALUE] [--extractor
+    NAME]`: the local engine against the Ray engine on DIR's catalog, as JSON."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.bench.embedding",
+        description="local engine vs Ray engine on the catalog in --artifacts, one run",
+    )
+    parser.add_argument("--artifacts", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--extractor", default="inception_v3")
+    args = parser.parse_args(argv)
+    changes = parse_overrides(args.overrides)
+    if args.artifacts is not None:
+        changes["artifacts_dir"] = args.artifacts
+    print(json.dumps(compare_engines(Config().replace(**changes), args.extractor), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

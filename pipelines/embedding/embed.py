@@ -20,7 +20,7 @@ from pipelines.data.catalog import catalog_hash, load_catalog
 from pipelines.data.images import ImageError, load_array
 from pipelines.data.sources import BBOX_COLUMNS
 from pipelines.errors import LookalikeError
-from pipelines.models.extractors import CustomCNNExtractor, Extractor, get_extractor
+from pipelines.models.extractors import Extractor, get_extractor, model_step, wants_categories
 from pipelines.stage import StageResult
 
 STAGE = "embed"
@@ -86,13 +86,6 @@ def pixel_stream(catalog: pd.DataFrame, rows: np.ndarray, size: int, config: Con
                 f"(first: {failures[0]}) — run `{commands.CATALOG}` again, then embed"
             )
         yield index, pixels
-
-
-def _model_step(ext: Extractor, wants_categories: bool):  # noqa: ANN202 - a function
-    """The model step: (b, S, S, 3) uint8 -> (unit embeddings, class probabilities or None)."""
-    if wants_categories:
-        return ext.embed_and_classify  # type: ignore[attr-defined]
-    return lambda pixels: (ext.embed_arrays(pixels), None)
 
 
 class ChunkWriter:
@@ -185,9 +178,9 @@ def run_embed(
     out = config.embeddings_path(extractor)
     params = {"extractor": extractor, **ext.describe()}
     inputs = {"catalog": catalog_hash(config), "weights": ext.weights_id()}
-    wants_categories = isinstance(ext, CustomCNNExtractor) and bool(ext.class_names)
+    categories = wants_categories(ext)
     fresh = artifacts.is_fresh(out, STAGE, params, inputs) and (
-        not wants_categories or config.categories_path.exists()
+        not categories or config.categories_path.exists()
     )
     if fresh and not force:
         print(f"embed {extractor}: up to date ({len(catalog)} rows); nothing to do.")
@@ -212,10 +205,10 @@ def run_embed(
     with bar:
         if engine == "ray":
             forward_s, engine_stats = _embed_on_ray(
-                config, extractor, catalog, rows, wants_categories, address, writer, bar
+                config, extractor, catalog, rows, categories, address, writer, bar
             )
         else:
-            step = _model_step(ext, wants_categories)
+            step = model_step(ext, categories)
             forward_s, engine_stats = _embed_locally(config, ext, catalog, rows, step, writer, bar)
 
     embeddings = writer.assemble()
@@ -226,7 +219,7 @@ def run_embed(
         )
     artifacts.write_npy(embeddings.astype(np.float32), out)
     wrote = [out]
-    if wants_categories:
+    if categories:
         _write_categories(config, catalog, writer.assemble(".probs"), ext, params, inputs)
         wrote.append(config.categories_path)
     seconds = time.perf_counter() - start
@@ -271,7 +264,7 @@ def _embed_on_ray(
     extractor: str,
     catalog: pd.DataFrame,
     rows: np.ndarray,
-    wants_categories: bool,
+    categories: bool,
     address: str | None,
     writer: ChunkWriter,
     bar: tqdm,
@@ -281,7 +274,7 @@ def _embed_on_ray(
     from pipelines.embedding.embed_ray import RayStats, embedded_batches
 
     stats = RayStats()
-    batches = embedded_batches(config, extractor, catalog, rows, wants_categories, address, stats)
+    batches = embedded_batches(config, extractor, catalog, rows, categories, address, stats)
     # closing: a failed write stops Ray's actors now, not when the generator is freed.
     with contextlib.closing(batches):
         for emb, probs in batches:

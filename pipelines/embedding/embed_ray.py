@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import commands
-from pipelines.config import ENGINES, Config
+from pipelines.config import Config
 from pipelines.data.images import ImageError, load_array
 from pipelines.data.sources import BBOX_COLUMNS
 from pipelines.embedding.ray_session import ray_session
@@ -104,12 +104,11 @@ class EmbedActor:
         # demand lets actors that share one (ray_actor_gpus < 1) fit side by side.
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
-        from pipelines.embedding.embed import _model_step
-        from pipelines.models.extractors import get_extractor
+        from pipelines.models.extractors import get_extractor, model_step
 
         ext = get_extractor(extractor, config)
         _ = ext.model  # build and load once per actor, not on the first batch
-        self.step = _model_step(ext, categories)
+        self.step = model_step(ext, categories)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -309,58 +308,3 @@ def _per_actor(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int, float]]
     for actor in np.unique(actors):
         mine = actors == actor
         yield str(actor), int(mine.sum()), float(batch["busy_s"][mine].sum())
-
-
-def compare_engines(config: Config, extractor: str = "inception_v3") -> dict[str, Any]:
-    """Embed the catalog with the local engine, then the Ray engine, in one process.
-
-    Returns per engine: images/s end to end (start-up included), and images/s while the model
-    runs (rows / model seconds: the local engine's one model with all cores, one Ray actor
-    with `ray_actor_cpus`); the Ray/local ratio of the end-to-end rates; Ray's start-up and
-    actor count. Writes the embeddings artifact twice (`force`), identical both times.
-    """
-    from pipelines.embedding.embed import run_embed
-
-    results: dict[str, Any] = {}
-    rows = 0
-    for engine in ENGINES:
-        details = run_embed(config, extractor, force=True, engine=engine).details
-        rows = int(details["embedded"])
-        model_s = details["forward_share"] * details["seconds"]
-        results[engine] = {
-            "images_per_s": details["images_per_s"],
-            "seconds": details["seconds"],
-            "model_images_per_s": round(rows / model_s, 2) if model_s else None,
-        }
-        if engine == "ray":
-            results[engine].update(
-                actors=details["actors"],
-                actor_cpus=config.ray_actor_cpus,
-                ray_start_s=details["ray_start_s"],
-                model_images_per_s=details["per_actor_images_per_s"],
-            )
-    results["rows"] = rows
-    results["ratio_ray_to_local"] = round(
-        results["ray"]["images_per_s"] / results["local"]["images_per_s"], 3
-    )
-    return results
-
-
-if (
-    __name__ == "__main__"
-):  # python -m pipelines.embedding.embed_ray [--artifacts DIR] [--set NAME=VALUE]
-    import argparse
-    import json
-    from pathlib import Path
-
-    from pipelines.cli import config_from_args
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.embedding.embed_ray",
-        description="local engine vs Ray engine on the catalog in --artifacts, one run",
-    )
-    parser.add_argument("--artifacts", type=Path, default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--extractor", default="inception_v3")
-    cli_args = parser.parse_args()
-    print(json.dumps(compare_engines(config_from_args(cli_args), cli_args.extractor), indent=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,13 +88,27 @@ class Extractor(ABC):
         return load_array(source, self.input_size, bbox=bbox, max_pixels=self.config.max_pixels)
 
     def embed_images(
-        self, sources: Sequence[ImageSource], bboxes: Sequence[BBox | None] | None = None
+        self,
+        sources: Sequence[ImageSource],
+        bboxes: Sequence[BBox | None] | None = None,
+        batch: int | None = None,
     ) -> np.ndarray:
-        """The live path: files or uploaded bytes -> (n, dim) unit rows."""
-        boxes = bboxes if bboxes is not None else [None] * len(sources)
-        pixels = [self.load_pixels(s, b) for s, b in zip(sources, boxes, strict=True)]
+        """The live path: files or uploaded bytes -> (n, dim) unit rows, decoded and embedded
+        `batch` images at a time (default: all at once), so thousands of photos never sit
+        decoded in memory together."""
+        boxes = list(bboxes) if bboxes is not None else [None] * len(sources)
+        if len(boxes) != len(sources):
+            raise ValueError(f"{len(sources)} images but {len(boxes)} boxes")
+        step = batch or max(len(sources), 1)
         empty = np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
-        return self.embed_arrays(np.stack(pixels) if pixels else empty)
+        out = []
+        for lo in range(0, len(sources), step):
+            pixels = [
+                self.load_pixels(s, b)
+                for s, b in zip(sources[lo : lo + step], boxes[lo : lo + step], strict=True)
+            ]
+            out.append(self.embed_arrays(np.stack(pixels)))
+        return np.concatenate(out) if out else self.embed_arrays(empty)
 
 
 class InceptionV3Extractor(Extractor):
@@ -366,6 +380,24 @@ REGISTRY: dict[str, type[Extractor]] = {
     CustomCNNExtractor.name: CustomCNNExtractor,
     InceptionHeadExtractor.name: InceptionHeadExtractor,
 }
+
+
+def wants_categories(ext: Extractor) -> bool:
+    """Whether embedding with `ext` also predicts each item's category (categories.parquet):
+    the custom CNN when it was trained with a classifier head."""
+    return isinstance(ext, CustomCNNExtractor) and bool(ext.class_names)
+
+
+ModelStep = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+def model_step(ext: Extractor, categories: bool) -> ModelStep:
+    """The embed stage's model step, shared by its local and Ray engines and the embedding
+    benchmark: (b, S, S, 3) uint8 -> ((b, dim) unit vectors, (b, classes) probabilities, or
+    None when `categories` is False)."""
+    if categories:
+        return ext.embed_and_classify  # type: ignore[attr-defined]
+    return lambda pixels: (ext.embed_arrays(pixels), None)
 
 
 def get_extractor(name: str, config: Config) -> Extractor:
