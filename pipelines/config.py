@@ -272,6 +272,15 @@ class Config:
         suffix = "" if self.inception_weights == "fid" else f"_{self.inception_weights}"
         return self.models_dir / f"inception_v3{suffix}.weights.h5"
 
+    def model_path(self, extractor: str) -> Path:
+        """The file an extractor's model is loaded from (a change to it means new vectors):
+        the custom CNN, the metric head, or InceptionV3's converted weights."""
+        if extractor == "custom_cnn":
+            return self.custom_cnn_path
+        if extractor == "inception_head":
+            return self.head_path
+        return self.inception_weights_path
+
     def embeddings_path(self, extractor: str) -> Path:
         return self.artifacts_dir / "embeddings" / f"{extractor}.npy"
 
@@ -403,6 +412,13 @@ _SHARES = (
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise LookalikeError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def embeddings_key(extractor: str) -> str:
+    """The key under which a manifest's inputs record an extractor's embeddings
+    ("embeddings/inception_v3"): every stage built from those vectors writes it, and readers
+    compare it with the embeddings' own hash."""
+    return f"embeddings/{extractor}"
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

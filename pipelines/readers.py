@@ -8,7 +8,7 @@ import pandas as pd
 
 from pipelines import commands
 from pipelines.artifacts import artifact_hash, is_fresh, read_manifest
-from pipelines.config import EXTRACTORS, Config
+from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.data.catalog import catalog_hash, load_catalog
 from pipelines.errors import LookalikeError
 from pipelines.search import approximate
@@ -64,7 +64,7 @@ def load_saved_ann(
     `vectors`, when it was built from these embeddings (sha256 `vectors_hash`) with today's
     settings; else None (the index is then built in memory on first use)."""
     path = config.ann_index_path(extractor)
-    inputs = {f"embeddings/{extractor}": vectors_hash}
+    inputs = {embeddings_key(extractor): vectors_hash}
     if not is_fresh(path, approximate.SAVED_STAGE, approximate.saved_params(), inputs):
         return None
     with np.load(path, allow_pickle=False) as arrays:
@@ -87,7 +87,7 @@ def load_index(config: Config, extractor: str) -> Index:
     else:
         table = pd.read_parquet(cluster_file)
         manifest = read_manifest(cluster_file) or {}
-        made_from = manifest.get("inputs", {}).get(f"embeddings/{extractor}")
+        made_from = manifest.get("inputs", {}).get(embeddings_key(extractor))
         if table["item_id"].astype(str).tolist() != item_ids.tolist():
             unavailable["cluster"] = (
                 f"{cluster_file} does not match the catalog — rerun `{commands.CLUSTERS}`"

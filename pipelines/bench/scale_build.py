@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import artifacts
-from pipelines.config import EXTRACTORS, Config
+from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.errors import LookalikeError
 
 # vectors in memory.
@@ -156,7 +156,7 @@ def _scaled_extractor(
     del out
     vec_manifest = artifacts.write_manifest(path, "embed", {"synthetic": True}, inputs)
     _copy_manifest_params(source.embeddings_path(name), path)
-    vec_inputs = {**inputs, f"embeddings/{name}": vec_manifest["sha256"]}
+    vec_inputs = {**inputs, embeddings_key(name): vec_manifest["sha256"]}
 
     points = pd.read_parquet(source.map_path(name))
     points["item_id"] = points["item_id"].astype(str)

@@ -19,7 +19,7 @@ from pipelines.artifacts import (
     write_npy,
     write_parquet,
 )
-from pipelines.config import Config
+from pipelines.config import Config, embeddings_key
 from pipelines.readers import read_catalog, read_embeddings
 from pipelines.search import approximate
 from pipelines.stage import StageResult, note_of, per_extractor, written
@@ -212,7 +212,7 @@ def _cluster_one(
     if len(vectors) > config.kmeans_full_max_items:
         # Only large catalogs record these, so a small catalog's clusters stay fresh.
         params.update(method="minibatch", sample=config.kmeans_sample, batch=MINIBATCH_ROWS)
-    inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
+    inputs = {"catalog": catalog_hash, embeddings_key(name): vectors_hash}
     paths = dict(
         zip(
             _PATHS,

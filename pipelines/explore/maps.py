@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness
 
 from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_parquet
-from pipelines.config import EXTRACTORS, Config
+from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.readers import read_catalog, read_embeddings
 from pipelines.stage import StageResult, note_of, per_extractor, written
 
@@ -294,7 +294,7 @@ def _one_map(
     start = time.perf_counter()
     path = config.map_path(name)
     vectors, vectors_hash = read_embeddings(config, name, n_rows=len(item_ids), map_large=True)
-    inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
+    inputs = {"catalog": catalog_hash, embeddings_key(name): vectors_hash}
     reference_coords, aligned_to, reference_sha = _reference(config, name, item_ids)
     if reference_sha is not None:
         inputs[f"maps/{REFERENCE}"] = reference_sha

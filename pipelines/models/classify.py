@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import artifacts, commands
-from pipelines.config import Config
+from pipelines.config import Config, embeddings_key
 from pipelines.errors import LookalikeError
 from pipelines.search.index import SEPARATOR, WHOLE_CATALOG
 from pipelines.stage import StageResult
@@ -177,7 +177,7 @@ def run_classify(config: Config, force: bool = False) -> StageResult:
     vectors, inputs = {}, {"catalog": catalog_sha}
     for name in sorted({f for fs in feature_sets for f in fs}):
         path = config.embeddings_path(name)
-        inputs[f"embeddings/{name}"] = artifacts.artifact_hash(path, commands.embed(name))
+        inputs[embeddings_key(name)] = artifacts.artifact_hash(path, commands.embed(name))
         vectors[name] = np.load(path).astype(np.float32)
     params = {
         "version": VERSION,

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import artifacts, commands
-from pipelines.config import Config
+from pipelines.config import Config, embeddings_key
 from pipelines.errors import LookalikeError
 from pipelines.stage import StageResult
 
@@ -315,9 +315,9 @@ def run_train_head(config: Config, force: bool = False) -> StageResult:
     vectors, vectors_sha = read_embeddings(config, BASE, n_rows=len(catalog))
     path = config.head_path
     params = head_params(config)
-    inputs = {"catalog": catalog_sha, f"embeddings/{BASE}": vectors_sha}
+    inputs = {"catalog": catalog_sha, embeddings_key(BASE): vectors_sha}
     if config.head_cnn_share > 0:
-        cnn, inputs[f"embeddings/{CNN}"] = read_embeddings(config, CNN, n_rows=len(catalog))
+        cnn, inputs[embeddings_key(CNN)] = read_embeddings(config, CNN, n_rows=len(catalog))
     if not force and artifacts.is_fresh(path, STAGE, params, inputs):
         manifest = artifacts.read_manifest(path) or {}
         print(f"{path} is up to date; use --force to retrain")
@@ -398,11 +398,11 @@ def run_embed_head(config: Config, force: bool = False) -> StageResult:
     out = config.embeddings_path(EXTRACTOR)
     head_sha = artifacts.artifact_hash(config.head_path, commands.RUN)
     params = {"extractor": EXTRACTOR, "from": BASE, "version": HEAD_VERSION}
-    inputs = {"catalog": catalog_sha, "weights": head_sha, f"embeddings/{BASE}": vectors_sha}
+    inputs = {"catalog": catalog_sha, "weights": head_sha, embeddings_key(BASE): vectors_sha}
     head = load_head(config)
     cnn = None
     if head.cnn_share > 0:
-        cnn, inputs[f"embeddings/{CNN}"] = read_embeddings(config, CNN, n_rows=len(catalog))
+        cnn, inputs[embeddings_key(CNN)] = read_embeddings(config, CNN, n_rows=len(catalog))
     if not force and artifacts.is_fresh(out, "embed", params, inputs):
         print(f"embed {EXTRACTOR}: up to date ({len(catalog)} rows); nothing to do.")
         return StageResult("embed", rows=len(catalog), seconds=time.perf_counter() - start,

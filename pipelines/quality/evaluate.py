@@ -25,7 +25,7 @@ from pipelines.artifacts import (
     write_manifest,
     write_parquet,
 )
-from pipelines.config import EXTRACTORS, STRATEGIES, Config
+from pipelines.config import EXTRACTORS, STRATEGIES, Config, embeddings_key
 from pipelines.errors import LookalikeError
 from pipelines.quality.likeness import colour_agreement, copy_recall_at_1
 from pipelines.quality.metrics import (
@@ -251,7 +251,7 @@ def _input_hashes(config: Config, catalog_hash: str, extractors: Sequence[str]) 
     inputs = {"catalog": catalog_hash}
     for name in extractors:
         path = config.embeddings_path(name)
-        inputs[f"embeddings/{name}"] = artifact_hash(path, commands.embed(name))
+        inputs[embeddings_key(name)] = artifact_hash(path, commands.embed(name))
         for key, path in (
             (f"clusters/{name}", config.clusters_path(name)),
             (f"centroids/{name}", config.centroids_path(name)),

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_parquet
-from pipelines.config import EXTRACTORS, Config
+from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.explore.browse import HEALTH_KINDS
 from pipelines.readers import read_catalog, read_embeddings
 from pipelines.stage import StageResult, per_extractor
@@ -283,7 +283,7 @@ def run_health(
             "max_pairs": config.health_max_pairs,
             "neighbors": config.health_neighbors,
         }
-        inputs = {"catalog": catalog_hash, f"embeddings/{name}": vectors_hash}
+        inputs = {"catalog": catalog_hash, embeddings_key(name): vectors_hash}
         paths = {kind: config.health_path(name, kind) for kind in HEALTH_KINDS}
         if not force and all(is_fresh(p, STAGE, params, inputs) for p in paths.values()):
             manifest = read_manifest(paths["duplicates"]) or {}

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipelines.artifacts import atomic_path, is_fresh, write_manifest
-from pipelines.config import Config
+from pipelines.config import Config, embeddings_key
 from pipelines.readers import read_catalog, read_embeddings
 from pipelines.search import approximate
 from pipelines.stage import StageResult, per_extractor, written
@@ -48,7 +48,7 @@ def run_ann(
             results[name] = {"path": str(path), "skipped": True, "build_seconds": None}
             continue
         vectors, digest = read_embeddings(config, name, n_rows=len(catalog), map_large=True)
-        inputs = {f"embeddings/{name}": digest}
+        inputs = {embeddings_key(name): digest}
         if not force and is_fresh(path, STAGE, approximate.saved_params(), inputs):
             print(f"ann {name}: up to date, skipped ({path})")
             results[name] = {"path": str(path), "skipped": True, "build_seconds": None}

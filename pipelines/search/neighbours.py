@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines import artifacts, commands
-from pipelines.config import Config
+from pipelines.config import Config, embeddings_key
 from pipelines.embedding.embed import ChunkWriter
 from pipelines.errors import LookalikeError
 from pipelines.readers import load_index
@@ -179,7 +179,7 @@ def run_neighbours(
         params = {"extractor": extractor, "k": k, "format": fmt, "ann": index.approximate}
         inputs = {
             "catalog": artifacts.artifact_hash(config.catalog_path, commands.CATALOG),
-            f"embeddings/{extractor}": artifacts.artifact_hash(
+            embeddings_key(extractor): artifacts.artifact_hash(
                 config.embeddings_path(extractor), commands.embed(extractor)
             ),
         }
