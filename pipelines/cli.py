@@ -65,6 +65,12 @@ def _train(config: Config, args: argparse.Namespace) -> Any:
     return [*results, run_train_head(config, force=args.force)]
 
 
+def _classify(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.models.classify import run_classify
+
+    return run_classify(config, force=args.force)
+
+
 def _maps(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.explore.maps import run_maps
 
@@ -289,6 +295,12 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "embed every catalog image with the chosen extractors into artifacts/embeddings/",
         _embed,
         [_extractors, _engine],
+    ),
+    "classify": (
+        "the category classifier, chosen on validation among classifiers of the embedded "
+        "vectors, into artifacts/categories.parquet and models/category_model.npz",
+        _classify,
+        [],
     ),
     "maps": (
         "2-D UMAP map per extractor into artifacts/maps/, with its trustworthiness",

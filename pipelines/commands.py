@@ -24,13 +24,12 @@ SERVE = stage("serve")
 NEIGHBOURS = stage("neighbours")
 MOSAIC = stage("mosaic")
 HEALTH = stage("health")
+# Predicted categories (categories.parquet) and the upload classifier: learnt from the
+# embedded vectors and the catalog's labels.
+CLASSIFY = stage("classify")
 
 
 def embed(extractor: str | None = None, force: bool = False) -> str:
     """The command that writes `extractor`'s embeddings (every extractor's when None)."""
     options = [] if extractor is None else ["--extractor", extractor]
     return stage("embed", *options, *(["--force"] if force else []))
-
-
-# Predicted categories come from the trained custom CNN's classifier head.
-CATEGORIES = f"{TRAIN} && {embed('custom_cnn')}"

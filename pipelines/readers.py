@@ -104,14 +104,14 @@ def load_index(config: Config, extractor: str) -> Index:
     category_file = config.categories_path
     if not category_file.exists():
         unavailable["category"] = (
-            f"{category_file} is missing — it comes from the custom CNN, which needs a labelled "
-            f"catalog: run `{commands.CATEGORIES}`"
+            f"{category_file} is missing — the classify stage writes it from the embedded "
+            f"vectors of a labelled catalog: run `{commands.CLASSIFY}`"
         )
     else:
         table = pd.read_parquet(category_file)
         if table["item_id"].astype(str).tolist() != item_ids.tolist():
             unavailable["category"] = (
-                f"{category_file} does not match the catalog — rerun `{commands.CATEGORIES}`"
+                f"{category_file} does not match the catalog — rerun `{commands.CLASSIFY}`"
             )
         else:
             categories = table["predicted"].to_numpy(dtype=object)

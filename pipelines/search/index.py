@@ -494,7 +494,7 @@ class Index:
             return np.array([cluster_key(row) for row in nearest], dtype=object)
 
         if self.categories is None:
-            raise self._missing("category", "predicted categories", f"run `{commands.CATEGORIES}`")
+            raise self._missing("category", "predicted categories", f"run `{commands.CLASSIFY}`")
         if query_categories is not None:
             keys = np.asarray(query_categories, dtype=object).reshape(-1)
             if len(keys) != m:
