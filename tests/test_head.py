@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipelines.config import Config
-from pipelines.models.head import Head, _loss_and_grads, precision_at_k, run_train_head, train_head
+from pipelines.models.head import Head, _loss_and_grads, run_train_head, train_head
+from pipelines.quality.metrics import gallery_precision as precision_at_k
 from tests.conftest import unit, write_vector_artifacts
 
 # InceptionV3 vectors (float16) of 12 train and 5 validation photos per class of clothing-small,

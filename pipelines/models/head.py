@@ -23,6 +23,7 @@ import pandas as pd
 from pipelines import artifacts, commands
 from pipelines.config import Config, embeddings_key
 from pipelines.errors import LookalikeError
+from pipelines.quality.metrics import gallery_precision
 from pipelines.stage import StageResult
 
 STAGE = "train"
@@ -110,13 +111,6 @@ class Head:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def precision_at_k(queries: np.ndarray, q_labels, gallery: np.ndarray, g_labels, k: int) -> float:  # noqa: ANN001
-    """Mean P@k of unit `queries` searched (exact cosine) in unit `gallery` (no overlap)."""
-    sims = queries @ gallery.T
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    return float((np.asarray(g_labels)[top] == np.asarray(q_labels)[:, None]).mean())
 
 
 def raw_axes(x: np.ndarray, dims: int = RAW_DIMS) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +254,7 @@ def train_head(
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if len(x_val):
             probe = Head(*weights, np.zeros(d, np.float32), np.zeros((d, 1), np.float32), 0.0)
-            score = precision_at_k(
+            score = gallery_precision(
                 probe.apply(x_val_p), y_val, probe.apply(x_fit), y_fit, min(SELECT_K, n)
             )
             record["val_p@10"] = score
@@ -340,7 +334,9 @@ def run_train_head(config: Config, force: bool = False) -> StageResult:
     head.save(path)
     scores = [h["val_p@10"] for h in history if "val_p@10" in h]
     raw_val = (
-        precision_at_k(vectors[val], y[val], vectors[fit], y[fit], SELECT_K) if val.any() else None
+        gallery_precision(vectors[val], y[val], vectors[fit], y[fit], SELECT_K)
+        if val.any()
+        else None
     )
     extra = {
         "class_names": class_names,

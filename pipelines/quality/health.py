@@ -15,6 +15,7 @@ from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_p
 from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.explore.browse import HEALTH_KINDS
 from pipelines.readers import read_catalog, read_embeddings
+from pipelines.search.topk import top_k
 from pipelines.stage import StageResult, per_extractor
 
 STAGE = "health"
@@ -108,26 +109,13 @@ def _prune(
     return all_rows, all_sims, floor
 
 
-def knn(vectors: np.ndarray, k: int, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k nearest other rows by cosine: (rows (n, k) int64, similarities (n, k)),
-    best first. k is clipped to n - 1."""
+def knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest other rows by cosine (`pipelines.search.topk.top_k`, each row
+    excluded from its own list): (rows (n, k) int64, similarities (n, k)), best first, ties
+    to the lower row. k is clipped to n - 1."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(x)
-    k = max(0, min(int(k), n - 1))
-    rows = np.zeros((n, k), np.int64)
-    sims_out = np.zeros((n, k), np.float32)
-    if k == 0:
-        return rows, sims_out
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        sims = x[start:stop] @ x.T
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
-        rows[start:stop] = np.take_along_axis(top, order, axis=1)
-        sims_out[start:stop] = np.take_along_axis(top_sims, order, axis=1)
-    return rows, sims_out
+    k = max(0, min(int(k), len(x) - 1))
+    return top_k(x, x, k, exclude=np.arange(len(x)))
 
 
 def likely_mislabelled(

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from pipelines.search.topk import top_k
+
 # mAP is reported at 10, as is the per-class table (the app's default page of neighbours).
 MAP_K = 10
 PER_CLASS_K = 10
@@ -79,6 +81,23 @@ def precision_at_k(
     relevant = np.zeros((1, k), dtype=bool)
     relevant[0, : len(labels)] = [label == query_label for label in labels]
     return float(precision_at(relevant, k)[0])
+
+
+def gallery_precision(
+    queries: np.ndarray,
+    query_labels: Sequence[object] | np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: Sequence[object] | np.ndarray,
+    k: int,
+) -> float:
+    """Mean precision@k of unit `queries` (m, d) searched by exact cosine
+    (`pipelines.search.topk.top_k`) among unit `gallery` rows (n, d), none of them a query.
+    A result is relevant when its label is the query's; a gallery smaller than k counts its
+    missing results as misses."""
+    rows, _ = top_k(np.asarray(queries, np.float32), np.asarray(gallery, np.float32), k, None)
+    found = np.asarray(gallery_labels, dtype=object)[np.maximum(rows, 0)]
+    relevant = (found == np.asarray(query_labels, dtype=object)[:, None]) & (rows >= 0)
+    return float(precision_at(relevant, k).mean())
 
 
 def jaccard_at_k(a_ids: Sequence[str], b_ids: Sequence[str]) -> float:
