@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app.ui import loaders
 from app.ui.loaders import item_index
 from app.ui.names import EXTRACTOR_NAMES, STRATEGY_NAMES, display_name  # noqa: F401
 from pipelines import commands, status
@@ -22,7 +23,9 @@ from pipelines.errors import LookalikeError
 from pipelines.explore import browse
 
 # Settings shared by every page: session key -> default. The router sets these once.
-DEFAULTS = {"extractor": EXTRACTORS[0], "k": 10, "strategy": STRATEGIES[0], "query_id": None}
+# The extractor starts as None: the sidebar's first draw opens on the build's best one
+# (`default_extractor`).
+DEFAULTS = {"extractor": None, "k": 10, "strategy": STRATEGIES[0], "query_id": None}
 # Sidebar labels, spelled once: tests and the benchmark find the widgets by them.
 EXTRACTOR_LABEL = "Extractor"
 K_LABEL = "Neighbours (k)"
@@ -78,13 +81,14 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
     init_session()
     top = max_k or cfg.max_k
     st.session_state["k"] = int(min(max(1, st.session_state["k"]), top))
+    offered = cfg.extractors_built()  # the head only where the catalog had labels
+    best = browse.best_extractor(loaders.metrics(cfg), offered)
+    if st.session_state["extractor"] not in offered:  # first draw, or not in this build
+        st.session_state["extractor"] = default_extractor(offered, best)
     for name in ("extractor", "k", "strategy"):
         st.session_state[f"sidebar_{name}"] = st.session_state[name]
     with st.sidebar:
         st.header("Settings")
-        offered = cfg.extractors_built()  # the head only where the catalog had labels
-        if st.session_state["sidebar_extractor"] not in offered:
-            st.session_state["sidebar_extractor"] = st.session_state["extractor"] = offered[0]
         st.selectbox(
             EXTRACTOR_LABEL,
             offered,
@@ -93,6 +97,11 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
             on_change=_keep,
             args=("extractor",),
         )
+        if best is not None:
+            st.caption(
+                f"Opens on {display_name(best[0])}: best P@10 ({best[1]:.2f}) in this "
+                "build's evaluation"
+            )
         st.slider(
             K_LABEL,
             1,
@@ -124,6 +133,15 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
     return Settings(
         st.session_state["extractor"], int(st.session_state["k"]), st.session_state["strategy"]
     )
+
+
+def default_extractor(offered: Sequence[str], best: tuple[str, float] | None) -> str:
+    """The extractor the sidebar opens on: the best of `offered` by the build's evaluation
+    (`browse.best_extractor`: exact search, P@10), else EXTRACTORS[0] (else the first
+    offered)."""
+    if best is not None:
+        return best[0]
+    return EXTRACTORS[0] if EXTRACTORS[0] in offered else offered[0]
 
 
 def diversity_slider() -> float:

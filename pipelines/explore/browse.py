@@ -321,6 +321,24 @@ HEALTH_KINDS = ("duplicates", "mislabelled", "outliers")
 # --------------------------------------------------------------------------- evaluation
 
 
+def best_extractor(
+    metrics: Mapping[str, Any] | None,
+    offered: Sequence[str],
+    strategy: str = "exact",
+    k: int = 10,
+) -> tuple[str, float] | None:
+    """The extractor of `offered` with the highest P@k of `strategy` in metrics.json (the
+    evaluate stage's results), with that P@k; the first offered wins a tie. None when the
+    evaluation scored none of them (not evaluated, no labels, skipped)."""
+    results = (metrics or {}).get("results") or {}
+    scored = []
+    for name in offered:
+        value = ((results.get(name) or {}).get(strategy) or {}).get(f"p@{k}")
+        if value is not None and math.isfinite(float(value)):
+            scored.append((name, float(value)))
+    return max(scored, key=lambda pair: pair[1], default=None)
+
+
 def metrics_long(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """metrics.json's results as rows extractor, strategy, metric ("p@10", "map@10", ...),
     value — only precision and mAP; skipped combinations are left out."""
