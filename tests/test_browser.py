@@ -311,7 +311,8 @@ def test_upload_a_photo_then_files_that_are_not_photos(
         )
         error = page.locator('[data-testid="stAlert"]')
         expect(error).to_have_text(
-            "Could not use notes.jpg: not a recognised image (jpg, png or webp expected)",
+            "Could not use notes.jpg: not a recognised image "
+            "(jpg, png, webp, heic or avif expected)",
             timeout=UI_TIMEOUT_MS,
         )
         expect_neighbours(page, 10)

@@ -215,7 +215,8 @@ def test_only_jpeg_png_and_webp_are_opened(fmt: str) -> None:
     formats really accepted."""
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, format=fmt)
-    with pytest.raises(ImageError, match=r"not a recognised image \(jpg, png or webp expected\)"):
+    expected = r"not a recognised image \(jpg, png, webp, heic or avif expected\)"
+    with pytest.raises(ImageError, match=expected):
         load_image(buf.getvalue())
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, format="WEBP", lossless=True)

@@ -12,18 +12,35 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
+from pillow_heif import register_heif_opener
 
 from pipelines.errors import LookalikeError
 
 # A truncated file must be refused, never padded with grey (load_image re-asserts this, in case
 # some other import turned it on).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# HEIC/HEIF (what iPhones save) through pillow-heif's plugin; AVIF through Pillow's own, built
+# into the pinned wheel (`PIL.features.check("avif")`). Both decode lazily like the others, so
+# the pixel cap and the memory budget below are checked on the header before any decoding.
+register_heif_opener()
 
 DEFAULT_MAX_PIXELS = 40_000_000
 # The only formats opened: Pillow's other ~40 plugins (PPM, SGI, EPS via Ghostscript, JPEG 2000,
 # TIFF, DDS, ...) are code a photo catalog never needs and each fails in its own way.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
-ACCEPTED_TEXT = "jpg, png or webp"
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF")
+ACCEPTED_TEXT = "jpg, png, webp, heic or avif"
+# What an upload form offers (Streamlit's file_uploader `type=`, the HTTP docs): MIME types for
+# the browser's file picker, and the HEIC/AVIF extensions, whose MIME type many browsers do not
+# know (Chrome on Windows and Linux sends an empty one for .heic).
+UPLOAD_MIME_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/heic",
+    "image/heif",
+    "image/avif",
+)
+UPLOAD_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif")
 # Largest image file read from disk: catalog photos are a few MB; a row pointing at /dev/zero or
 # a 4 GB video must not be read into memory.
 MAX_FILE_BYTES = 100 * 2**20
@@ -161,12 +178,35 @@ def _open(source: ImageSource) -> Image.Image:
         handle.close()
         raise ImageError(f"too large to decode safely ({err})", name) from err
     except Exception as err:  # noqa: BLE001 - any plugin error is a bad file, said as such
+        brand = _heif_brand(handle)
         handle.close()
         if isinstance(err, Image.UnidentifiedImageError):
             reason = f"not a recognised image ({ACCEPTED_TEXT} expected)"
+            if brand:  # a HEIC/AVIF container whose image header is cut off or damaged
+                reason = (
+                    f"truncated or corrupt {brand} image (its header cannot be read) — "
+                    f"re-export or re-download it"
+                )
         else:
             reason = f"unreadable image header ({_why(err)})"
         raise ImageError(reason, name) from err
+
+
+# ISO base media file brands of HEIC/HEIF and AVIF (bytes 8-12, after "ftyp").
+_HEIF_BRANDS = {
+    b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC", b"heim": "HEIC",
+    b"heis": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF",
+}  # fmt: skip
+
+
+def _heif_brand(handle: BinaryIO) -> str | None:
+    """The container's name (HEIC, HEIF or AVIF) when the file starts as one, else None."""
+    try:
+        handle.seek(0)
+        head = handle.read(12)
+    except (OSError, ValueError):
+        return None
+    return _HEIF_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp" else None
 
 
 def _why(err: BaseException) -> str:
@@ -242,8 +282,8 @@ def load_image(
     Parameters
     ----------
     source:
-        A path, raw bytes or a binary file object (an upload). Only JPEG, PNG and WebP are
-        opened (ACCEPTED_FORMATS).
+        A path, raw bytes or a binary file object (an upload). Only JPEG, PNG, WebP, HEIC/HEIF
+        and AVIF are opened (ACCEPTED_FORMATS).
     bbox:
         Optional (x1, y1, x2, y2) crop in the upright image's pixel coordinates (DeepFashion).
     max_pixels:
