@@ -8,15 +8,14 @@ categories of a folder of photos. Reads the built artifacts; writes nothing.
     >>> look.similar_to("3f2a...", rerank=True)      # re-ranked by query expansion
     >>> look.categories("holiday_photos/")           # predicted category of every photo
 
-A thin layer: photos go through the Upload page's functions (`pipelines.search.photos.embed_upload`,
-`analyse_upload`, `category_summary`), catalog items through `pipelines.search.similar`, so the
-answers are the app's answers.
+A thin layer: photos go through the engine's one photo search
+(`pipelines.search.photos.search_photos`), as on the Upload page, over HTTP and in the shell;
+catalog items through `pipelines.search.similar`. So the answers are the app's answers.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,12 @@ from typing import Any
 import pandas as pd
 
 from pipelines import commands
-from pipelines.config import EXTRACTORS, STRATEGIES, Config
+from pipelines.config import EXTRACTORS, Config
 from pipelines.errors import LookalikeError
-from pipelines.search.diversity import check_diversity, diversify_table
+from pipelines.search.diversity import check_diversity
 from pipelines.search.index import Index
-from pipelines.search.photos import UploadResult
-from pipelines.search.rerank import check_rerank, reranked
-from pipelines.search.topk import check_k
+from pipelines.search.photos import PhotoSources, UploadResult, search_photos
+from pipelines.search.rerank import check_rerank
 
 CATEGORY_COLUMNS = ["photo", "category", "confidence", "error"]
 
@@ -128,6 +126,9 @@ class Lookalike:
         strategy: str = "exact",
         diversity: float = 0.0,
         rerank: bool = False,
+        *,
+        colour: str | None = None,
+        label: str | None = None,
     ) -> pd.DataFrame:
         """The k catalog items most similar to a photo, best first.
 
@@ -141,12 +142,14 @@ class Lookalike:
             (maximal marginal relevance, see `pipelines.search.diversity`).
         rerank : False (default) for plain search; True re-orders the nearest candidates by
             query expansion (`pipelines.search.rerank`); similarities stay cosines to the photo.
+        colour, label : only items of this dominant colour / catalog label (None: any).
 
         Returns
         -------
         DataFrame: rank, item_id, similarity (cosine), label, thumb (thumbnail path). Its
-        `attrs` hold the photo's predicted "category" and "confidence" (None without a trained
-        classifier) and "notes" (strategy fallbacks).
+        `attrs` hold the photo's predicted "category" and "confidence" (None without a
+        category model), "notes" (strategy fallbacks, the categories searched) and "warnings"
+        (far from the catalog, tiny, panoramic, a guessed category).
 
         Raises LookalikeError when the photo cannot be used (the message names the problem).
         """
@@ -158,13 +161,17 @@ class Lookalike:
                 raise LookalikeError(f"{path}: no such file — check the path")
             name, data = str(path), _read(path)
         result = self.search_bytes(
-            [(name, data)], k, [extractor], strategy, diversity, rerank=rerank
-        )[0]
+            [(name, data)], k, [extractor], strategy, diversity, rerank=rerank, colour=colour,
+            label=label,
+        )[0]  # fmt: skip
         if result.error:
             raise LookalikeError(result.error)
         table = result.neighbours[extractor]
         table.attrs.update(
-            category=result.category, confidence=result.confidence, notes=list(result.notes)
+            category=result.category,
+            confidence=result.confidence,
+            notes=list(result.notes),
+            warnings=list(result.warnings),
         )
         return table
 
@@ -194,7 +201,8 @@ class Lookalike:
         )
 
     def categories(self, folder: str | Path | Sequence[str | Path], top: int = 3) -> pd.DataFrame:
-        """The predicted category of every photo in a folder (or list of photos and folders).
+        """The predicted category of every photo in a folder (or list of photos and folders),
+        by the same model as every photo search (`pipelines.search.photos.search_photos`).
 
         Returns
         -------
@@ -202,28 +210,21 @@ class Lookalike:
         file that is not a usable photo; None otherwise). Its `attrs["most_common"]` is the
         `top` most common categories (`pipelines.search.photos.category_summary`).
         """
-        from pipelines.search.photos import category_summary, embed_upload
+        from pipelines.search.photos import category_summary
 
-        if "custom_cnn" not in self.available_models():
+        sources = self.sources
+        if sources.category_model is None and "custom_cnn" not in sources.models:
             raise LookalikeError(
-                f"categories come from the trained custom CNN, and {self.config.custom_cnn_path} "
-                f"is missing — run `{commands.TRAIN}`"
+                f"categories come from the category classifier ({self.config.category_model_path}"
+                f") or the trained custom CNN, and neither is built — run `{commands.RUN}`"
             )
         paths = [folder] if isinstance(folder, str | Path) else list(folder)
-        embedder = {"custom_cnn": self.extractor("custom_cnn")}
-        embeddings = []
-        for name, data, problem in self._read_all(paths):
-            if problem:
-                embeddings.append(_failed(name, problem))
-            else:
-                embeddings.append(
-                    embed_upload(name, data, embedder, max_pixels=self.config.max_pixels)
-                )
+        results = search_photos(self._read_all(paths), sources, extractors=[])
         table = pd.DataFrame(
-            [[e.name, e.category, e.confidence, e.error] for e in embeddings],
+            [[r.name, r.category, r.confidence, r.error] for r in results],
             columns=CATEGORY_COLUMNS,
         )
-        table.attrs["most_common"] = category_summary(embeddings, top=top)
+        table.attrs["most_common"] = category_summary(results, top=top)
         return table
 
     def search_files(
@@ -234,24 +235,20 @@ class Lookalike:
         strategy: str = "exact",
         diversity: float = 0.0,
         rerank: bool = False,
+        *,
+        colour: str | None = None,
+        label: str | None = None,
     ) -> list[UploadResult]:
         """Neighbours of photos and folders of photos, as the Upload page finds them.
 
-        Returns one `pipelines.search.photos.UploadResult` per file (see `photo_files`), in order; a
-        file that cannot be used has `error` ("<file>: <problem>") and nothing else.
-        `rerank` as in `similar`.
+        Returns one `pipelines.search.photos.UploadResult` per file (see `photo_files`), in
+        order; a file that cannot be used has `error` ("<file>: <problem>") and nothing else.
+        `rerank`, `colour` and `label` as in `similar`.
         """
         return self.search_bytes(
-            [
-                (name, data) if not problem else (name, problem)
-                for name, data, problem in self._read_all(paths)
-            ],
-            k,
-            extractors,
-            strategy,
-            diversity,
-            rerank=rerank,
-        )
+            self._read_all(paths), k, extractors, strategy, diversity, rerank=rerank,
+            colour=colour, label=label,
+        )  # fmt: skip
 
     def search_bytes(
         self,
@@ -261,42 +258,45 @@ class Lookalike:
         strategy: str = "exact",
         diversity: float = 0.0,
         rerank: bool = False,
+        *,
+        colour: str | None = None,
+        label: str | None = None,
     ) -> list[UploadResult]:
         """`search_files` on (name, bytes) pairs; a str instead of bytes is a problem found
-        before embedding (kept as that result's error). `rerank` as in `similar`: the
-        indexes are searched through `pipelines.search.rerank.RerankedIndex`."""
-        from pipelines.search.photos import analyse_upload, embed_upload
-
+        before embedding (kept as that result's error). The engine's
+        `pipelines.search.photos.search_photos` does the whole search."""
         chosen = list(dict.fromkeys(extractors))
         for name in chosen:
             _check_extractor(name)
-        if strategy not in STRATEGIES:
-            raise LookalikeError(
-                f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
-            )
-        diversity = check_diversity(diversity)
-        check_k(k)
-        rerank = check_rerank(rerank)
-        indexes = {name: reranked(self.index(name), rerank) for name in chosen}
-        # The custom CNN also predicts each photo's category, so it embeds every photo when it
-        # is trained, even if only InceptionV3's neighbours are asked for.
-        embedders = {
-            name: self.extractor(name)
-            for name in EXTRACTORS
-            if name in chosen or name in self.available_models()
-        }
-        results = []
-        for name, data in photos:
-            if isinstance(data, str):
-                results.append(UploadResult(name, error=data))
-                continue
-            embedding = embed_upload(name, data, embedders, max_pixels=self.config.max_pixels)
-            results.append(
-                analyse_upload(
-                    embedding, indexes, self.catalog, {}, k, strategy, diversity=diversity
-                )
-            )
-        return results
+        return search_photos(
+            photos, self.sources, k, chosen, strategy, diversity=diversity, rerank=rerank,
+            colour=colour, label=label,
+        )  # fmt: skip
+
+    @cached_property
+    def sources(self) -> PhotoSources:
+        """What photo searches read: the catalog, and indexes, models and maps loaded on first
+        use; the colours, the category classifier and the far-from-catalog check."""
+        from pipelines.data.colour import read_colours
+        from pipelines.models.classify import load_category_model
+
+        built = self.config.extractors_built()
+        indexes = _Lazy([n for n in built if self.config.embeddings_path(n).exists()], self.index)
+        maps = _Lazy(
+            [n for n in built if self.config.map_path(n).exists()],
+            lambda name: pd.read_parquet(self.config.map_path(name)),
+        )
+        models = _Lazy([*self.available_models(), *_heads(built)], self.extractor)
+        return PhotoSources(
+            catalog=self.catalog,
+            indexes=indexes,
+            models=models,
+            config=self.config,
+            maps=maps,
+            colours=read_colours(self.config, self.catalog["item_id"].to_numpy()),
+            category_model=load_category_model(self.config),
+            far=_far_check(indexes),
+        )
 
     def available_models(self) -> list[str]:
         """Extractors whose model can be loaded: InceptionV3 always (its weights ship with the
@@ -306,43 +306,56 @@ class Lookalike:
             have.append("custom_cnn")
         return have
 
-    def _read_all(self, paths: Sequence[str | Path]) -> list[tuple[str, bytes, str | None]]:
-        out = []
+    def _read_all(self, paths: Sequence[str | Path]) -> list[tuple[str, bytes | str]]:
+        """(name, bytes) per file of `photo_files`, or (name, problem) when it cannot be read."""
+        out: list[tuple[str, bytes | str]] = []
         for name, path, problem in photo_files(paths):
             if problem or path is None:
-                out.append((name, b"", problem or f"{name}: unreadable"))
+                out.append((name, problem or f"{name}: unreadable"))
                 continue
             try:
-                out.append((name, _read(path), None))
+                out.append((name, _read(path)))
             except LookalikeError as err:
-                out.append((name, b"", str(err)))
+                out.append((name, str(err)))
         return out
 
 
-def diversify_upload(
-    result: UploadResult,
-    indexes: Mapping[str, Index],
-    k: int,
-    diversity: float,
-    maps: Mapping[str, pd.DataFrame] | None = None,
-) -> UploadResult:
-    """An `analyse_upload` result searched with `pool_size(k, diversity, ...)` candidates, cut
-    to k by `diversify_table` (MMR) in every extractor; map positions are placed again from
-    the kept neighbours when `maps` is given. At diversity 0 the tables are only cut to k."""
-    if result.error is not None:
-        return result
-    tables = {
-        name: diversify_table(table, indexes[name], k, diversity)
-        for name, table in result.neighbours.items()
-    }
-    positions = dict(result.positions)
-    if maps:
-        from pipelines.search.photos import place_on_map
+class _Lazy(Mapping[str, Any]):
+    """A read-only mapping whose values load on first access: a search touches only the
+    extractors it needs (loading InceptionV3 takes ~10 s)."""
 
-        positions.update(
-            {name: place_on_map(tables[name], maps[name]) for name in tables if name in maps}
-        )
-    return dataclasses.replace(result, neighbours=tables, positions=positions)
+    def __init__(self, names: Sequence[str], load: Callable[[str], Any]) -> None:
+        self._names = list(dict.fromkeys(names))
+        self._load = load
+        self._loaded: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._loaded:
+            self._loaded[name] = self._load(name)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+def _far_check(indexes: Mapping[str, Index]) -> Any:
+    """The far-from-catalog check of the reference index, or None without that index."""
+    from pipelines.search.novelty import REFERENCE, far_check
+
+    return far_check(indexes[REFERENCE]) if REFERENCE in indexes else None
+
+
+def _heads(built: Sequence[str]) -> list[str]:
+    """The metric head, when this catalog has it: it embeds photos from InceptionV3's vector."""
+    return [name for name in built if name not in ("inception_v3", "custom_cnn")]
 
 
 def _read(path: Path) -> bytes:
@@ -350,12 +363,6 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise LookalikeError(f"{path}: cannot read file ({err.strerror or err})") from None
-
-
-def _failed(name: str, problem: str) -> Any:
-    from pipelines.search.photos import UploadEmbedding
-
-    return UploadEmbedding(name, error=problem)
 
 
 def _check_extractor(name: str) -> None:

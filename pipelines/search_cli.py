@@ -1,8 +1,10 @@
 """`python -m pipelines search PHOTO...`: neighbours and predicted categories of photos (or folders
 of photos) from the shell, as a table or JSON. Reads the built artifacts; prints, writes nothing.
 
-The photos go through `pipelines.api.Lookalike.search_files`, that is the Upload page's own
-functions, so the shell, the app and the notebook API answer alike and name bad files alike.
+The photos go through `pipelines.api.Lookalike.search_files`, that is the engine's one photo
+search (`pipelines.search.photos.search_photos`) the Upload page and the HTTP service call too,
+so every door answers alike and names bad files alike. `python -m pipelines search` is wired in
+`pipelines.cli`, which imports this module (never the other way round).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from pipelines.config import STRATEGIES, Config
+from pipelines.data.images import ACCEPTED_TEXT
 from pipelines.errors import LookalikeError
 
 
@@ -44,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(pipelines.search.rerank; off by default)",
     )
     parser.add_argument(
+        "--colour", default=None, help="only neighbours of this dominant colour (default: any)"
+    )
+    parser.add_argument(
+        "--label", default=None, help="only neighbours with this catalog label (default: any)"
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of tables"
     )
 
@@ -57,15 +65,19 @@ def run_search(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
     look = Lookalike.open(config.artifacts_dir)
     rerank = bool(getattr(args, "rerank", False))
+    colour, label = getattr(args, "colour", None), getattr(args, "label", None)
     results = look.search_files(
-        args.photos, args.k, args.extractor, args.strategy, args.diversity, rerank=rerank
-    )
+        args.photos, args.k, args.extractor, args.strategy, args.diversity, rerank=rerank,
+        colour=colour, label=label,
+    )  # fmt: skip
     good = [r for r in results if r.error is None]
     report = {
         "k": args.k,
         "strategy": args.strategy,
         "diversity": args.diversity,
         "rerank": rerank,
+        "colour": colour,
+        "label": label,
         "extractors": list(args.extractor),
         "photos": [_photo(r) for r in results],
         "most_common_categories": category_summary(good, top=3).to_dict("records"),
@@ -80,7 +92,7 @@ def run_search(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     if not good:
         raise LookalikeError(
             f"none of the {len(results)} file(s) could be searched (see the reasons above) — "
-            f"pass JPG, PNG or WebP photos"
+            f"pass {ACCEPTED_TEXT} photos"
         )
     return report
 
@@ -103,8 +115,13 @@ def _photo(result: Any) -> dict[str, Any]:
         "photo": result.name,
         "category": result.category,
         "confidence": None if result.confidence is None else round(result.confidence, 4),
+        "category_model": result.category_model,
+        "probabilities": {c: round(p, 4) for c, p in result.probabilities.items()},
+        "searched_categories": result.searched_categories,
         "neighbours": neighbours,
+        "strategies": dict(result.strategies),
         "notes": list(result.notes),
+        "warnings": list(result.warnings),
         "error": result.error,
     }
 
@@ -123,6 +140,8 @@ def print_tables(report: dict[str, Any], out: TextIO) -> None:
         if photo["category"] is not None:
             head += f"  ·  predicted: {photo['category']} ({photo['confidence']:.0%})"
         print(head, file=out)
+        for warning in photo.get("warnings", []):
+            print(f"  warning: {warning}", file=out)
         for note in photo["notes"]:
             print(f"  note: {note}", file=out)
         for extractor, rows in photo["neighbours"].items():
@@ -141,10 +160,3 @@ def print_tables(report: dict[str, Any], out: TextIO) -> None:
     if common:
         text = ", ".join(f"{c['category']} ({c['count']})" for c in common)
         print(f"most common categories: {text}", file=out)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipelines search ...` (the pipelines CLI's `main` with "search" first)."""
-    from pipelines.cli import main as cli_main
-
-    return cli_main(["search", *(argv or [])])

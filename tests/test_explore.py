@@ -169,8 +169,9 @@ class FakeExtractor:
 class FakeClassifier(FakeExtractor):
     def embed_and_classify(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         emb = self.embed_arrays(images)
-        probs = np.zeros((len(images), len(self.class_names)), np.float32)
-        probs[:, int(np.argmax(emb[0]))] = 0.9  # "red", "green" or "blue" by strongest channel
+        # A softmax: 0.92 on "red", "green" or "blue" by the strongest channel, 0.04 on each other.
+        probs = np.full((len(images), len(self.class_names)), 0.04, np.float32)
+        probs[:, int(np.argmax(emb[0]))] = 0.92
         return emb, probs
 
 
@@ -280,18 +281,21 @@ def test_place_on_map_is_the_similarity_weighted_mean() -> None:
 # --------------------------------------------------------------------------- uploads
 
 
-def test_an_uploaded_catalog_photo_finds_itself_first(tiny: dict) -> None:
-    results = photos.analyse_uploads(
-        [("blue.png", tiny["data"][2])],
-        tiny["extractors"],
-        tiny["indexes"],
-        tiny["catalog"],
-        tiny["maps"],
-        k=3,
+def sources(tiny: dict, **extra) -> photos.PhotoSources:
+    """The tiny catalog as a photo search reads it (no classifier: the fake CNN's softmax)."""
+    return photos.PhotoSources(
+        tiny["catalog"], tiny["indexes"], tiny["extractors"], maps=tiny["maps"], **extra
     )
+
+
+def test_an_uploaded_catalog_photo_finds_itself_first(tiny: dict) -> None:
+    results = photos.search_photos([("blue.png", tiny["data"][2])], sources(tiny), k=3)
     (result,) = results
     assert result.error is None and result.category == "b"
-    assert result.confidence == pytest.approx(0.9)
+    assert result.confidence == pytest.approx(0.92)
+    # Without the classify stage's model, the custom CNN's softmax predicts, and says so.
+    assert result.category_model == photos.CNN_HEAD
+    assert result.strategies == {"inception_v3": "exact", "custom_cnn": "exact"}
     for name in tiny["indexes"]:
         table = result.neighbours[name]
         assert table["item_id"].iloc[0] == "id2"
@@ -303,17 +307,73 @@ def test_an_uploaded_catalog_photo_finds_itself_first(tiny: dict) -> None:
 
 
 def test_upload_category_strategy_searches_the_predicted_category(tiny: dict) -> None:
-    (result,) = photos.analyse_uploads(
-        [("red.png", tiny["data"][0])],
-        tiny["extractors"],
-        tiny["indexes"],
-        tiny["catalog"],
-        tiny["maps"],
+    (result,) = photos.search_photos(
+        [("red.png", tiny["data"][0])], sources(tiny), k=5, strategy="category"
+    )
+    assert result.category == "r" and result.searched == "r"
+    assert set(result.neighbours["inception_v3"]["item_id"]) == {"id0", "id3", "id4"}
+    assert result.notes == ["The category strategy searches: r"]
+
+
+class TwoClassModel:
+    """A stand-in for the classify stage's model: g 0.4, r 0.6 for any photo, from the
+    InceptionV3 vector it is given (recorded)."""
+
+    features = ("inception_v3",)
+    classes = np.array(["g", "r"])
+    name = "logistic regression on inception_v3"
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def probabilities(self, vectors: dict) -> np.ndarray:
+        self.seen.append(np.asarray(vectors["inception_v3"]))
+        return np.array([[0.4, 0.6]], np.float32)
+
+
+def test_the_classifier_predicts_before_the_cnn_softmax_and_its_cover_is_searched(
+    tiny: dict,
+) -> None:
+    # The fake CNN calls the green photo "g" at 0.92; the classifier says r at 0.6, g at 0.4:
+    # its answer is the photo's, and as neither alone covers 0.9, the category strategy
+    # searches both.
+    model = TwoClassModel()
+    (result,) = photos.search_photos(
+        [("green.png", tiny["data"][1])],
+        sources(tiny, category_model=model),
         k=5,
+        extractors=["custom_cnn"],  # the classifier's extractor is embedded all the same
         strategy="category",
     )
-    assert result.category == "r"
-    assert set(result.neighbours["inception_v3"]["item_id"]) == {"id0", "id3", "id4"}
+    (vector,) = model.seen
+    np.testing.assert_allclose(vector, tiny["indexes"]["inception_v3"].vectors[1], atol=1e-6)
+    assert (result.category, result.category_model) == ("r", model.name)
+    assert result.confidence == pytest.approx(0.6)
+    assert result.probabilities == pytest.approx({"r": 0.6, "g": 0.4})
+    assert list(result.probabilities) == ["r", "g"]  # most likely first
+    assert result.searched_categories == ["g", "r"]
+    assert list(result.neighbours) == ["custom_cnn"]
+    assert set(result.neighbours["custom_cnn"]["item_id"]) == {"id0", "id1", "id3", "id4"}
+    assert result.notes == ["The category strategy searches: g, r"]
+
+
+def test_colour_and_label_filters_widen_the_photo_search(tiny: dict) -> None:
+    colours = np.array(["red", "green", "blue", "red", "red"], dtype=object)
+    (result,) = photos.search_photos(
+        [("blue.png", tiny["data"][2])], sources(tiny, colours=colours), k=2, colour="red"
+    )
+    for table in result.neighbours.values():
+        assert set(table["item_id"]) <= {"id0", "id3", "id4"} and len(table) == 2
+    (cool,) = photos.search_photos([("red.png", tiny["data"][0])], sources(tiny), k=3, label="cool")
+    for name, table in cool.neighbours.items():
+        assert set(table["item_id"]) == {"id1", "id2"}  # only two items are cool
+        assert f"{name}: only 2 items with label cool in the searched items" in cool.notes
+    with pytest.raises(LookalikeError, match="unknown colour 'teal'; valid colours: "):
+        photos.search_photos([], sources(tiny, colours=colours), colour="teal")
+    with pytest.raises(LookalikeError, match="the colour filter needs the items' colours"):
+        photos.search_photos([], sources(tiny), colour="red")
+    with pytest.raises(LookalikeError, match="unknown label 'hot'; valid labels: cool, warm"):
+        photos.search_photos([], sources(tiny), label="hot")
 
 
 def truncated_jpeg() -> bytes:
@@ -344,12 +404,9 @@ def test_bad_uploads_get_a_message_naming_the_file(
 ) -> None:
     max_bytes = 1024 if name == "huge.jpg" else photos.MAX_UPLOAD_BYTES
     extractors = tiny["extractors"]  # their Config() caps images at 40 Mpx; bomb.png has 48
-    results = photos.analyse_uploads(
+    results = photos.search_photos(
         [("ok.png", tiny["data"][1]), (name, data)],
-        extractors,
-        tiny["indexes"],
-        tiny["catalog"],
-        tiny["maps"],
+        photos.PhotoSources(tiny["catalog"], tiny["indexes"], extractors, maps=tiny["maps"]),
         k=2,
         max_bytes=max_bytes,
     )

@@ -45,7 +45,7 @@ def test_folder_with_a_bad_file_prints_json_for_the_good_ones(
     dress, notes, shoes = report["photos"]
     assert (
         notes["error"]
-        == f"{folder / 'notes.jpg'}: not a recognised image (jpg, png or webp expected)"
+        == f"{folder / 'notes.jpg'}: not a recognised image (jpg, png, webp, heic or avif expected)"
     )
     assert report["errors"] == [notes["error"]]
     assert f"skipped {folder / 'notes.jpg'}: not a recognised image" in err
@@ -60,7 +60,10 @@ def test_folder_with_a_bad_file_prints_json_for_the_good_ones(
             # A catalog photo finds itself first.
             assert rows[0]["item_id"] == item_id
             assert rows[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
-        assert photo["category"] is not None  # the custom CNN's prediction
+        # The classify stage's classifier predicts (never the CNN's softmax when it exists).
+        assert photo["category_model"] == "logistic regression on inception_v3"
+        assert photo["category"] in {"dress", "hat", "pants", "shoes"}
+        assert photo["searched_categories"] and photo["strategies"]
     counts = {c["category"]: c["count"] for c in report["most_common_categories"]}
     assert sum(counts.values()) == 2
     assert set(counts) == {dress["category"], shoes["category"]}

@@ -1,4 +1,5 @@
-"""Upload page: photos embedded live by both extractors, with neighbours, category and map place.
+"""Upload page: photos through the engine's one photo search, with neighbours, category, warnings
+and map place.
 
 Several photos also get the most common predicted categories (ties included), with one map of
 all of them on top and each photo's results in its own collapsible section.
@@ -6,16 +7,15 @@ all of them on top and each photo's results in its own collapsible section.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
 import streamlit as st
 
 from app.ui import heatmap, hover, loaders, plots, selection, warmup, widgets
-from pipelines import api
+from pipelines.data import images
 from pipelines.explore import browse
 from pipelines.models import classify
-from pipelines.search import novelty, photos, similar
-from pipelines.search.diversity import pool_size
+from pipelines.search import novelty, photos
 
 cfg = loaders.config()
 settings = widgets.sidebar(cfg)
@@ -28,9 +28,6 @@ with widgets.user_errors():
     EXTRACTORS = cfg.extractors_built()  # the metric head only where the catalog had labels
     indexes = {name: loaders.index(cfg, name) for name in EXTRACTORS}
     maps = {name: loaders.map_points(cfg, name) for name in EXTRACTORS}
-    # The classifier chosen on validation (pipelines/models/classify.py) predicts the category, and
-    # InceptionV3's similarities say when a photo is far from the whole catalog.
-    category_model = classify.load_category_model(cfg)
     far = loaders.far_check(cfg, novelty.REFERENCE) if novelty.REFERENCE in indexes else None
 
 # A point clicked on any map here opens Search on that catalog item.
@@ -41,19 +38,21 @@ for chart_key in [k for k in st.session_state if str(k).startswith(("upload_all_
             widgets.find_lookalikes(clicked)
             st.switch_page("app_pages/search.py")
 
-# The category comes from the classifier chosen on validation, else the custom CNN's head.
-CATEGORY_MODEL = (
-    "logistic regression on "
-    + " + ".join(widgets.EXTRACTOR_NAMES.get(f, f) for f in category_model.features)
-    if category_model is not None
-    else widgets.EXTRACTOR_NAMES.get("custom_cnn", "custom_cnn")
-)
+
+def model_text(name: str | None) -> str:
+    """The model that predicted a category, with the extractors' display names."""
+    text = name or "?"
+    for extractor, shown in widgets.EXTRACTOR_NAMES.items():
+        text = text.replace(extractor, shown)
+    return text
+
 
 files = st.file_uploader(
-    f"Photos of clothing: JPG, PNG or WebP, up to {photos.MAX_UPLOAD_MB} MB each",
-    # MIME types (not extensions): the browser filters the file picker, and anything else that
-    # arrives is checked by photos.embed_upload, which names the file and the problem.
-    type=["image/jpeg", "image/png", "image/webp"],
+    f"Photos of clothing ({images.ACCEPTED_TEXT}), up to {photos.MAX_UPLOAD_MB} MB each",
+    # MIME types for the browser's file picker, and the HEIC/AVIF extensions whose MIME type
+    # many browsers do not know; anything else that arrives is checked by the photo search,
+    # which names the file and the problem.
+    type=[*images.UPLOAD_MIME_TYPES, *images.UPLOAD_EXTENSIONS],
     accept_multiple_files=True,
     max_upload_size=photos.MAX_UPLOAD_MB,
     key="uploads",
@@ -65,44 +64,32 @@ if not files:
     st.stop()
 warmup.wait(cfg)
 
-results = []
-photo_bytes = {}
+photo_bytes = {file.name: file.getvalue() for file in files}
 colour, colours = widgets.colour_filter(cfg, catalog, "upload")
 with widgets.user_errors():
-    # Diversity re-ranks a larger pool of nearest candidates down to k (pipelines.search.diversity).
-    pool = pool_size(settings.k, diversity, min(index.size for index in indexes.values()))
-    if colour is not None:  # rank the whole catalog, then keep the items of that colour
-        colour_of = dict(zip(catalog["item_id"].astype(str), colours, strict=True))
-        keep = pool
-        pool = min(index.size for index in indexes.values())
-    for file in files:
-        photo_bytes[file.name] = file.getvalue()
-        embedding = loaders.upload_embedding(cfg, file.name, photo_bytes[file.name])
-        predicted = None
-        if category_model is not None and embedding.error is None:
-            predicted = classify.predict_upload(category_model, embedding.vectors, cfg)
-        if predicted is not None:  # search the categories the classifier is unsure between
-            embedding = dataclasses.replace(embedding, category=predicted[2])
-        result = photos.analyse_upload(embedding, indexes, catalog, maps, pool, settings.strategy)
-        if predicted is not None:
-            result = dataclasses.replace(result, category=predicted[0], confidence=predicted[1])
-            searched = "everything" if predicted[2] == "*" else predicted[2].replace("|", ", ")
-            result.notes.append(f"The category strategy searches: {searched}")
-        if far is not None and embedding.error is None:
-            vector = embedding.vectors[novelty.REFERENCE]
-            nearest = novelty.nearest_similarity(indexes[novelty.REFERENCE], vector)
-            warning = novelty.far_message(nearest, far)
-            if warning:
-                result.notes.insert(0, f"⚠ {warning}")
-        if colour is not None and result.error is None:
-            tables = {
-                n: similar.keep_colour(t, colour_of, colour, keep)
-                for n, t in result.neighbours.items()
-            }
-            result = dataclasses.replace(result, neighbours=tables)
-        if diversity > 0:
-            result = api.diversify_upload(result, indexes, settings.k, diversity, maps)
-        results.append(result)
+    # The engine's one photo search (as over HTTP, in the shell and from Python): category by
+    # the classify stage's classifier, its category cover, the colour filter, diversity, the
+    # far-from-catalog warning and the places on the maps. Embeddings are cached per photo.
+    sources = photos.PhotoSources(
+        catalog=catalog,
+        indexes=indexes,
+        models=loaders.extractors(cfg),
+        config=cfg,
+        maps=maps,
+        colours=colours,
+        category_model=classify.load_category_model(cfg),
+        far=far,
+    )
+    results = photos.search_photos(
+        [(file.name, photo_bytes[file.name]) for file in files],
+        sources,
+        settings.k,
+        EXTRACTORS,
+        settings.strategy,
+        diversity=diversity,
+        colour=colour,
+        embed=functools.partial(loaders.upload_embedding, cfg),
+    )
 
 for result in results:
     if result.error:
@@ -118,7 +105,8 @@ if len(good) > 1:
     ties = " (ties included)" if len(top) > 3 else ""
     distinct = browse.plural(len(summary), "distinct category", "distinct categories")
     st.caption(
-        f"Top {len(top)} of {distinct}{ties}, as predicted by the {CATEGORY_MODEL} classifier."
+        f"Top {len(top)} of {distinct}{ties}, as predicted by the "
+        f"{model_text(good[0].category_model)} classifier."
     )
     for cell, (_, row) in zip(st.columns(len(top)), top.iterrows(), strict=False):
         cell.metric(row["category"], browse.plural(int(row["count"]), "photo"))
@@ -146,15 +134,13 @@ for i, result in enumerate(good):
                 f"{result.confidence:.0%} confidence",
                 delta_color="off",
                 delta_arrow="off",
-                help=f"Predicted by the {CATEGORY_MODEL} classifier.",
+                help=f"Predicted by the {model_text(result.category_model)} classifier.",
             )
-            st.caption(f"Category by the {CATEGORY_MODEL} classifier.")
-        for warning in photos.upload_warnings(
-            result.name, photo_bytes[result.name], result.confidence
-        ):
+            st.caption(f"Category by the {model_text(result.category_model)} classifier.")
+        for warning in result.warnings:
             st.warning(warning)
         for note in result.notes:
-            (st.warning if note.startswith("⚠") else st.caption)(note)
+            st.caption(note)
     with body:
         tabs = st.tabs([widgets.EXTRACTOR_NAMES[name] for name in result.neighbours])
         for tab, (name, table) in zip(tabs, result.neighbours.items(), strict=True):

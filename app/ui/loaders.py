@@ -451,19 +451,28 @@ def extractors(cfg: Config) -> dict[str, Any]:
 
 
 @st.cache_data(show_spinner="Embedding the photo…", max_entries=64)
-def _upload(name: str, data: bytes, artifacts_dir: str, key: tuple[Any, ...]) -> Any:
-    cfg = _config(artifacts_dir, key[0])
-    return photos.embed_upload(name, data, extractors(cfg), max_pixels=cfg.max_pixels)
+def _upload(
+    name: str, data: bytes, key: tuple[Any, ...], max_bytes: int, max_pixels: int, _models: Any
+) -> Any:
+    return photos.embed_upload(name, data, _models, max_bytes, max_pixels=max_pixels)
 
 
-def upload_embedding(cfg: Config, name: str, data: bytes) -> photos.UploadEmbedding:
-    """One uploaded photo embedded by both extractors (cached on its name and bytes, so a
-    widget change does not embed it again)."""
+def upload_embedding(
+    cfg: Config,
+    name: str,
+    data: bytes,
+    models: dict[str, Any],
+    max_bytes: int = photos.MAX_UPLOAD_BYTES,
+    max_pixels: int | None = None,
+) -> photos.UploadEmbedding:
+    """`photos.embed_upload` cached on the photo's name and bytes and the models' files, so a
+    widget change does not embed it again: the `embed` of `photos.search_photos`."""
     key = (
+        str(cfg.artifacts_dir),
         (cfg.cnn_image_size, cfg.cnn_embedding_dim, cfg.inception_weights),
-        *(sha(_model_file(cfg, name)) for name in cfg.extractors_built()),
+        *((model, sha(_model_file(cfg, model))) for model in models),
     )
-    return _upload(name, data, str(cfg.artifacts_dir), key)
+    return _upload(name, data, key, max_bytes, max_pixels or cfg.max_pixels, models)
 
 
 # --------------------------------------------------------------------------- photo map, health

@@ -1,11 +1,13 @@
-"""Live uploads: checks, decodes and embeds a photo with every extractor, then finds its
-neighbours and its place on each map, through the same functions as the catalog. Writes
-nothing."""
+"""Photo search, the one engine function every door calls (`search_photos`): uploaded bytes ->
+checked, decoded and embedded photos -> predicted category, neighbours per extractor (strategy,
+colour and label filters, diversity, re-ranking), warnings and places on the maps. The Upload
+page, `pipelines.api.Lookalike`, POST /search and `python -m pipelines search` only present its
+`UploadResult`s. Reads the loaded artifacts (`PhotoSources`); writes nothing."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -22,8 +25,7 @@ from pipelines.data.images import (
     thumbnail,
 )
 from pipelines.errors import LookalikeError
-from pipelines.search.index import Index
-from pipelines.search.similar import resolve_strategy, vector_neighbours
+from pipelines.search.index import SEPARATOR, WHOLE_CATALOG, Index
 
 # Largest upload accepted, in MB; .streamlit/config.toml sets the same server.maxUploadSize.
 MAX_UPLOAD_MB = 20
@@ -34,6 +36,8 @@ UPLOAD_PREVIEW_SIZE = 256
 # RGBA or 16-bit image; this keeps the decode of any single upload to ~250 MB of resident
 # memory (8-megapixel RGBA or 12-megapixel RGB PNGs, and any JPEG, decoded reduced, fit).
 UPLOAD_MAX_DECODE_BYTES = 192 * 2**20
+# The custom CNN's own softmax, named as the category model when no classifier was trained.
+CNN_HEAD = "custom_cnn softmax head"
 
 
 @dataclass(frozen=True)
@@ -42,15 +46,25 @@ class UploadEmbedding:
 
     name: str
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # extractor -> (d,) unit
-    category: str | None = None  # custom CNN's top class
+    category: str | None = None  # custom CNN's top class (its softmax head)
     confidence: float | None = None  # its probability
     preview: bytes | None = None  # small JPEG of the photo for the page
     error: str | None = None  # "<name>: <problem>" when the photo cannot be used
+    probabilities: dict[str, float] = field(default_factory=dict)  # custom CNN: class -> p
 
 
 @dataclass(frozen=True)
 class UploadResult:
-    """Everything the Upload page shows for one photo."""
+    """Everything one searched photo gets, at every door.
+
+    `neighbours` holds one table per extractor (`pipelines.search.similar.NEIGHBOUR_COLUMNS`);
+    `strategies` the strategy each actually used (exact where the asked one lacks data, with
+    a note). `category`, `confidence` and `probabilities` come from `category_model`;
+    `searched` is what the category strategy searches for this photo ("a|b", or "*" for the
+    whole catalog when the model is unsure). `notes` explain the search, `warnings` say why
+    its results deserve less trust (far from the catalog, tiny, panoramic, a guessed category).
+    A photo that cannot be used has `error` ("<name>: <problem>") and nothing else.
+    """
 
     name: str
     category: str | None = None
@@ -60,6 +74,34 @@ class UploadResult:
     positions: dict[str, tuple[float, float]] = field(default_factory=dict)  # extractor -> x, y
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)  # category -> p, best first
+    searched: str | None = None
+    category_model: str | None = None
+    strategies: dict[str, str] = field(default_factory=dict)  # extractor -> strategy used
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def searched_categories(self) -> list[str] | None:
+        """`searched` as a list (["*"] = the whole catalog), None without a category."""
+        return None if self.searched is None else self.searched.split(SEPARATOR)
+
+
+@dataclass(frozen=True)
+class PhotoSources:
+    """What a photo search reads, loaded once by a door and shared by all its searches.
+
+    The mappings may load on first use (`pipelines.api.Lookalike` does): a search only asks for
+    the extractors it needs.
+    """
+
+    catalog: pd.DataFrame  # with `thumb_file` for absolute thumbnail paths
+    indexes: Mapping[str, Index]  # extractor -> index (the extractors that can be searched)
+    models: Mapping[str, Any]  # extractor -> loaded Extractor (those that can embed photos)
+    config: Config = field(default_factory=Config)  # max_pixels, category cover settings
+    maps: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # extractor -> map points
+    colours: np.ndarray | None = None  # (n,) colour per catalog row, for the colour filter
+    category_model: Any = None  # `pipelines.models.classify.CategoryModel` or None
+    far: Any = None  # `pipelines.search.novelty.FarCheck` of the reference index, or None
 
 
 def check_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> str | None:
@@ -154,6 +196,7 @@ def embed_upload(
     """
     vectors: dict[str, np.ndarray] = {}
     category = confidence = None
+    probabilities: dict[str, float] = {}
     try:
         first = next(iter(extractors.values()), None)
         cap = max_pixels or (first.config.max_pixels if first is not None else None)
@@ -179,6 +222,7 @@ def embed_upload(
                 if probs is not None:
                     top = int(np.argmax(probs[0]))
                     category, confidence = names[top], float(probs[0][top])
+                    probabilities = {c: float(p) for c, p in zip(names, probs[0], strict=True)}
             else:
                 emb = extractor.embed_arrays(pixels)
             vectors[extractor_name] = np.asarray(emb[0], dtype=np.float32)
@@ -188,7 +232,9 @@ def embed_upload(
         return UploadEmbedding(name, error=f"{printable(name)}: {err.reason}")
     except LookalikeError as err:
         return UploadEmbedding(name, error=f"{printable(name)}: {err}")
-    return UploadEmbedding(name, vectors, category, confidence, buffer.getvalue())
+    return UploadEmbedding(
+        name, vectors, category, confidence, buffer.getvalue(), probabilities=probabilities
+    )
 
 
 def _head_vector(head: Any, data: bytes, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -236,90 +282,285 @@ def place_on_map(neighbours: pd.DataFrame, points: pd.DataFrame) -> tuple[float,
     return float(x), float(y)
 
 
-def analyse_upload(
-    embedding: UploadEmbedding,
-    indexes: Mapping[str, Index],
-    catalog: pd.DataFrame,
-    maps: Mapping[str, pd.DataFrame],
-    k: int,
+def search_photos(
+    uploads: Sequence[tuple[str, bytes | str]],
+    sources: PhotoSources,
+    k: int = 10,
+    extractors: Sequence[str] | None = None,
     strategy: str = "exact",
     *,
     diversity: float = 0.0,
-) -> UploadResult:
-    """Neighbours of an embedded upload in every extractor's index, and its place on each map.
+    rerank: bool = False,
+    colour: str | None = None,
+    label: str | None = None,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    embed: Callable[..., UploadEmbedding] | None = None,
+) -> list[UploadResult]:
+    """Search catalog items like each uploaded photo: the one photo search of every door.
+
+    For each photo: check and decode it (`decode_upload`: the project's one decoder, under the
+    upload's size and memory budget), embed it with every extractor the search needs, predict
+    its category, search each asked extractor's index, and place it on the maps.
+
+    The category comes from the `classify` stage's classifier (`sources.category_model`) when
+    it exists: its probabilities choose the categories the category strategy searches (the top
+    ones until they add up to `config.category_cover`; the whole catalog when the top one is
+    below `config.category_exact_below`). Without it (a build from before that stage, or a
+    catalog without labels), the custom CNN's own softmax predicts, with the same rule on its
+    probabilities; without either, the photo has no category and the category strategy falls
+    back to exact search, with a note.
 
     Parameters
     ----------
-    embedding : from `embed_upload`.
-    indexes : {extractor: Index}; extractors without a vector in `embedding` are skipped.
-    catalog : the catalog (with `thumb_file` for absolute thumbnail paths).
-    maps : {extractor: map points (item_id, x, y)}; an extractor without a map gets no
-        position.
-    k : neighbours per extractor.
-    strategy : one of STRATEGIES; falls back to exact (with a note) where unavailable. The
-        category strategy searches the photo's predicted category.
-    diversity : 0 (plain nearest neighbours) to 1; see `pipelines.search.similar.item_neighbours`.
+    uploads : (name, bytes) per photo, in order; a str instead of bytes is a problem the door
+        found before (an unreadable file), kept as that photo's error.
+    sources : the loaded catalog, indexes, models, maps, colours, classifier and far check.
+    k : neighbours per extractor, 1 to the catalog size.
+    extractors : the extractors whose neighbours are wanted; default every index in `sources`.
+        The classifier's extractors and the far check's reference are embedded in any case.
+    strategy : one of STRATEGIES; an index without the strategy's data searches exactly (note).
+    diversity : 0 (plain nearest neighbours) to 1, see `pipelines.search.diversity`.
+    rerank : re-order the nearest candidates by query expansion (`pipelines.search.rerank`).
+    colour : only catalog items of this dominant colour (`sources.colours`); None: any.
+    label : only catalog items with this label; None: any. Filtered searches widen until k
+        pass (`pipelines.search.similar.filtered_search`), never rank the whole catalog.
+    max_bytes : larger files are refused before decoding.
+    embed : `embed_upload` (default) or a memoised wrapper of it with the same arguments (the
+        Upload page caches embeddings across reruns).
+
+    Returns
+    -------
+    One `UploadResult` per upload, in order; an unusable photo has only its `error`.
+
+    Raises
+    ------
+    LookalikeError for a bad setting (unknown extractor, strategy, colour or label; k or
+    diversity out of range): the message names the rule and the valid choices.
     """
-    base = {
-        "name": embedding.name,
-        "category": embedding.category,
-        "confidence": embedding.confidence,
-        "preview": embedding.preview,
-    }
-    if embedding.error:
-        return UploadResult(**base, error=embedding.error)
-    neighbours: dict[str, pd.DataFrame] = {}
-    positions: dict[str, tuple[float, float]] = {}
-    notes: list[str] = []
-    for name, index in indexes.items():
-        if name not in embedding.vectors:
+    from pipelines.search.diversity import check_diversity
+    from pipelines.search.rerank import check_rerank
+    from pipelines.search.topk import check_k
+
+    asked = list(dict.fromkeys(sources.indexes if extractors is None else extractors))
+    check_search(sources, asked, strategy, colour, label)
+    check_k(k)
+    diversity = check_diversity(diversity)
+    rerank = check_rerank(rerank)
+    embed = embed or embed_upload  # looked up now, so a test can replace embed_upload
+    models = {name: sources.models[name] for name in needed_models(sources, asked)}
+    results = []
+    for name, data in uploads:
+        if isinstance(data, str):
+            results.append(UploadResult(name, error=data))
             continue
+        embedding = _embedded(embed, name, data, models, max_bytes, sources.config.max_pixels)
+        if embedding.error is not None:
+            results.append(UploadResult(name, error=embedding.error))
+            continue
+        results.append(
+            _search_one(
+                embedding, data, sources, asked, k, strategy, diversity, rerank, colour, label
+            )
+        )
+    return results
+
+
+def check_search(
+    sources: PhotoSources,
+    extractors: Sequence[str],
+    strategy: str,
+    colour: str | None = None,
+    label: str | None = None,
+) -> None:
+    """The search settings a door may check before reading any photo: extractors searchable
+    and able to embed, strategy, colour and label names. Raises LookalikeError naming the
+    valid choices."""
+    for name in extractors:
+        if name not in EXTRACTORS:
+            raise LookalikeError(
+                f"unknown extractor {name!r}; valid extractors: {', '.join(EXTRACTORS)}"
+            )
+        if name not in sources.indexes:
+            raise LookalikeError(
+                f"the {name} embeddings are not built; searchable: {', '.join(sources.indexes)}"
+            )
+        if name not in sources.models:
+            raise LookalikeError(f"the {name} model cannot embed photos (not loaded)")
+    if strategy not in STRATEGIES:
+        raise LookalikeError(
+            f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
+        )
+    if colour is not None:
+        from pipelines.data.colour import COLOURS, MISSING_HINT
+
+        if colour not in COLOURS:
+            raise LookalikeError(f"unknown colour {colour!r}; valid colours: {', '.join(COLOURS)}")
+        if sources.colours is None:
+            raise LookalikeError(f"the colour filter needs the items' colours: {MISSING_HINT}")
+    if label is not None:
+        labels = sorted({str(v) for v in sources.catalog.get("label", pd.Series()).dropna()})
+        if label not in labels:
+            raise LookalikeError(
+                f"unknown label {label!r}; valid labels: {', '.join(labels) or 'none'}"
+            )
+
+
+def needed_models(sources: PhotoSources, extractors: Sequence[str]) -> list[str]:
+    """The extractors a search embeds each photo with, in EXTRACTORS order: the asked ones,
+    the classifier's features (else the custom CNN for its softmax), and the far check's."""
+    needed = set(extractors)
+    model = sources.category_model
+    if model is not None and all(f in sources.models for f in model.features):
+        needed.update(model.features)
+    elif "custom_cnn" in sources.models:
+        needed.add("custom_cnn")
+    if sources.far is not None and sources.far.extractor in sources.models:
+        needed.add(sources.far.extractor)
+    return [name for name in EXTRACTORS if name in needed]
+
+
+def _embedded(
+    embed: Callable[..., UploadEmbedding],
+    name: str,
+    data: bytes,
+    models: Mapping[str, Any],
+    max_bytes: int,
+    max_pixels: int,
+) -> UploadEmbedding:
+    """`embed(...)`, with any decoder failure it did not word kept as the photo's error: a
+    photo's problem is never the door's."""
+    try:
+        return embed(name, data, models, max_bytes, max_pixels=max_pixels)
+    except Exception as err:  # noqa: BLE001 - a plugin's own exception type, said as such
+        return UploadEmbedding(
+            name, error=f"{printable(name)}: unreadable image ({type(err).__name__}: {err})"
+        )
+
+
+@dataclass(frozen=True)
+class CategoryPrediction:
+    """A photo's predicted category, its probabilities, what the category strategy searches
+    ("a|b" or "*") and the model that predicted it."""
+
+    category: str
+    confidence: float
+    probabilities: dict[str, float]
+    searched: str
+    model: str
+
+
+def predict_category(
+    embedding: UploadEmbedding, sources: PhotoSources
+) -> CategoryPrediction | None:
+    """The photo's category, by the classifier when it exists, else the custom CNN's softmax
+    (see `search_photos`); None without either."""
+    from pipelines.models.classify import search_categories
+
+    model = sources.category_model
+    if model is not None and all(f in embedding.vectors for f in model.features):
+        probs = model.probabilities({f: embedding.vectors[f] for f in model.features})[0]
+        classes, name = [str(c) for c in model.classes], model.name
+    elif embedding.probabilities:
+        classes, name = list(embedding.probabilities), CNN_HEAD
+        probs = np.asarray(list(embedding.probabilities.values()), dtype=np.float32)
+    else:
+        return None
+    cfg = sources.config
+    searched = search_categories(
+        probs[None], classes, cfg.category_cover, cfg.category_exact_below
+    )[0]
+    order = np.argsort(-probs, kind="stable")
+    return CategoryPrediction(
+        category=classes[order[0]],
+        confidence=float(probs[order[0]]),
+        probabilities={classes[i]: round(float(probs[i]), 6) for i in order},
+        searched=str(searched),
+        model=name,
+    )
+
+
+def _search_one(
+    embedding: UploadEmbedding,
+    data: bytes,
+    sources: PhotoSources,
+    extractors: Sequence[str],
+    k: int,
+    strategy: str,
+    diversity: float,
+    rerank: bool,
+    colour: str | None,
+    label: str | None,
+) -> UploadResult:
+    """One embedded photo's category, neighbours, notes, warnings and map places."""
+    from pipelines.search.similar import resolve_strategy, vector_neighbours
+
+    predicted = predict_category(embedding, sources)
+    neighbours: dict[str, pd.DataFrame] = {}
+    used: dict[str, str] = {}
+    notes: list[str] = []
+    for name in extractors:
+        index = sources.indexes[name]
         use, note = resolve_strategy(index, strategy)
-        if use == "category" and embedding.category is None:
+        if use == "category" and predicted is None:
             use, note = "exact", "no predicted category for this photo; showing exact search"
         if note:
             notes.append(f"{name}: {note}")
         table = vector_neighbours(
             index,
-            catalog,
+            sources.catalog,
             embedding.vectors[name],
             k,
             use,
-            category=embedding.category,
+            category=None if predicted is None else predicted.searched,
             diversity=diversity,
+            rerank=rerank,
+            colour=colour,
+            colours=sources.colours,
+            label=label,
         )
-        neighbours[name] = table
-        if name in maps:
-            positions[name] = place_on_map(table, maps[name])
-    return UploadResult(**base, neighbours=neighbours, positions=positions, notes=notes)
-
-
-def analyse_uploads(
-    uploads: Sequence[tuple[str, bytes]],
-    extractors: Mapping[str, Any],
-    indexes: Mapping[str, Index],
-    catalog: pd.DataFrame,
-    maps: Mapping[str, pd.DataFrame],
-    k: int,
-    strategy: str = "exact",
-    max_bytes: int = MAX_UPLOAD_BYTES,
-    *,
-    diversity: float = 0.0,
-) -> list[UploadResult]:
-    """`embed_upload` then `analyse_upload` for each (name, bytes); one result per upload, in
-    order, bad files included with their `error`."""
-    return [
-        analyse_upload(
-            embed_upload(name, data, extractors, max_bytes),
-            indexes,
-            catalog,
-            maps,
-            k,
-            strategy,
-            diversity=diversity,
+        if (colour is not None or label is not None) and len(table) < min(k, index.size):
+            wanted = " and ".join(
+                f"{what} {value}" for what, value in (("colour", colour), ("label", label)) if value
+            )
+            notes.append(f"{name}: only {len(table)} items with {wanted} in the searched items")
+        neighbours[name], used[name] = table, use
+    if predicted is not None and "category" in used.values():
+        searched = (
+            "everything (the category is uncertain)"
+            if predicted.searched == WHOLE_CATALOG
+            else predicted.searched.replace(SEPARATOR, ", ")
         )
-        for name, data in uploads
-    ]
+        notes.append(f"The category strategy searches: {searched}")
+    warnings = []
+    if sources.far is not None and sources.far.extractor in embedding.vectors:
+        from pipelines.search.novelty import far_message, nearest_similarity
+
+        reference = sources.indexes[sources.far.extractor]
+        nearest = nearest_similarity(reference, embedding.vectors[sources.far.extractor])
+        far = far_message(nearest, sources.far)
+        if far:
+            warnings.append(far)
+    confidence = None if predicted is None else predicted.confidence
+    warnings += upload_warnings(embedding.name, data, confidence)
+    positions = {
+        name: place_on_map(table, sources.maps[name])
+        for name, table in neighbours.items()
+        if name in sources.maps
+    }
+    return UploadResult(
+        embedding.name,
+        category=None if predicted is None else predicted.category,
+        confidence=confidence,
+        preview=embedding.preview,
+        neighbours=neighbours,
+        positions=positions,
+        notes=notes,
+        probabilities={} if predicted is None else predicted.probabilities,
+        searched=None if predicted is None else predicted.searched,
+        category_model=None if predicted is None else predicted.model,
+        strategies=used,
+        warnings=warnings,
+    )
 
 
 def category_summary(

@@ -217,25 +217,35 @@ def vector_neighbours(
     *,
     diversity: float = 0.0,
     rerank: bool = False,
+    colour: str | None = None,
+    colours: np.ndarray | None = None,
+    label: str | None = None,
 ) -> pd.DataFrame:
     """The k nearest catalog items of an outside vector (an upload), best first.
 
     Parameters
     ----------
     vector : (d,) embedding from the index's extractor.
-    category : the query's predicted category; needed by the category strategy.
-    Other parameters (diversity and rerank included) as in `item_neighbours`.
+    category : the query's categories for the category strategy ("a", "a|b" or "*").
+    Other parameters (diversity, rerank and the colour and label filters included) as in
+    `item_neighbours`.
     """
     index = reranked(index, rerank)
     k = clip_k(k, index.size)
     pool = diversity_pool_size(k, diversity, index.size)
     if strategy == "category" and category is None:
         raise LookalikeError(
-            "the category strategy needs the photo's predicted category, and the custom CNN "
-            "gave none (it has no classifier head) — choose the exact or cluster strategy"
+            "the category strategy needs the photo's predicted category, and there is none "
+            f"(no category classifier) — run `{commands.RUN}`, or choose the exact or cluster "
+            "strategy"
         )
     categories = [category] if strategy == "category" else None
-    result = index.search(vector, pool, strategy, query_categories=categories)[0]
+
+    def search(width: int) -> SearchResult:
+        return index.search(vector, width, strategy, query_categories=categories)[0]
+
+    keep = row_filter(catalog, colour, colours, label)
+    result = filtered_search(search, keep, pool, index.size)
     return diversify_table(neighbours_table(result, catalog, artifacts_dir), index, k, diversity)
 
 

@@ -3,9 +3,10 @@ one response shape of neighbours. Reads artifacts through the state; writes noth
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -14,6 +15,7 @@ from fastapi import HTTPException
 from pipelines import commands
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
+from pipelines.search.photos import PhotoSources
 from pipelines.search.topk import check_k
 from pipelines.serve.state import ServiceState, StateHolder
 
@@ -24,7 +26,7 @@ def error(status: int, detail: str) -> HTTPException:
 
 
 def upload_status(problem: str) -> int:
-    """HTTP status of an upload's problem, as `embed_upload` words it."""
+    """HTTP status of an upload's problem, as `pipelines.search.photos` words it."""
     if "upload limit" in problem:
         return 413
     if "not a recognised image" in problem:
@@ -40,6 +42,9 @@ class Service:
     holder: StateHolder
     embed_mode: str
     max_upload_bytes: int
+    # The photo search's sources of the state being served, made on its first photo search.
+    _sources: tuple[ServiceState, PhotoSources] | None = field(default=None, repr=False)
+    _sources_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def state(self) -> ServiceState:
         """The state to answer from; 503 with the command to run while there is none."""
@@ -67,6 +72,15 @@ class Service:
             )
         return current.indexes[extractor]
 
+    def photo_sources(self, current: ServiceState) -> PhotoSources:
+        """What `pipelines.search.photos.search_photos` reads for `current`: its catalog,
+        indexes and models, with the colours, the category classifier and the far-from-catalog
+        check read once per state (a rebuilt catalog gets new ones with its new state)."""
+        with self._sources_lock:
+            if self._sources is None or self._sources[0] is not current:
+                self._sources = (current, _photo_sources(current))
+            return self._sources[1]
+
     def checked(self, k: int, strategy: str) -> int:
         """`k` checked by the engine (422) and `strategy` by name (400)."""
         if strategy not in STRATEGIES:
@@ -77,6 +91,23 @@ class Service:
             return check_k(k, self.config.max_k)
         except LookalikeError as err:
             raise error(422, str(err)) from None
+
+
+def _photo_sources(current: ServiceState) -> PhotoSources:
+    from pipelines.data.colour import read_colours
+    from pipelines.models.classify import load_category_model
+    from pipelines.search.novelty import REFERENCE, far_check
+
+    reference = current.indexes.get(REFERENCE)
+    return PhotoSources(
+        catalog=current.catalog,
+        indexes=current.indexes,
+        models=current.extractors,
+        config=current.config,
+        colours=read_colours(current.config, current.catalog["item_id"].to_numpy()),
+        category_model=load_category_model(current.config),
+        far=None if reference is None else far_check(reference),
+    )
 
 
 def diversity_keyword(diversity: float | None) -> dict[str, Any]:

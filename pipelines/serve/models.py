@@ -45,10 +45,31 @@ class PhotoResult(BaseModel):
     """One uploaded photo: its predicted category and its neighbours per extractor."""
 
     name: str
-    category: str | None = Field(None, description="the custom CNN's predicted category")
+    category: str | None = Field(None, description="the predicted category (by `category_model`)")
     confidence: float | None = None
     error: str | None = Field(None, description="why the photo could not be used")
     searches: list[Neighbours] = Field(default_factory=list)
+    probabilities: dict[str, float] = Field(
+        default_factory=dict, description="category -> probability, most likely first"
+    )
+    searched_categories: list[str] | None = Field(
+        None,
+        description='what the category strategy searches for this photo ("*" = the whole '
+        "catalog: the classifier is unsure)",
+    )
+    category_model: str | None = Field(
+        None,
+        description="what predicted the category: the classify stage's classifier, or the "
+        "custom CNN's softmax head when there is none",
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="how the search went (fallbacks, categories searched)"
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="why the results deserve less trust: far from the catalog, a tiny or "
+        "panoramic photo, a guessed category",
+    )
 
 
 class CategoryCount(BaseModel):

@@ -17,8 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines import commands
 from pipelines.config import EXTRACTORS, STRATEGIES
+from pipelines.data.images import ACCEPTED_TEXT
+from pipelines.errors import LookalikeError
 from pipelines.search import photos
-from pipelines.search.rerank import reranked
 from pipelines.search.similar import item_neighbours, resolve_strategy
 from pipelines.serve import models as m
 from pipelines.serve.context import (
@@ -39,7 +40,8 @@ MAX_PHOTOS = 8
 STRATEGY_TEXT = {
     "exact": "the whole catalog (the ANN index above 100k items)",
     "cluster": "only the query's k-means cluster",
-    "category": "only items with the query's predicted category (custom CNN)",
+    "category": "only items of the categories the query's category classifier is unsure "
+    "between (classify stage)",
 }
 THUMB_CACHE = "public, max-age=86400"
 RERANK_TEXT = (
@@ -177,7 +179,7 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
     @app.post("/search", response_model=m.SearchResponse, tags=["search"], **protected)
     def search(
         photo: Annotated[
-            list[UploadFile], File(description=f"one to {MAX_PHOTOS} photos (jpg, png, webp)")
+            list[UploadFile], File(description=f"one to {MAX_PHOTOS} photos ({ACCEPTED_TEXT})")
         ],
         k: Annotated[int, Query(description=f"neighbours, 1 to {svc.config.max_k}")] = 10,
         extractor: Annotated[
@@ -186,72 +188,67 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
         strategy: Annotated[str, Query(description=", ".join(STRATEGIES))] = "exact",
         diversity: DiversityQuery = None,
         rerank: RerankQuery = False,
+        colour: Annotated[
+            str | None, Query(description="only neighbours of this dominant colour")
+        ] = None,
+        label: Annotated[str | None, Query(description="only neighbours with this label")] = None,
     ) -> dict[str, Any]:
-        """Photos -> predicted category (custom CNN) and neighbours per extractor; with several
-        photos also the set's three most common categories."""
+        """Photos -> predicted category (the category classifier) and neighbours per
+        extractor; with several photos also the set's three most common categories. The
+        search is `pipelines.search.photos.search_photos`, as in the app."""
         start = time.perf_counter()
         current = svc.state()
         k = svc.checked(k, strategy)
         extra = diversity_keyword(diversity)
         names = list(dict.fromkeys(extractor or current.extractors or current.indexes))
-        indexes = {name: reranked(svc.index_of(current, name), rerank) for name in names}
+        for name in names:
+            svc.index_of(current, name)
         for name in names:
             if name not in current.extractors:
                 reason = current.model_errors.get(name, "not loaded")
                 raise error(503, f"the {name} model cannot embed photos: {reason}")
         if len(photo) > MAX_PHOTOS:
             raise error(413, f"at most {MAX_PHOTOS} photos per request, got {len(photo)}")
-        models = {name: current.extractors[name] for name in names}
-        results: list[photos.UploadResult] = []
-        for i, part in enumerate(photo, start=1):
-            name = Path(part.filename or "").name or f"photo-{i}"
-            data = part.file.read(svc.max_upload_bytes + 1)  # bounded: one byte tells "too large"
-            embedding = _embed(svc, current, name, data, models)
-            results.append(
-                engine(
-                    lambda e=embedding: photos.analyse_upload(
-                        e, indexes, current.catalog, {}, k, strategy, **extra
-                    )
-                )
+        sources = svc.photo_sources(current)
+        try:
+            photos.check_search(sources, names, strategy, colour, label)
+        except LookalikeError as err:
+            raise error(400, str(err)) from None
+        # Each read is bounded: one byte past the limit tells "too large".
+        uploads = [
+            (Path(p.filename or "").name or f"photo-{i}", p.file.read(svc.max_upload_bytes + 1))
+            for i, p in enumerate(photo, start=1)
+        ]
+        results: list[photos.UploadResult] = engine(
+            lambda: photos.search_photos(
+                uploads, sources, k, names, strategy, rerank=rerank, colour=colour, label=label,
+                max_bytes=svc.max_upload_bytes, **extra,
             )
+        )  # fmt: skip
         if not any(r.error is None for r in results):
             first = results[0].error or "no usable photo"
             raise error(upload_status(first), first)
         summary = photos.category_summary(results, top=3)
         return {
             "took_ms": ms(start),
-            "photos": [_photo(current, r, strategy, k, start, rerank) for r in results],
+            "photos": [_photo(current, r, k, start, rerank) for r in results],
             "top_categories": summary.to_dict(orient="records"),
         }
-
-
-def _embed(
-    svc: Service, current: ServiceState, name: str, data: bytes, models: dict[str, Any]
-) -> photos.UploadEmbedding:
-    """`embed_upload`, with any decoder failure it did not word kept as the photo's error."""
-    try:
-        return photos.embed_upload(
-            name, data, models, svc.max_upload_bytes, max_pixels=current.config.max_pixels
-        )
-    except Exception as err:  # the photo's problem, never the service's
-        return photos.UploadEmbedding(
-            name, error=f"{name}: unreadable image ({type(err).__name__}: {err})"
-        )
 
 
 def _photo(
     current: ServiceState,
     result: photos.UploadResult,
-    strategy: str,
     k: int,
     start: float,
     rerank: bool = False,
 ) -> m.PhotoResult:
-    """One photo's answer: its category and one neighbours body per extractor."""
+    """One photo's answer: its category, notes and one neighbours body per extractor (whose
+    note is that extractor's own notes: a strategy fallback, a filter that ran short)."""
     searches = []
     for name, table in result.neighbours.items():
         notes = [n.split(": ", 1)[1] for n in result.notes if n.startswith(f"{name}: ")]
-        used = strategy if not notes else "exact"
+        used = result.strategies[name]
         body = neighbours_body(current, result.name, name, used, k, start, table, "; ".join(notes))
         searches.append({**body, "rerank": rerank})
     return m.PhotoResult(
@@ -260,4 +257,9 @@ def _photo(
         confidence=result.confidence,
         error=result.error,
         searches=searches,
+        probabilities=result.probabilities,
+        searched_categories=result.searched_categories,
+        category_model=result.category_model,
+        notes=result.notes,
+        warnings=result.warnings,
     )
