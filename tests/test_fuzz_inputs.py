@@ -118,6 +118,8 @@ WRITE_FORMATS = [
     "XBM",
     "BLP",
     "PDF",
+    "HEIF",
+    "AVIF",
 ]
 MODES = ["1", "L", "P", "LA", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F", "LAB", "HSV"]
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -135,7 +137,8 @@ def _encode(img: Image.Image, fmt: str) -> bytes | None:
 @cache
 def real_files() -> list[bytes]:
     """Real photos of clothing-small read in place (JPEG), and two of them re-encoded in
-    memory as PNG and WebP, so truncations and bit flips hit every accepted decoder."""
+    memory as PNG, WebP, HEIC and AVIF, so truncations and bit flips hit every accepted
+    decoder."""
     photos = [
         sorted((DEFAULT_SOURCE / "train" / label).glob("*.jpg"))[0]
         for label in ("dress", "hat", "pants", "shoes", "shirt", "skirt")
@@ -144,6 +147,7 @@ def real_files() -> list[bytes]:
     small = Image.open(io.BytesIO(jpegs[0])).convert("RGB").reduce(4)
     rgba = Image.open(io.BytesIO(jpegs[1])).convert("RGBA").reduce(4)
     extra = [_encode(small, "PNG"), _encode(rgba, "PNG"), _encode(small, "WEBP")]
+    extra += [_encode(small, "HEIF"), _encode(rgba, "AVIF")]
     progressive = io.BytesIO()
     small.save(progressive, format="JPEG", progressive=True, quality=80)
     return [*jpegs, *[e for e in extra if e], progressive.getvalue()]
@@ -235,7 +239,11 @@ def hostile_bytes(draw: st.DrawFn) -> tuple[str, bytes]:
         return kind, bytes(out)
     if kind == "modes":
         mode = draw(st.sampled_from(MODES))
-        fmt = draw(st.sampled_from(["PNG", "WEBP", "JPEG", "TIFF", "BMP", "GIF", "PPM", "TGA"]))
+        fmt = draw(
+            st.sampled_from(
+                ["PNG", "WEBP", "JPEG", "HEIF", "AVIF", "TIFF", "BMP", "GIF", "PPM", "TGA"]
+            )
+        )
         size = (draw(st.integers(1, 48)), draw(st.integers(1, 48)))
         rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
         base = Image.frombytes(
@@ -253,7 +261,42 @@ def hostile_bytes(draw: st.DrawFn) -> tuple[str, bytes]:
     return kind, data
 
 
-NAMES = st.sampled_from(["photo.jpg", "scan.png", "x.webp", "no-suffix", "a\x1b[31mred\n.jpg"])
+NAMES = st.sampled_from(
+    [
+        "photo.jpg",
+        "scan.png",
+        "x.webp",
+        "IMG_0042.HEIC",
+        "y.avif",
+        "no-suffix",
+        "a\x1b[31mred\n.jpg",
+    ]
+)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_decode_and_their_damaged_copies_are_named(fmt: str) -> None:
+    """A real photo saved as HEIC (what iPhones save) or AVIF decodes to its own pixels;
+    cut short, damaged or over the budget it is refused with the reason, never a traceback."""
+    from pipelines.search.photos import decode_upload
+
+    jpeg = sorted((DEFAULT_SOURCE / "validation" / "dress").glob("*.jpg"))[0].read_bytes()
+    photo = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    data = _encode(photo, fmt)
+    assert data is not None and data[4:8] == b"ftyp"
+    decoded = decode_upload("phone.heic", data, draft_size=None)
+    assert decoded.size == photo.size and decoded.mode == "RGB"
+    # Lossy, so close, not equal: the mean colour error of a decoded copy is a few levels.
+    error = np.abs(np.asarray(decoded, np.int16) - np.asarray(photo, np.int16)).mean()
+    assert error < 6, error
+    for cut in (len(data) // 2, 40):
+        with pytest.raises(ImageError, match=r"^phone\.heic: truncated or corrupt") as err:
+            decode_upload("phone.heic", data[:cut])
+        assert "not a recognised image" not in str(err.value)
+    with pytest.raises(ImageError, match=r"too large: 400x533 = 213,200 pixels, over the cap"):
+        decode_upload("phone.heic", data, max_pixels=200_000)
+    with pytest.raises(ImageError, match=r"too large to decode safely: 400x533 RGB needs"):
+        decode_upload("phone.heic", data, max_decode_bytes=2**20)
 
 
 def _vm_hwm_mb() -> float:
