@@ -169,14 +169,24 @@ def _map_layer(
     return plots.map_layer(points, color_by, shown)
 
 
+# Session key of the raster threshold: a session may draw maps as images from another size
+# than `plots.RASTER_MIN_ITEMS` (the app's timing harness, app/timing.py, sets it for a run).
+RASTER_MIN_KEY = "raster_min_items"
+
+
+def raster_min_items() -> int:
+    """From how many items this session draws a map as an image."""
+    return int(st.session_state.get(RASTER_MIN_KEY, plots.RASTER_MIN_ITEMS))
+
+
 def map_layer(
     cfg: Config, extractor: str, color_by: str = "label", shown_labels: tuple = ()
 ) -> plots.MapLayer | None:
     """A large map drawn once per colouring and label filter (`plots.map_layer`: its image,
     interactive sample and id lookups), shared by every session; None for a map below
-    `plots.RASTER_MIN_ITEMS` items, which is drawn point by point as always."""
+    `raster_min_items()` items, which is drawn point by point as always."""
     points = map_points(cfg, extractor)
-    if len(points) < plots.RASTER_MIN_ITEMS:
+    if len(points) < raster_min_items():
         return None
     key = _points_key(cfg, extractor)
     return _map_layer(str(cfg.artifacts_dir), extractor, key, color_by, tuple(shown_labels))
@@ -379,14 +389,6 @@ def far_check(cfg: Config, extractor: str) -> Any:
     return _far_check(index(cfg, extractor), extractor, key)
 
 
-def _model_file(cfg: Config, extractor: str) -> Path:
-    if extractor == "custom_cnn":
-        return cfg.models_dir / "custom_cnn.keras"
-    if extractor == "inception_head":
-        return cfg.head_path
-    return cfg.models_dir / "inception_v3.weights.h5"
-
-
 def _keep_kernels_across_reruns() -> None:
     """Stop Streamlit's end-of-run `keras.backend.clear_session()` from clearing TensorFlow's
     kernel cache.
@@ -432,20 +434,20 @@ def _extractor(artifacts_dir: str, name: str, cnn: tuple, weights_sha: str) -> A
 
 def model_sha(cfg: Config, name: str) -> str:
     """The manifest hash of an extractor's model or weights file (a cache key)."""
-    return sha(_model_file(cfg, name))
+    return sha(cfg.model_path(name))
 
 
 def extractor(cfg: Config, name: str) -> Any:
     """One extractor, loaded once and warmed up (the heatmap needs only the page's one)."""
     cnn = (cfg.cnn_image_size, cfg.cnn_embedding_dim, cfg.inception_weights)
-    return _extractor(str(cfg.artifacts_dir), name, cnn, sha(_model_file(cfg, name)))
+    return _extractor(str(cfg.artifacts_dir), name, cnn, sha(cfg.model_path(name)))
 
 
 def extractors(cfg: Config) -> dict[str, Any]:
     """Both extractors, loaded once and warmed up: {name: Extractor}."""
     cnn = (cfg.cnn_image_size, cfg.cnn_embedding_dim, cfg.inception_weights)
     return {
-        name: _extractor(str(cfg.artifacts_dir), name, cnn, sha(_model_file(cfg, name)))
+        name: _extractor(str(cfg.artifacts_dir), name, cnn, sha(cfg.model_path(name)))
         for name in cfg.extractors_built()
     }
 
@@ -470,7 +472,7 @@ def upload_embedding(
     key = (
         str(cfg.artifacts_dir),
         (cfg.cnn_image_size, cfg.cnn_embedding_dim, cfg.inception_weights),
-        *((model, sha(_model_file(cfg, model))) for model in models),
+        *((model, sha(cfg.model_path(model))) for model in models),
     )
     return _upload(name, data, key, max_bytes, max_pixels or cfg.max_pixels, models)
 

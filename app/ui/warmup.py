@@ -49,6 +49,9 @@ class Build:
         )
 
 
+# Session key: False leaves the upload models unbuilt until a page needs them (the app's
+# timing harness, app/timing.py, times the pages without them).
+WARM_KEY = "warm_models"
 _LOCK = threading.Lock()
 _BUILDS: dict[tuple[str, ...], Build] = {}
 
@@ -80,8 +83,9 @@ def _run(cfg: Config, build: Build) -> None:
 
 def start(cfg: Config) -> Build | None:
     """Start building the upload models in the background (once per process and model
-    files); returns the build, or None when the models are not built yet."""
-    if status.missing_artifacts(cfg, ("models",)):
+    files); returns the build, or None when the models are not built yet or this session
+    asked for no background build (st.session_state[WARM_KEY] False)."""
+    if not st.session_state.get(WARM_KEY, True) or status.missing_artifacts(cfg, ("models",)):
         return None
     key = _key(cfg)
     with _LOCK:
@@ -93,6 +97,13 @@ def start(cfg: Config) -> Build | None:
                 target=_run, args=(cfg, build), name="lookalike-model-warmup", daemon=True
             ).start()
     return build
+
+
+def started(cfg: Config) -> Build | None:
+    """The background build this process started for `cfg`'s model files, if any."""
+    key = _key(cfg)
+    with _LOCK:
+        return _BUILDS.get(key)
 
 
 def wait(cfg: Config) -> None:

@@ -7,23 +7,20 @@ page with AppTest on both builds in one run, the Map's first paint in Chromium
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipelines import artifacts
 from pipelines.bench.common import jsonable, ms, run_child
 from pipelines.bench.scale_browser import browser_paint
 from pipelines.bench.scale_build import build_scaled
-from pipelines.config import EXTRACTORS, REPO_ROOT, Config
+from pipelines.config import EXTRACTORS, Config
 from pipelines.search.ann import run_ann
 
-APP = REPO_ROOT / "app" / "streamlit_app.py"
 PAGES = (
     "app_pages/map.py",
     "app_pages/search.py",
@@ -41,6 +38,10 @@ TARGETS = {
 }
 
 
+# What `child_search` reports (its child's own RSS and seconds are left out).
+SEARCH_KEYS = ("index_load_s", "search_")
+
+
 def scale_results_path(config: Config, n: int, results_dir: Path | None = None) -> Path:
     """Where `run_scale_bench` writes: bench/scale-<n>.json (or `results_dir`/scale-<n>.json)."""
     return Path(results_dir or config.bench_dir) / f"scale-{n}.json"
@@ -49,131 +50,8 @@ def scale_results_path(config: Config, n: int, results_dir: Path | None = None) 
 # --------------------------------------------------------------------------- measuring
 
 
-def child_scale_app(
-    artifacts_dir: str,
-    pages: list[str],
-    raster_min_items: int | None = None,
-    repeats: int = 3,
-    models: bool = True,
-) -> dict[str, Any]:
-    """(child) Every page under AppTest on one build: the first render (cold caches for the
-    first page), then re-renders after changing k and the extractor (medians of `repeats`,
-    after one untimed pass over every extractor so each one's index is loaded).
-
-    The upload models the app loads in the background are awaited before any page is timed
-    (they would share the cores with it); `models=False` does not load them at all.
-    """
-    os.environ["LOOKALIKE_ARTIFACTS"] = artifacts_dir
-    from streamlit.testing.v1 import AppTest
-
-    from app.ui import loaders, plots, warmup
-
-    if raster_min_items is not None:
-        plots.RASTER_MIN_ITEMS = int(raster_min_items)
-    if not models:
-        warmup.start = lambda cfg: None
-    from app.ui.widgets import EXTRACTOR_LABEL, K_LABEL
-
-    at = AppTest.from_file(str(APP), default_timeout=900)
-    t0 = time.perf_counter()
-    at.run()
-    out: dict[str, Any] = {"app_first_render_s": round(time.perf_counter() - t0, 3)}
-    build = warmup.start(loaders.config()) if models else None
-    t0 = time.perf_counter()
-    while build is not None and not build.finished:
-        time.sleep(0.25)
-    out["models_wait_s"] = round(time.perf_counter() - t0, 1)
-    rows = []
-    for page in pages:
-        at.switch_page(page)
-        t0 = time.perf_counter()
-        at.run()
-        row: dict[str, Any] = {
-            "page": page,
-            "first_render_ms": round((time.perf_counter() - t0) * 1e3, 1),
-        }
-        t0 = time.perf_counter()
-        at.run()
-        row["rerun_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
-        sliders = [w for w in at.slider if getattr(w, "label", "") == K_LABEL]
-        boxes = [w for w in at.selectbox if getattr(w, "label", "") == EXTRACTOR_LABEL]
-        if sliders and boxes:
-            box = at.selectbox(key=boxes[0].key)
-            for _ in range(len(box.options)):  # load every extractor once, untimed
-                box = at.selectbox(key=boxes[0].key)
-                box.select_index((box.index + 1) % len(box.options))
-                at.run()
-            k_times, e_times = [], []
-            for value in [5, 20, 10, 15, 7][:repeats]:
-                at.slider(key=sliders[0].key).set_value(value)
-                t0 = time.perf_counter()
-                at.run()
-                k_times.append(time.perf_counter() - t0)
-            for _ in range(repeats):
-                box = at.selectbox(key=boxes[0].key)
-                box.select_index((box.index + 1) % len(box.options))
-                t0 = time.perf_counter()
-                at.run()
-                e_times.append(time.perf_counter() - t0)
-            row["k_rerender_ms"] = ms(k_times)["median_ms"]
-            row["extractor_rerender_ms"] = ms(e_times)["median_ms"]
-        row.update(_rss_split())
-        row["exceptions"] = [str(e.value)[:300] for e in at.exception]
-        row["errors_shown"] = [str(e.value)[:200] for e in at.error]
-        rows.append(row)
-    out["pages"] = rows
-    out.update(_map_figure_numbers(artifacts_dir))
-    out.update(_search_numbers(artifacts_dir))
-    return out
-
-
-def _rss_split() -> dict[str, float]:
-    """This process's resident memory now, split: anonymous (its own heap) and file-backed
-    (pages of memory-mapped files such as the embeddings: the shared page cache, which the
-    kernel can drop), MB."""
-    out: dict[str, float] = {}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(("RssAnon:", "RssFile:")):
-                name = "rss_anon_mb" if line.startswith("RssAnon") else "rss_file_mb"
-                out[name] = round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return out
-
-
-def _map_figure_numbers(artifacts_dir: str) -> dict[str, Any]:
-    """Server-side cost and size of the Map page's figure: drawing a large map's layer (once
-    per map, colouring and filter; cached by the app), then the figure a rerun builds from it
-    and the JSON the browser receives."""
-    from app.ui import plots
-    from pipelines.explore import browse
-    from pipelines.readers import read_catalog
-
-    cfg = Config(artifacts_dir=Path(artifacts_dir))
-    catalog, _ = read_catalog(cfg)
-    name = EXTRACTORS[0]
-    points = browse.map_points(catalog, pd.read_parquet(cfg.map_path(name)))
-    out: dict[str, Any] = {"map_raster": len(points) >= plots.RASTER_MIN_ITEMS}
-    layer = None
-    if out["map_raster"]:
-        t0 = time.perf_counter()
-        layer = plots.map_layer(points, "label")
-        out["map_layer_build_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
-        out["map_png_bytes"] = len(layer.raster.png)
-    times, size = [], 0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        figure, _ = plots.map_figure(points, "label", dragmode=plots.SELECT_DRAG, layer=layer)
-        size = len(figure.to_json())
-        times.append(time.perf_counter() - t0)
-    out["map_figure_build_ms"] = ms(times)["median_ms"]
-    out["map_figure_json_bytes"] = size
-    return out
-
-
-def _search_numbers(artifacts_dir: str, queries: int = 30) -> dict[str, Any]:
-    """Single-query latency of each strategy on the first extractor (catalog items as
+def child_search(artifacts_dir: str, queries: int = 30) -> dict[str, Any]:
+    """(child) Single-query latency of each strategy on the first extractor (catalog items as
     queries; the first query, which builds any approximate index, is reported apart)."""
     from pipelines.readers import load_index
 
@@ -258,7 +136,12 @@ def run_scale_bench(
         for name, path in (("default", config.artifacts_dir), ("scaled", build_dir)):
             print(f"bench --scale {n}: pages on the {name} build ...", flush=True)
             load = loadavg()
+            # The pages are timed by the app's own harness (app/timing.py), search apart.
             result = run_child("scale_app", {"artifacts_dir": str(path), **params}, 3600)
+            search = run_child("scale_search", {"artifacts_dir": str(path)}, 3600)
+            result.update({k: v for k, v in search.items() if k.startswith(SEARCH_KEYS)})
+            if "error" in search:
+                result["search_error"] = search["error"]
             result["loadavg_before"] = load
             results[name] = result
         if browser:
