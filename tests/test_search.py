@@ -231,7 +231,7 @@ def test_cluster_strategy_without_clusters_says_how_to_make_them(wide):
 
 def test_category_strategy_without_categories_says_how_to_make_them(wide):
     with pytest.raises(
-        LookalikeError, match="needs predicted categories .* embed --extractor custom_cnn"
+        LookalikeError, match="needs predicted categories .* run `python -m pipelines classify`"
     ):
         wide.search(wide.vectors[0], 3, strategy="category")
 
