@@ -21,6 +21,7 @@ from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.readers import load_index, read_catalog
 from pipelines.serve.app import MAX_PHOTOS, create_app
 from tests.conftest import real_photos
+from tests.strategy_pools import narrow_query
 
 KEY = "test-key-1234"
 
@@ -137,10 +138,17 @@ def test_similar_diversity_is_passed_to_the_engine(
 
 
 @pytest.mark.parametrize("strategy", ["cluster", "category"])
-def test_similar_pool_strategies_are_used(client: TestClient, ids: list[str], strategy) -> None:
-    body = client.get(f"/items/{ids[0]}/similar", params={"k": 3, "strategy": strategy}).json()
+def test_similar_pool_strategies_are_used(
+    client: TestClient, built: Config, ids: list[str], strategy
+) -> None:
+    # A query whose pool (nearest clusters / predicted categories, read from the artifact
+    # files) leaves out part of the catalog; k reaches past the pool, so the answer is the
+    # whole pool in order of similarity, and a search outside it would show.
+    query, pool = narrow_query(built, "inception_v3", strategy)
+    params = {"k": len(ids) - 1, "strategy": strategy, "extractor": "inception_v3"}
+    body = client.get(f"/items/{query}/similar", params=params).json()
     assert body["strategy"] == strategy and body["note"] is None
-    assert ids[0] not in [r["item_id"] for r in body["results"]]
+    assert [r["item_id"] for r in body["results"]] == pool
 
 
 def test_thumb_bytes_type_and_cache_headers(
@@ -262,22 +270,53 @@ def test_too_large_photo_is_refused(client: TestClient) -> None:
 
 
 def test_too_large_stream_without_length_is_cut_off(built: Config) -> None:
+    """A body without Content-Length is read only until it passes the limit. Driven through
+    ASGI directly: TestClient reads a streamed body whole before the app sees a byte."""
+    import asyncio
+    import json
+
+    from pipelines.serve.app import MULTIPART_SLACK
+
     app = create_app(built, load_extractors=False, reload_interval=0, max_upload_bytes=1000)
-    sent = []
+    limit = MAX_PHOTOS * 1000 + MULTIPART_SLACK  # ~74 KB
+    sent: list[int] = []
+    answer: list[dict] = []
 
-    def body():
-        for _ in range(200):  # 200 x 1 KB against a ~74 KB body limit
-            sent.append(1)
-            yield b"x" * 1024
+    head = (
+        b'--xyz\r\nContent-Disposition: form-data; name="photo"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n"
+    )
 
-    with TestClient(app) as small:
-        response = small.post(
-            "/search",
-            content=body(),
-            headers={"content-type": "multipart/form-data; boundary=xyz"},
-        )
-    assert response.status_code == 413
-    assert "limit" in _one_line(response)
+    async def receive() -> dict:
+        # One photo part whose bytes keep coming: 200 x 1 KB after the part's header.
+        if len(sent) == 201:
+            return {"type": "http.request", "body": b"\r\n--xyz--\r\n", "more_body": False}
+        chunk = head if not sent else b"x" * 1024
+        sent.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict) -> None:
+        answer.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/search",
+        "raw_path": b"/search",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=xyz")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert answer[0]["status"] == 413
+    assert "limit" in json.loads(answer[1]["body"])["detail"]
+    # Reading stopped at the first chunk past the limit, not at the end of the stream.
+    assert sum(sent) <= limit + 1024, (sum(sent), limit)
 
 
 def test_too_many_photos(client: TestClient) -> None:
@@ -344,6 +383,44 @@ def test_paths_never_reach_the_filesystem(client: TestClient, path: str) -> None
     assert client.get(path).status_code == 404
 
 
+def test_thumbnail_lookup_refuses_paths(built: Config, tmp_path: Path) -> None:
+    """The thumbnail handler itself, called without the router (which answers 404 to most
+    of these before any handler runs): only a catalog id finds a file. Each name below would
+    reach a real file outside thumbs/ if the handler built a path from it (thumbs/<name> or
+    thumbs/<name>.jpg), the symlink included."""
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    config = built.replace(artifacts_dir=tmp_path / "artifacts")
+    shutil.copytree(built.artifacts_dir, config.artifacts_dir)
+    secret = config.artifacts_dir / "secret"
+    for outside in (secret, secret.with_suffix(".jpg")):
+        outside.write_bytes(b"not for clients")
+    for link in ("escape", "escape.jpg"):
+        (config.artifacts_dir / "thumbs" / link).symlink_to(secret)
+    app = create_app(config, load_extractors=False, reload_interval=0)
+    (route,) = [r for r in app.routes if getattr(r, "path", "") == "/thumbs/{item_id}"]
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+
+    item = app.state.holder.state.catalog["item_id"].iat[0]
+    assert route.endpoint(item, request).body == config.thumb_path(item).read_bytes()
+    names = [
+        "../secret",
+        "../catalog.parquet",
+        "%2e%2e/secret",
+        "%2e%2e%2fsecret",
+        "..%2Fsecret",
+        str(secret),
+        str(config.catalog_path),
+        "escape",
+    ]
+    for name in names:
+        with pytest.raises(HTTPException) as refused:
+            route.endpoint(name, request)
+        assert refused.value.status_code == 404, name
+        assert f"no catalog item {name!r}" in refused.value.detail
+
+
 def test_openapi_documents_the_endpoints(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/health", "/extractors", "/strategies", "/items/{item_id}", "/search"):
@@ -366,7 +443,8 @@ def keyed(built: Config) -> TestClient:
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": "Basic x"}],
 )
 def test_api_key_required(keyed: TestClient, ids: list[str], headers: dict) -> None:
-    for path in ("/extractors", "/strategies", f"/items/{ids[0]}", f"/thumbs/{ids[0]}"):
+    paths = ["/extractors", "/strategies", f"/items/{ids[0]}", f"/items/{ids[0]}/similar"]
+    for path in [*paths, f"/thumbs/{ids[0]}"]:
         response = keyed.get(path, headers=headers)
         assert response.status_code == 401
         assert "API key" in _one_line(response)
