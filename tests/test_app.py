@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from pipelines.config import REPO_ROOT, Config
 from pipelines.quality.metrics import jaccard_at_k
+from tests.strategy_pools import narrow_query
 
 APP = str(REPO_ROOT / "app" / "streamlit_app.py")
 PAGES = ["map", "search", "compare", "clusters", "upload", "photo_map", "health"]
@@ -165,17 +166,23 @@ def test_switching_extractor_changes_the_neighbours(app: AppTest) -> None:
     assert query not in custom and query not in inception
 
 
-def test_search_query_by_item_id_and_strategies(app: AppTest, catalog: pd.DataFrame) -> None:
+def test_search_query_by_item_id_and_strategies(
+    app: AppTest, built: Config, catalog: pd.DataFrame
+) -> None:
     at = open_page(app, "search")
-    target = catalog["item_id"].iloc[7]
+    at.selectbox(key="sidebar_extractor").set_value("inception_v3").run()
+    # k past every pool: the page shows the whole pool of the query, in order of similarity.
+    at.slider(key="sidebar_k").set_value(len(catalog) - 1).run()
     at.radio(key="search_mode").set_value("Item id").run()
-    at.text_input(key="query_id_text").set_value(target).run()
-    assert at.session_state["query_id"] == target
-    assert any(target in c.value for c in at.caption)
     for strategy in ("cluster", "category"):
+        # A query whose pool (read from the artifact files) leaves out part of the catalog.
+        target, pool = narrow_query(built, "inception_v3", strategy)
+        at.text_input(key="query_id_text").set_value(target).run()
+        assert at.session_state["query_id"] == target
+        assert any(target in c.value for c in at.caption)
         at.selectbox(key="sidebar_strategy").set_value(strategy).run()
         assert not at.exception
-        assert target not in shown_tables(at)[0]["item_id"].tolist()
+        assert shown_tables(at)[0]["item_id"].tolist() == pool, strategy
     at.text_input(key="query_id_text").set_value("not-an-item").run()
     assert not at.exception
     assert "'not-an-item' is not in the catalog" in at.error[0].value
