@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipelines import commands
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -382,10 +383,14 @@ def check_search(
             )
         if name not in sources.indexes:
             raise LookalikeError(
-                f"the {name} embeddings are not built; searchable: {', '.join(sources.indexes)}"
+                f"the {name} embeddings are not built — run `{commands.embed(name)}`; "
+                f"searchable: {', '.join(sources.indexes)}"
             )
         if name not in sources.models:
-            raise LookalikeError(f"the {name} model cannot embed photos (not loaded)")
+            raise LookalikeError(
+                f"the {name} model cannot embed photos: it is not trained or not loaded — "
+                f"build it with `{commands.RUN}`; can embed: {', '.join(sources.models)}"
+            )
     if strategy not in STRATEGIES:
         raise LookalikeError(
             f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
