@@ -241,18 +241,3 @@ def load_category_model(config: Config) -> CategoryModel | None:
     """The chosen classifier, or None before the classify stage has run."""
     path = config.category_model_path
     return CategoryModel.load(path) if path.is_file() else None
-
-
-def predict_upload(
-    model: CategoryModel, vectors: Mapping[str, np.ndarray], config: Config
-) -> tuple[str, float, str] | None:
-    """(category, confidence, searched categories) of one upload from its extractor vectors,
-    or None when a vector the model needs is missing."""
-    if not all(f in vectors for f in model.features):
-        return None
-    probs = model.probabilities({f: vectors[f] for f in model.features})
-    top = int(probs[0].argmax())
-    search = search_categories(
-        probs, model.classes, config.category_cover, config.category_exact_below
-    )[0]
-    return str(model.classes[top]), float(probs[0, top]), str(search)
