@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import re
+import signal
 import socket
 import tempfile
 import time
@@ -71,6 +72,16 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Tests: LOOKALIKE_KILL_AT=<written|renamed>:<path tail> SIGKILLs a write before|after its rename.
+KILL_AT_ENV = "LOOKALIKE_KILL_AT"
+
+
+def _kill_point(point: str, path: Path) -> None:
+    point_at, _, tail = os.environ.get(KILL_AT_ENV, "").partition(":")
+    if point_at == point and tail and path.as_posix().endswith(f"/{tail}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -96,7 +107,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         # mkstemp creates the file owner-only (0600); give the artifact the usual permissions
         # (0666 less the umask) so an app run by another user can read it.
         os.chmod(tmp, 0o666 & ~_umask())
+        _kill_point("written", path)
         os.replace(tmp, path)
+        _kill_point("renamed", path)
     finally:
         if tmp.exists():
             tmp.unlink()

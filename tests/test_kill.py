@@ -7,11 +7,13 @@ out without UMAP's minute of JIT compiling) and tiny settings keep one full run 
 Each round deletes the manifests of one stage (so that stage has real work), starts `run`,
 waits for that stage's header and kills the process at a random moment (fixed seed) inside
 it. The next round's run is the run after that kill. After every kill: each artifact that
-matches its manifest must load whole (nothing half-written behind a good manifest). At the
-end one run must finish, rebuild every stage whose artifact no longer matched its manifest,
-leave every artifact matching its manifest and aligned with the catalog, remove the temporary
-files the killed writes left (SIGKILL skips atomic_path's clean-up), and a last run must
-report every stage up to date.
+matches its manifest must load whole (nothing half-written behind a good manifest). Then two
+kills at named points of the atomic writer (`artifacts.KILL_AT_ENV`), never a race with the
+clock: the catalog's temporary written but not renamed, and a clusters file renamed in place
+under the manifest of other settings. The run after each must finish, rebuild every stage
+whose artifact no longer matched its manifest, leave every artifact matching its manifest and
+aligned with the catalog, remove the temporary the killed write left (SIGKILL skips
+atomic_path's clean-up), and a last run must report every stage up to date.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines.artifacts import matches_manifest
+from pipelines.artifacts import KILL_AT_ENV, matches_manifest
 from pipelines.config import REPO_ROOT
 from tests.conftest import real_photos
 
@@ -175,20 +177,14 @@ def _run_and_kill(cmd: list[str], stage_index: int, delay: float, log: Path) -> 
     return proc.returncode == -signal.SIGKILL, "".join(seen)
 
 
-def _kill_mid_write(cmd: list[str], art: Path, log: Path) -> list[Path]:
-    """Start `run` and SIGKILL it the moment a new temporary file appears under `art` (a write
-    in progress); returns the new temporaries still there after the kill."""
-    before = set(_temporaries(art))
+def _killed_at(cmd: list[str], point: str, log: Path) -> subprocess.CompletedProcess:
+    """Run `cmd` with the atomic writer told to SIGKILL itself at `point`
+    (`artifacts.KILL_AT_ENV`: "written:<path tail>" or "renamed:<path tail>")."""
+    env = {**os.environ, KILL_AT_ENV: point}
     with open(log, "ab") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if set(_temporaries(art)) - before:
-            break
-        time.sleep(0.001)
-    proc.kill()
-    proc.wait()
-    return sorted(set(_temporaries(art)) - before)
+        done = subprocess.run(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, env=env)
+    assert done.returncode == -signal.SIGKILL, (point, done.returncode)
+    return done
 
 
 @pytest.mark.slow
@@ -227,16 +223,15 @@ def test_kills_in_every_stage_are_repaired_by_the_next_run(tmp_path: Path) -> No
     assert set(hit) == set(stages), f"stages never killed: {set(stages) - set(hit)}"
 
     # Random moments rarely fall inside one of these tiny writes, so one more run is killed
-    # the moment a write is under way: SIGKILL skips atomic_path's clean-up, the temporary stays.
-    for _attempt in range(5):
-        for _artifact, manifest_file, manifest in _manifests(art):
-            if manifest["stage"] == "catalog":
-                manifest_file.unlink()  # the catalog stage rewrites its tables, nothing else
-        if _kill_mid_write(cmd, art, log):
-            break
+    # at a named point: the catalog's temporary written, not yet renamed. SIGKILL skips
+    # atomic_path's clean-up, so the temporary stays (this run swept the older ones first).
+    for _artifact, manifest_file, manifest in _manifests(art):
+        if manifest["stage"] == "catalog":
+            manifest_file.unlink()  # the catalog stage rewrites its tables, nothing else
+    _killed_at(cmd, "written:catalog.parquet", log)
     stale_before_final = _check_after_kill(art)
     left = _temporaries(art)
-    assert left, "no kill left a temporary file behind"
+    assert [p.name.split(".pid")[0] for p in left] == [".catalog.parquet"], left
     repair = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert repair.returncode == 0, repair.stderr[-3000:]
     assert f"removed {len(left)} temporary file" in repair.stdout, (left, repair.stdout[:500])
@@ -254,9 +249,27 @@ def test_kills_in_every_stage_are_repaired_by_the_next_run(tmp_path: Path) -> No
     assert {p.stem for p in (art / "thumbs").glob("*.jpg")} == set(catalog["item_id"])
     assert np.load(art / "embeddings" / "custom_cnn.npy").shape[0] == len(catalog)
 
+    # Killed after a rename, before its manifest: a clusters run with other settings leaves
+    # its first new file (the centroids) under the old manifest, whose stage key is the one
+    # `cmd` asks for. The next run must see that the bytes are not the ones recorded, and
+    # cluster again.
+    centroids = art / "clusters" / "custom_cnn_centroids.npy"
+    other = [sys.executable, "-m", "pipelines", "clusters", "--artifacts", str(art)]
+    other += ["--extractor", "custom_cnn", "--set", "n_clusters=3"]
+    _killed_at(other, "renamed:clusters/custom_cnn_centroids.npy", log)
+    assert not matches_manifest(centroids), "the killed run did not replace the centroids"
     again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    results = [r for _s, r in _stage_table(again.stdout).values()]
-    assert all(r.startswith("up to date") for r in results), again.stdout[-2000:]
-    assert "temporary" not in again.stdout
+    table = _stage_table(again.stdout)
+    assert not table["clusters"][1].startswith("up to date"), again.stdout[-2000:]
+    assert all(r.startswith("up to date") for n, (_s, r) in table.items() if n != "clusters")
+    for artifact, _file, manifest in _manifests(art):
+        assert matches_manifest(artifact, manifest), artifact
+    assert len(np.load(centroids)) == int(SETTINGS["n_clusters"])
+
+    last = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert last.returncode == 0, last.stderr[-3000:]
+    results = [r for _s, r in _stage_table(last.stdout).values()]
+    assert all(r.startswith("up to date") for r in results), last.stdout[-2000:]
+    assert "temporary" not in last.stdout
     assert _temporaries(art) == []
