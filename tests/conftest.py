@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipelines.artifacts import write_manifest, write_npy, write_parquet
 from pipelines.config import DEFAULT_SOURCE, Config
@@ -16,6 +18,21 @@ from pipelines.config import DEFAULT_SOURCE, Config
 CLOTHING = DEFAULT_SOURCE
 # Classes of the small real catalog the `built` fixture runs the whole pipeline on.
 SMALL_LABELS = ["dress", "hat", "pants", "shoes"]
+
+
+def encode(img: Image.Image, fmt: str, **params: int) -> bytes:
+    """`img` saved as `fmt` in memory (`params`, such as quality, go to the encoder). HEIF
+    (what iPhones save) is written by pillow-heif's encoder directly, not through Pillow's
+    plugin table: the product only decodes HEIC, with pi-heif, and the tests must exercise
+    that decoder, not the encoder's own opener."""
+    buf = io.BytesIO()
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.from_pillow(img).save(buf, format="HEIF", **params)
+    else:
+        img.save(buf, format=fmt, **params)
+    return buf.getvalue()
 
 
 def real_photos(label: str, n: int, split: str = "train") -> list[Path]:

@@ -35,6 +35,7 @@ from PIL import Image
 
 from pipelines.config import DEFAULT_SOURCE, REPO_ROOT, Config
 from pipelines.data.images import ImageError
+from tests.conftest import encode
 
 SEED = 20261126
 DB = DirectoryBasedExampleDatabase(str(REPO_ROOT / "test-output" / "hypothesis"))
@@ -126,12 +127,10 @@ PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes | None:
-    buf = io.BytesIO()
     try:
-        img.save(buf, format=fmt)
+        return encode(img, fmt)
     except Exception:  # noqa: BLE001 - a mode this format cannot store: not a test input
         return None
-    return buf.getvalue()
 
 
 @cache

@@ -4,7 +4,6 @@ WebP, HEIC and AVIF, wrong extensions, huge declared dimensions, empty files. No
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
@@ -16,7 +15,7 @@ from PIL import Image
 
 from pipelines.config import Config
 from pipelines.serve.app import create_app
-from tests.conftest import real_photos
+from tests.conftest import encode, real_photos
 
 EXAMPLES = 520
 # One small extractor keeps a decodable mutant cheap; the decode path (embed_upload) is the
@@ -33,12 +32,7 @@ def _seeds() -> list[bytes]:
     """A real photo as JPEG, PNG, WebP, HEIC and AVIF (small, so mutants decode fast)."""
     photo = Image.open(real_photos("shoes", 1, "test")[0]).convert("RGB")
     photo.thumbnail((96, 96))
-    seeds = []
-    for fmt in FORMATS:
-        buffer = io.BytesIO()
-        photo.save(buffer, format=fmt)
-        seeds.append(buffer.getvalue())
-    return seeds
+    return [encode(photo, fmt) for fmt in FORMATS]
 
 
 def _png_header(width: int, height: int, colour_type: int = 2) -> bytes:
@@ -153,11 +147,7 @@ def test_heic_and_avif_photos_are_searched_and_damaged_ones_named(
     """An iPhone's HEIC and a web AVIF are searched as the same photo in JPEG is (415 before);
     cut short they get 422 with the reason."""
     photo = Image.open(real_photos("hat", 1, "test")[0]).convert("RGB")
-    encoded = {}
-    for kind in ("JPEG", fmt):
-        buffer = io.BytesIO()
-        photo.save(buffer, format=kind, quality=95)
-        encoded[kind] = buffer.getvalue()
+    encoded = {kind: encode(photo, kind, quality=95) for kind in ("JPEG", fmt)}
     params = {"extractor": "inception_v3", "k": 5}
     bodies = []
     for data in encoded.values():

@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from pi_heif import register_heif_opener
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
-from pillow_heif import register_heif_opener
 
 from pipelines.errors import LookalikeError
 
 # A truncated file must be refused, never padded with grey (load_image re-asserts this, in case
 # some other import turned it on).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# HEIC/HEIF (what iPhones save) through pillow-heif's plugin; AVIF through Pillow's own, built
-# into the pinned wheel (`PIL.features.check("avif")`). Both decode lazily like the others, so
-# the pixel cap and the memory budget below are checked on the header before any decoding.
+# HEIC/HEIF (what iPhones save) through pi-heif's plugin (decode only); AVIF through Pillow's
+# own, built into the pinned wheel (`PIL.features.check("avif")`). Both decode lazily like the
+# others, so the pixel cap and the memory budget below are checked on the header before any
+# decoding.
 register_heif_opener()
 
 DEFAULT_MAX_PIXELS = 40_000_000
