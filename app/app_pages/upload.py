@@ -84,7 +84,8 @@ with widgets.user_errors():
         [(file.name, photo_bytes[file.name]) for file in files],
         sources,
         settings.k,
-        EXTRACTORS,
+        # The sidebar's extractor first: its tab opens, and the others follow.
+        [settings.extractor, *(name for name in EXTRACTORS if name != settings.extractor)],
         settings.strategy,
         diversity=diversity,
         colour=colour,
