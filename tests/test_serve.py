@@ -274,6 +274,7 @@ def test_too_large_stream_without_length_is_cut_off(built: Config) -> None:
     ASGI directly: TestClient reads a streamed body whole before the app sees a byte."""
     import asyncio
     import json
+    from concurrent.futures import ThreadPoolExecutor
 
     from pipelines.serve.app import MULTIPART_SLACK
 
@@ -312,7 +313,10 @@ def test_too_large_stream_without_length_is_cut_off(built: Config) -> None:
         "client": ("127.0.0.1", 5000),
         "server": ("127.0.0.1", 80),
     }
-    asyncio.run(app(scope, receive, send))
+    # Its own thread: a test before it in the same process may have left an event loop running
+    # on this one, where asyncio.run refuses to start.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
     assert answer[0]["status"] == 413
     assert "limit" in json.loads(answer[1]["body"])["detail"]
     # Reading stopped at the first chunk past the limit, not at the end of the stream.
