@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from streamlit.testing.v1 import AppTest
 
+from app.ui.names import EXTRACTOR_NAMES
 from pipelines.api import Lookalike
 from pipelines.cli import main as cli_main
 from pipelines.config import REPO_ROOT, STRATEGIES, Config
@@ -31,6 +32,7 @@ K = 5
 PHOTOS = [p for label in SMALL_LABELS for p in real_photos(label, 8, "validation")[3:8]]
 # Captions the page writes itself in a photo's section, not the search's notes.
 PAGE_CAPTIONS = ("Category by the ", "Nothing to show.", "Showing ")
+EXTRACTOR_OF = {label: name for name, label in EXTRACTOR_NAMES.items()}
 
 
 def cases(built: Config) -> list[tuple[str, str | None]]:
@@ -106,11 +108,15 @@ def through_page(at: AppTest, extractors: list[str], strategy: str, colour) -> l
     out = []
     for photo in PHOTOS:
         (section,) = [e for e in at.expander if e.label.split(" · ")[0] == photo.name]
-        tables = [d.value for d in section.dataframe if "item_id" in d.value.columns]
-        assert len(tables) == len(extractors)
+        # One tab per extractor, named by its label: the page opens on the sidebar's extractor,
+        # so the tabs' order is not the build's.
+        ids = {}
+        for tab in section.tabs:
+            (table,) = [d.value for d in tab.dataframe if "item_id" in d.value.columns]
+            ids[EXTRACTOR_OF[tab.label]] = table["item_id"].tolist()
+        assert sorted(ids) == sorted(extractors)
         (category,) = [m.value for m in section.metric if m.label == "Predicted category"]
         notes = [c.value for c in section.caption if not c.value.startswith(PAGE_CAPTIONS)]
-        ids = {n: t["item_id"].tolist() for n, t in zip(extractors, tables, strict=True)}
         out.append(answer(photo.name, category, ids, notes, [w.value for w in section.warning]))
     return out
 

@@ -84,8 +84,7 @@ with widgets.user_errors():
         [(file.name, photo_bytes[file.name]) for file in files],
         sources,
         settings.k,
-        # The sidebar's extractor first: its tab opens, and the others follow.
-        [settings.extractor, *(name for name in EXTRACTORS if name != settings.extractor)],
+        EXTRACTORS,
         settings.strategy,
         diversity=diversity,
         colour=colour,
@@ -143,8 +142,10 @@ for i, result in enumerate(good):
         for note in result.notes:
             st.caption(note)
     with body:
-        tabs = st.tabs([widgets.EXTRACTOR_NAMES[name] for name in result.neighbours])
-        for tab, (name, table) in zip(tabs, result.neighbours.items(), strict=True):
+        # The sidebar's extractor first (its tab opens), then the others in the engine's order.
+        shown = sorted(result.neighbours.items(), key=lambda item: item[0] != settings.extractor)
+        tabs = st.tabs([widgets.EXTRACTOR_NAMES[name] for name, _ in shown])
+        for tab, (name, table) in zip(tabs, shown, strict=True):
             with tab:
                 widgets.neighbour_grid(table, key=f"upload_{i}_{name}", catalog=catalog)
                 if show_heatmaps:
