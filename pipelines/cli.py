@@ -114,7 +114,12 @@ def _run(config: Config, args: argparse.Namespace) -> Any:
 
     _check_engine(args)
     return run_all(
-        config, args.extractor, force=args.force, engine=args.engine, address=args.address
+        config,
+        args.extractor,
+        force=args.force,
+        engine=args.engine,
+        address=args.address,
+        retrain=args.retrain,
     )
 
 
@@ -221,6 +226,15 @@ def _engine(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="with --engine ray: join the Ray cluster whose head is here "
         "(default: start Ray on this machine)",
+    )
+
+
+def _retrain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="retrain the models and refit maps and clusters on the catalog as it is now (an "
+        "update keeps them until the catalog drifts; see `status`); --force rebuilds everything",
     )
 
 
@@ -338,7 +352,7 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "every stage in order (catalog, colours, train, embed, the metric head, classify, "
         "maps, clusters, ann, mosaic, health, evaluate); each skips itself when nothing changed",
         _run,
-        [_source, _extractors, _engine],
+        [_source, _extractors, _engine, _retrain],
     ),
     "search": (
         "neighbours and predicted category of photos or folders of photos, as a table or "

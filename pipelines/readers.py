@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import commands
-from pipelines.artifacts import artifact_hash, is_fresh, read_manifest
+from pipelines.artifacts import artifact_hash, is_fresh, read_manifest, sha256_json
 from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.data.catalog import catalog_hash, load_catalog
 from pipelines.errors import LookalikeError
@@ -55,6 +55,19 @@ def read_embeddings(
     if map_large and len(vectors) >= approximate.ANN_MIN_ITEMS and vectors.dtype == np.float32:
         return vectors, digest
     return np.array(vectors, dtype=np.float32, order="C"), digest
+
+
+def model_id(config: Config, extractor: str) -> str:
+    """Which model made `extractor`'s embeddings: a hash of the embed stage's settings and the
+    model's weights id from the embeddings' manifest. It changes when the model is retrained or
+    its settings change, never when catalog rows are added or removed, so trained parts built
+    on these vectors (the head, the classifier, maps, clusters) key on it."""
+    path = config.embeddings_path(extractor)
+    artifact_hash(path, commands.embed(extractor))  # present and matching its manifest
+    manifest = read_manifest(path) or {}
+    return sha256_json(
+        {"params": manifest.get("params"), "weights": manifest.get("inputs", {}).get("weights")}
+    )
 
 
 def load_saved_ann(

@@ -17,6 +17,7 @@ def _stages(
     force: bool,
     engine: str = "local",
     address: str | None = None,
+    retrain: bool = False,
 ) -> list[tuple[str, Callable[[], StageResult]]]:
     """(name, thunk) for every stage; imports stay lazy so `--help` never loads TensorFlow.
 
@@ -34,16 +35,21 @@ def _stages(
     from pipelines.models.head import EXTRACTOR as HEAD
     from pipelines.models.head import run_embed_head, run_train_head
     from pipelines.models.train import run_train
+    from pipelines.models.training_set import run_training_set
     from pipelines.quality.evaluate import run_evaluate
     from pipelines.quality.health import run_health
     from pipelines.search.ann import run_ann
 
+    # Trained parts (models, maps' fits, centroids) are kept across catalog updates until the
+    # retrain policy or --retrain renews the training set (pipelines/models/training_set.py).
+    fit = force or retrain
     stages: list[tuple[str, Callable[[], StageResult]]] = [
         ("catalog", lambda: run_catalog(config, force=force)),
         ("colours", lambda: run_colours(config, force=force)),
+        ("training set", lambda: run_training_set(config, retrain=fit)),
     ]
     if "custom_cnn" in extractors:
-        stages.append(("train", lambda: run_train(config, force=force)))
+        stages.append(("train", lambda: run_train(config, force=fit)))
     base = [name for name in extractors if name != HEAD]
     if HEAD in extractors and "inception_v3" not in base:
         base.insert(0, "inception_v3")
@@ -59,7 +65,7 @@ def _stages(
     if HEAD in extractors:
 
         def train_head() -> StageResult:
-            result = run_train_head(config, force=force)
+            result = run_train_head(config, force=fit)
             if result.skipped and not config.head_path.is_file():
                 extractors.remove(HEAD)  # no labels: nothing to embed, map or evaluate
             return result
@@ -70,10 +76,10 @@ def _stages(
             return run_embed_head(config, force=force)
 
         stages += [(f"train {HEAD}", train_head), (f"embed {HEAD}", embed_head)]
-    stages.append(("classify", lambda: run_classify(config, force=force)))
+    stages.append(("classify", lambda: run_classify(config, force=fit)))
     stages += [
-        ("maps", lambda: run_maps(config, extractors, force=force)),
-        ("clusters", lambda: run_clusters(config, extractors, force=force)),
+        ("maps", lambda: run_maps(config, extractors, force=fit)),
+        ("clusters", lambda: run_clusters(config, extractors, force=fit)),
         ("ann", lambda: run_ann(config, extractors, force=force)),
         ("mosaic", lambda: run_mosaic(config, extractors, force=force)),
         ("health", lambda: run_health(config, extractors, force=force)),
@@ -88,16 +94,19 @@ def run_all(
     force: bool = False,
     engine: str = "local",
     address: str | None = None,
+    retrain: bool = False,
 ) -> list[StageResult]:
     """Run every stage; each skips itself when its inputs and settings are unchanged.
 
     Returns each stage's result, in order. Prints a table of them and the evaluation report
     at the end. `engine` and `address` choose where the embed stages run (see `run_embed`).
+    On a changed catalog every stage updates in place with the trained parts as they are;
+    `retrain` renews the training set and refits every trained part (`force` rebuilds all).
     """
     results: list[tuple[str, StageResult]] = []
     total = time.perf_counter()
     _sweep(config)
-    stages = _stages(config, list(extractors), force, engine, address)
+    stages = _stages(config, list(extractors), force, engine, address, retrain)
     for i, (name, thunk) in enumerate(stages, 1):
         print(f"\n[{i}/{len(stages)}] {name}", flush=True)
         results.append((name, thunk()))

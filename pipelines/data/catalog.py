@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,26 +120,122 @@ def _fingerprint(table: pd.DataFrame, side_files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+# What the catalog stage learnt about each file, keyed by where it is in the source and what
+# any rewrite changes: an update of a 1M-photo folder must not re-read 1M files to find 40.
+FILES_MEMO = "catalog_files.parquet"
+_MEMO_COLUMNS = ["key", "item_id", "width", "height", "bytes", "reason"]
+
+
+class FileMemo:
+    """Files the catalog stage already inspected: (place in the source, size, mtime, crop) ->
+    item_id, size in pixels and bytes, or the reason it was rejected.
+
+    The place is the path relative to the source's folder, so a catalog folder moved or copied
+    elsewhere (mv and cp -p keep modification times) is recognised without reading it again.
+    """
+
+    def __init__(self, config: Config, root: Path | None) -> None:
+        self.config = config
+        self.root = root
+        self.path = config.artifacts_dir / FILES_MEMO
+        self.entries: dict[str, _Inspected] = {}
+        self.read = self.reused = 0
+        if root is None:
+            return
+        with contextlib.suppress(Exception):  # a missing or broken memo only costs re-reading
+            table = pd.read_parquet(self.path)
+            for row in table.itertuples(index=False):
+                self.entries[row.key] = _Inspected(
+                    "",
+                    None if pd.isna(row.item_id) else str(row.item_id),
+                    int(row.width),
+                    int(row.height),
+                    int(row.bytes),
+                    None if pd.isna(row.reason) else str(row.reason),
+                )
+
+    def key(self, row: dict[str, Any]) -> str | None:
+        """The file's memo key, or None when it cannot be stat'ed (it is inspected instead)."""
+        path = row.get("path")
+        if self.root is None or not isinstance(path, str) or not path:
+            return None
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        place = os.path.relpath(path, self.root)
+        return f"{place}\0{stat.st_size}\0{stat.st_mtime_ns}\0{bbox_of(row)}"
+
+    def get(self, row: dict[str, Any]) -> _Inspected | None:
+        """The remembered inspection of this row's file, if it is unchanged (and its thumbnail
+        is still there)."""
+        key = self.key(row)
+        found = self.entries.get(key) if key is not None else None
+        if found is None:
+            return None
+        if found.item_id is not None and not self.config.thumb_path(found.item_id).exists():
+            return None
+        return dataclasses.replace(found, path=row["path"])
+
+    def put(self, row: dict[str, Any], found: _Inspected) -> None:
+        key = self.key(row)
+        if key is not None and not (found.reason or "").startswith("unexpected error"):
+            self.entries[key] = found
+
+    def save(self, keep: set[str]) -> None:
+        """Write the memo of the files seen in this run (`keep`: their keys)."""
+        rows = [
+            (k, e.item_id, e.width, e.height, e.size, e.reason)
+            for k, e in self.entries.items()
+            if k in keep
+        ]
+        artifacts.write_parquet(pd.DataFrame(rows, columns=_MEMO_COLUMNS), self.path)
+
+
+def content_hash(catalog: pd.DataFrame) -> str:
+    """What later stages depend on: every column but the file's path, row by row in catalog
+    order. The same photos read from another place give the same hash, so nothing downstream
+    is redone; a new, removed, replaced or relabelled photo changes it."""
+    content = catalog.drop(columns=["path"], errors="ignore")
+    digest = hashlib.sha256(",".join(map(str, content.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def build_catalog(
-    table: pd.DataFrame, config: Config, progress: bool = True
+    table: pd.DataFrame,
+    config: Config,
+    progress: bool = True,
+    known: FileMemo | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Inspect every file of a source table.
 
     Returns (catalog, rejects, duplicates): the catalog has one row per usable, distinct image
     (sorted by path) with item_id, width, height, bytes and thumb added; rejects has path and
     reason; duplicates has path, item_id and the kept path.
+
+    `known` holds what earlier runs learnt about files (`FileMemo`): a file whose place in the
+    source, size, modification time and crop are unchanged is not read again, so an update of a
+    large folder reads only its new and changed files.
     """
     records = table.to_dict("records")
+    memo = known if known is not None else FileMemo(config, None)
+    results: list[_Inspected | None] = [memo.get(r) for r in records]
+    todo = [i for i, r in enumerate(results) if r is None]
     with ThreadPoolExecutor(WORKERS) as pool:
-        results = list(
+        inspected = list(
             tqdm(
-                pool.map(lambda r: _inspect(r, config), records),
-                total=len(records),
+                pool.map(lambda i: _inspect(records[i], config), todo),
+                total=len(todo),
                 desc="catalog",
                 unit="img",
-                disable=not progress,
+                disable=not progress or not todo,
             )
         )
+    for i, found in zip(todo, inspected, strict=True):
+        results[i] = found
+        memo.put(records[i], found)
+    memo.read, memo.reused = len(todo), len(records) - len(todo)
     good = [i for i, r in enumerate(results) if r.reason is None]
     rejects = pd.DataFrame(
         [{"path": r.path, "reason": r.reason} for r in results if r.reason is not None],
@@ -211,8 +310,10 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
 
     for warning in warnings:
         print(f"  warning: {warning}")
+    root = source if source.is_dir() else source.parent
+    memo = FileMemo(config, None if force else root)
     try:
-        catalog, rejects, duplicates = build_catalog(table, config, progress=progress)
+        catalog, rejects, duplicates = build_catalog(table, config, progress=progress, known=memo)
         if catalog.empty:
             first = rejects.iloc[0] if len(rejects) else None
             raise LookalikeError(
@@ -223,6 +324,8 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
         artifacts.write_parquet(rejects, config.rejects_path)
         artifacts.write_parquet(duplicates, config.duplicates_path)
         artifacts.write_parquet(catalog, config.catalog_path)
+        memo.root = root
+        memo.save({k for r in table.to_dict("records") if (k := memo.key(r)) is not None})
     except BaseException:
         # Thumbnails made for a catalog that was never written are orphans: keep only those
         # of the catalog on disk (a kill leaves them for the next run to prune).
@@ -233,6 +336,8 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
         "rows": len(catalog),
         "rejects": len(rejects),
         "duplicates": len(duplicates),
+        "files_read": memo.read,
+        "files_known": memo.reused,
         "seconds": round(seconds, 2),
     }
     artifacts.write_manifest(
@@ -242,6 +347,7 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
         inputs,
         extra={
             **summary,
+            "content": content_hash(catalog),
             "labels": catalog["label"].value_counts().to_dict(),
             "splits": catalog["split"].value_counts().to_dict(),
             "warnings": warnings,
@@ -251,6 +357,8 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
     )
     _prune_thumbs(config, set(catalog["item_id"]))
     _print_summary(catalog, rejects, duplicates, seconds)
+    if memo.reused:
+        print(f"  {memo.read} new or changed files read, {memo.reused} known files not re-read")
     return StageResult(
         STAGE,
         wrote=(config.catalog_path, config.rejects_path, config.duplicates_path),
@@ -291,5 +399,8 @@ def load_catalog(config: Config) -> pd.DataFrame:
 
 
 def catalog_hash(config: Config) -> str:
-    """The catalog's content hash, the input key of every later stage."""
-    return artifacts.artifact_hash(config.catalog_path, commands.CATALOG)
+    """The catalog's content hash (`content_hash`: everything but the files' paths), the input
+    key of every later stage; the file's sha256 for a catalog written before it was recorded."""
+    file_sha = artifacts.artifact_hash(config.catalog_path, commands.CATALOG)
+    manifest = artifacts.read_manifest(config.catalog_path) or {}
+    return str(manifest.get("content") or file_sha)

@@ -97,8 +97,18 @@ def run_colours(config: Config, force: bool = False) -> StageResult:
         print(f"colours: up to date ({out})")
         return StageResult(STAGE, rows=len(catalog), seconds=time.perf_counter() - start,
                            skipped=True)  # fmt: skip
+    # An update reads only new items' thumbnails; the others keep the colour they have.
+    known: dict[str, str | None] = {}
+    previous = artifacts.read_manifest(out) or {}
+    same = artifacts.sha256_json(previous.get("params")) == artifacts.sha256_json(params)
+    if not force and same and artifacts.matches_manifest(out):
+        old = pd.read_parquet(out)
+        known = dict(zip(old["item_id"].astype(str), old["colour"], strict=True))
     names: list[str | None] = []
-    for thumb in catalog["thumb"].astype(str):
+    for item, thumb in zip(catalog["item_id"], catalog["thumb"].astype(str), strict=True):
+        if item in known and known[item] is not None:
+            names.append(known[item])
+            continue
         try:
             with Image.open(Path(config.artifacts_dir) / thumb) as image:
                 names.append(dominant_colour(image))

@@ -19,6 +19,7 @@ from pipelines.data import pixel_cache
 from pipelines.data.catalog import catalog_hash, load_catalog
 from pipelines.data.images import ImageError, load_array
 from pipelines.data.sources import BBOX_COLUMNS
+from pipelines.embedding import reuse
 from pipelines.errors import LookalikeError
 from pipelines.models.extractors import Extractor, get_extractor, model_step, wants_categories
 from pipelines.stage import StageResult
@@ -193,6 +194,18 @@ def run_embed(
         )
 
     n = len(catalog)
+    item_ids = catalog["item_id"].astype(str).to_numpy()
+    previous = (
+        None
+        if force
+        else reuse.previous_rows(config, extractor, params, inputs["weights"], item_ids)
+    )
+    if previous is not None:
+        kept = _kept_categories(config, item_ids, previous) if categories else None
+        if not categories or kept is not None:
+            return _embed_update(
+                config, ext, catalog, previous, kept, params, inputs, start, progress
+            )
     key = artifacts.stage_key(STAGE, params, inputs)[:16]
     writer = ChunkWriter(out, key, n, config.chunk_size, force)
     if writer.done:
@@ -217,14 +230,16 @@ def run_embed(
             f"embedding chunks in {writer.parts} add up to {embeddings.shape}, expected "
             f"{(n, ext.dim)}; run `{commands.embed(extractor, force=True)}`"
         )
-    artifacts.write_npy(embeddings.astype(np.float32), out)
     wrote = [out]
     if categories:
         _write_categories(config, catalog, writer.assemble(".probs"), ext, params, inputs)
         wrote.append(config.categories_path)
     seconds = time.perf_counter() - start
     summary = _run_summary(n, len(rows), seconds, forward_s, engine, engine_stats)
-    artifacts.write_manifest(out, STAGE, params, inputs, extra={"run": summary, "dim": ext.dim})
+    reuse.write_embeddings(
+        config, extractor, embeddings, item_ids, STAGE, params, inputs,
+        extra={"run": summary, "dim": ext.dim},
+    )  # fmt: skip
     writer.remove()
     rate = f"{summary['images_per_s']} img/s" if len(rows) else "all chunks were done"
     print(f"embed {extractor}: {n} rows x {ext.dim} dims, {rate}, {seconds:.1f} s")
@@ -234,6 +249,99 @@ def run_embed(
         rows=n,
         seconds=seconds,
         note=rate,
+        details={"extractor": extractor, **summary},
+    )
+
+
+def _kept_categories(
+    config: Config, item_ids: np.ndarray, previous: reuse.Previous
+) -> pd.DataFrame | None:
+    """The previous categories.parquet rows of the kept items (in current row order), or None
+    when it lacks any of them (then everything is embedded again)."""
+    try:
+        table = pd.read_parquet(
+            config.categories_path, columns=["item_id", "predicted", "confidence"]
+        )
+    except Exception:  # noqa: BLE001 - missing or unreadable: embed everything
+        return None
+    table = table.drop_duplicates("item_id").set_index("item_id")
+    kept = item_ids[previous.source >= 0]
+    if not pd.Index(kept).isin(table.index).all():
+        return None
+    return table.loc[kept].reset_index()
+
+
+def _embed_update(
+    config: Config,
+    ext: Extractor,
+    catalog: pd.DataFrame,
+    previous: reuse.Previous,
+    kept_categories: pd.DataFrame | None,
+    params: dict[str, Any],
+    inputs: dict[str, str],
+    start: float,
+    progress: bool,
+) -> StageResult:
+    """An update: embed only the catalog's new items with the model as it is; copy every kept
+    row from the previous file (bit for bit); removed items' rows are left out."""
+    extractor = ext.name
+    rows = previous.new_rows
+    emb_parts: list[np.ndarray] = []
+    prob_parts: list[np.ndarray] = []
+    forward_s = 0.0
+    if len(rows):
+        step = model_step(ext, kept_categories is not None)
+        bar = tqdm(
+            total=len(rows), desc=f"embed {extractor} (new)", unit="img", disable=not progress
+        )
+        with bar:
+            for _index, pixels in pixel_stream(catalog, rows, ext.input_size, config):
+                t0 = time.perf_counter()
+                emb, probs = step(pixels)
+                forward_s += time.perf_counter() - t0
+                emb_parts.append(emb)
+                if probs is not None:
+                    prob_parts.append(probs)
+                bar.update(len(pixels))
+    new = np.concatenate(emb_parts) if emb_parts else np.zeros((0, ext.dim), np.float32)
+    embeddings = previous.assemble(new)
+    item_ids = catalog["item_id"].astype(str).to_numpy()
+    wrote = [config.embeddings_path(extractor)]
+    if kept_categories is not None:
+        classes = np.asarray(ext.class_names)  # type: ignore[attr-defined]
+        probs = np.concatenate(prob_parts) if prob_parts else np.zeros((0, len(classes)))
+        fresh = pd.DataFrame(
+            {
+                "item_id": item_ids[rows],
+                "predicted": classes[probs.argmax(axis=1)] if len(probs) else [],
+                "confidence": probs.max(axis=1).astype(np.float32) if len(probs) else [],
+            }
+        )
+        table = (
+            pd.concat([kept_categories, fresh], ignore_index=True)
+            .set_index("item_id")
+            .loc[item_ids]
+            .reset_index()
+        )
+        artifacts.write_parquet(table, config.categories_path)
+        artifacts.write_manifest(config.categories_path, STAGE, params, inputs)
+        wrote.append(config.categories_path)
+    seconds = time.perf_counter() - start
+    summary = _run_summary(len(catalog), len(rows), seconds, forward_s, "local", {})
+    summary["kept"] = previous.kept
+    reuse.write_embeddings(
+        config, extractor, embeddings, item_ids, STAGE, params, inputs,
+        extra={"run": summary, "dim": ext.dim},
+    )  # fmt: skip
+    removed = len(previous.vectors) - previous.kept
+    note = f"update: {len(rows)} new embedded, {previous.kept} kept, {removed} removed"
+    print(f"embed {extractor}: {note}, {seconds:.1f} s")
+    return StageResult(
+        STAGE,
+        wrote=tuple(wrote),
+        rows=len(catalog),
+        seconds=seconds,
+        note=note,
         details={"extractor": extractor, **summary},
     )
 

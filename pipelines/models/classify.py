@@ -158,8 +158,9 @@ def candidate_sets(available: set[str] | frozenset[str]) -> tuple[tuple[str, ...
 def run_classify(config: Config, force: bool = False) -> StageResult:
     """Stage: choose the category classifier on validation; write categories.parquet and the
     model. A catalog without labels keeps the custom CNN's categories (if any)."""
+    from pipelines.models import training_set
     from pipelines.models.train_data import split_rows
-    from pipelines.readers import read_catalog
+    from pipelines.readers import model_id, read_catalog
 
     start = time.perf_counter()
     catalog, catalog_sha = read_catalog(config)
@@ -174,11 +175,17 @@ def run_classify(config: Config, force: bool = False) -> StageResult:
             "the category classifier learns from InceptionV3 or custom CNN vectors and neither "
             f"is embedded — run `{commands.embed()}` first"
         )
+    # The model keys on the training set and the models of its vectors, so added photos are
+    # predicted by the kept classifier; the table keys on the vectors themselves too.
+    snapshot = training_set.ensure(config, catalog, retrain=force)
+    model_inputs = {"training_set": snapshot}
     vectors, inputs = {}, {"catalog": catalog_sha}
     for name in sorted({f for fs in feature_sets for f in fs}):
         path = config.embeddings_path(name)
         inputs[embeddings_key(name)] = artifacts.artifact_hash(path, commands.embed(name))
+        model_inputs[f"model/{name}"] = model_id(config, name)
         vectors[name] = np.load(path).astype(np.float32)
+    inputs.update(model_inputs)
     params = {
         "version": VERSION,
         "feature_sets": [list(f) for f in feature_sets],
@@ -194,9 +201,21 @@ def run_classify(config: Config, force: bool = False) -> StageResult:
         print(f"classify: up to date ({manifest.get('model')})")
         return StageResult(STAGE, rows=len(catalog), seconds=time.perf_counter() - start,
                            skipped=True, note=_note(manifest), details=manifest)  # fmt: skip
-    labels = catalog["label"].astype("string").fillna("").to_numpy().astype(object)
-    val = val & np.isin(labels, labels[fit])
-    model, trials = choose_model(vectors, labels, fit, val, config.seed, feature_sets)
+    model_path = config.category_model_path
+    kept = (
+        not force
+        and artifacts.is_fresh(model_path, STAGE, params, model_inputs)
+        and (artifacts.read_manifest(model_path) or {}).get("trials")
+    )
+    if kept:
+        model = CategoryModel.load(model_path)
+        trials = (artifacts.read_manifest(model_path) or {})["trials"]
+    else:
+        known = training_set.in_training_set(config, catalog)
+        fit, val = fit & known, val & known
+        labels = catalog["label"].astype("string").fillna("").to_numpy().astype(object)
+        val = val & np.isin(labels, labels[fit])
+        model, trials = choose_model(vectors, labels, fit, val, config.seed, feature_sets)
     probs = model.probabilities(vectors)
     table = pd.DataFrame(
         {
@@ -208,7 +227,8 @@ def run_classify(config: Config, force: bool = False) -> StageResult:
             ),
         }
     )
-    model.save(config.category_model_path)
+    if not kept:
+        model.save(model_path)
     artifacts.write_parquet(table, out)
     cnn = artifacts.read_manifest(config.custom_cnn_path) or {}
     chosen = next(t for t in trials if t["chosen"])
@@ -219,9 +239,17 @@ def run_classify(config: Config, force: bool = False) -> StageResult:
         "custom_cnn_head_val_accuracy": cnn.get("best_val_accuracy"),
         "trials": trials,
     }
+    if not kept:
+        artifacts.write_manifest(model_path, STAGE, params, model_inputs, extra=extra)
     manifest = artifacts.write_manifest(out, STAGE, params, inputs, extra=extra)
-    artifacts.write_manifest(config.category_model_path, STAGE, params, inputs, extra=extra)
-    print(f"classify: {_note(manifest)} -> {out}")
+    unseen = sorted(set(catalog["label"].dropna().astype(str)) - set(map(str, model.classes)))
+    if unseen:
+        # Labels the kept classifier never learnt: their items get another category, so say so.
+        print(
+            f"classify: the classifier cannot predict {', '.join(unseen)} (labels added since "
+            f"it was trained) — run `{commands.RUN} --retrain` to learn them"
+        )
+    print(f"classify: {_note(manifest)}{' (kept model)' if kept else ''} -> {out}")
     return StageResult(
         STAGE,
         wrote=(out, config.category_model_path),

@@ -297,21 +297,31 @@ def labelled_rows(catalog: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndar
 def run_train_head(config: Config, force: bool = False) -> StageResult:
     """Stage: fit the head on the train split's InceptionV3 vectors, choose its epoch on
     validation. Skipped (with a note) for a catalog without labels."""
-    from pipelines.readers import read_catalog, read_embeddings
+    from pipelines.models import training_set
+    from pipelines.readers import model_id, read_catalog, read_embeddings
 
     start = time.perf_counter()
-    catalog, catalog_sha = read_catalog(config)
+    catalog, _ = read_catalog(config)
     fit, val, labelled = labelled_rows(catalog, config.seed)
     if not labelled:
         note = no_labels_note()
         print(note)
         return StageResult(STAGE, seconds=time.perf_counter() - start, skipped=True, note=note)
-    vectors, vectors_sha = read_embeddings(config, BASE, n_rows=len(catalog))
+    # Learns from the training set's rows only, keyed on that set and the models of the vectors
+    # (not on the vectors' bytes, which change whenever photos are added).
+    snapshot = training_set.ensure(config, catalog, retrain=force)
+    known = training_set.in_training_set(config, catalog)
+    fit, val = fit & known, val & known
+    vectors, _ = read_embeddings(config, BASE, n_rows=len(catalog))
     path = config.head_path
     params = head_params(config)
-    inputs = {"catalog": catalog_sha, embeddings_key(BASE): vectors_sha}
+    inputs = {
+        "training_set": snapshot,
+        f"model/{BASE}": model_id(config, BASE),
+    }
     if config.head_cnn_share > 0:
-        cnn, inputs[embeddings_key(CNN)] = read_embeddings(config, CNN, n_rows=len(catalog))
+        cnn, _ = read_embeddings(config, CNN, n_rows=len(catalog))
+        inputs[f"model/{CNN}"] = model_id(config, CNN)
     if not force and artifacts.is_fresh(path, STAGE, params, inputs):
         manifest = artifacts.read_manifest(path) or {}
         print(f"{path} is up to date; use --force to retrain")
@@ -382,6 +392,7 @@ def load_head(config: Config) -> Head:
 def run_embed_head(config: Config, force: bool = False) -> StageResult:
     """Stage: embeddings/inception_head.npy = the head applied to the InceptionV3 vectors (no
     image is decoded again). Skipped for a catalog without labels."""
+    from pipelines.embedding import reuse
     from pipelines.readers import read_catalog, read_embeddings
 
     start = time.perf_counter()
@@ -403,11 +414,30 @@ def run_embed_head(config: Config, force: bool = False) -> StageResult:
         print(f"embed {EXTRACTOR}: up to date ({len(catalog)} rows); nothing to do.")
         return StageResult("embed", rows=len(catalog), seconds=time.perf_counter() - start,
                            skipped=True, details={"extractor": EXTRACTOR})  # fmt: skip
-    embeddings = head.apply(vectors, cnn)
-    artifacts.write_npy(embeddings, out)
-    artifacts.write_manifest(out, "embed", params, inputs, extra={"dim": head.dim})
+    item_ids = catalog["item_id"].astype(str).to_numpy()
+    # An update applies the head to the new items only; kept rows are copied bit for bit.
+    previous = None if force else reuse.previous_rows(config, EXTRACTOR, params, head_sha, item_ids)
+    if previous is not None:
+        rows = previous.new_rows
+        embeddings = previous.assemble(
+            head.apply(vectors[rows], None if cnn is None else cnn[rows])
+            if len(rows)
+            else np.zeros((0, head.dim), np.float32)
+        )
+        what = f"update: {len(rows)} new, {previous.kept} kept"
+    else:
+        embeddings = head.apply(vectors, cnn)
+        what = f"{len(catalog)} rows x {head.dim} dims from {BASE}"
+    reuse.write_embeddings(
+        config, EXTRACTOR, embeddings, item_ids, "embed", params, inputs, extra={"dim": head.dim}
+    )
     seconds = time.perf_counter() - start
-    print(f"embed {EXTRACTOR}: {len(catalog)} rows x {head.dim} dims from {BASE}, {seconds:.1f} s")
+    print(f"embed {EXTRACTOR}: {what}, {seconds:.1f} s")
     return StageResult(
-        "embed", wrote=(out,), rows=len(catalog), seconds=seconds, details={"extractor": EXTRACTOR}
+        "embed",
+        wrote=(out,),
+        rows=len(catalog),
+        seconds=seconds,
+        note=what,
+        details={"extractor": EXTRACTOR},
     )

@@ -31,6 +31,7 @@ from pipelines.artifacts import (
 from pipelines.config import Config
 from pipelines.data import pixel_cache
 from pipelines.errors import LookalikeError
+from pipelines.models import training_set
 from pipelines.models.cnn import (
     autoencoder_model,
     build_autoencoder,
@@ -344,8 +345,10 @@ def train_params(config: Config) -> dict[str, Any]:
     }
 
 
-def save_custom_cnn(trained: TrainedModel, config: Config, catalog_sha256: str) -> dict[str, Any]:
-    """Write the model (atomically), its per-epoch history and manifest; returns the manifest."""
+def save_custom_cnn(trained: TrainedModel, config: Config, training_set: str) -> dict[str, Any]:
+    """Write the model (atomically), its per-epoch history and manifest; returns the manifest.
+
+    `training_set` is the content hash of the items it learnt from (`training_set.ensure`)."""
     path = config.custom_cnn_path
     with atomic_path(path) as tmp:
         trained.model.save(tmp)
@@ -392,7 +395,7 @@ def save_custom_cnn(trained: TrainedModel, config: Config, catalog_sha256: str) 
         "history": config.custom_cnn_history_path.name,
     }
     return write_manifest(
-        path, STAGE, train_params(config), {"catalog": catalog_sha256}, extra=extra
+        path, STAGE, train_params(config), {"training_set": training_set}, extra=extra
     )
 
 
@@ -404,9 +407,13 @@ def run_train(config: Config, force: bool = False) -> StageResult:
     """
     start = time.perf_counter()
     catalog_sha = artifact_hash(config.catalog_path, commands.CATALOG)
+    catalog = pd.read_parquet(config.catalog_path)
+    # Keyed on the training set, not the catalog: photos added since training are embedded
+    # with this model until the retrain policy (or --force) renews the set.
+    snapshot = training_set.ensure(config, catalog, retrain=force)
     path = config.custom_cnn_path
     params = train_params(config)
-    inputs = {"catalog": catalog_sha}
+    inputs = {"training_set": snapshot}
     if not force and is_fresh(path, STAGE, params, inputs):
         manifest = read_manifest(path) or {}
         print(f"{path} is up to date ({manifest.get('kind')}); use --force to retrain")
@@ -418,9 +425,9 @@ def run_train(config: Config, force: bool = False) -> StageResult:
             f"{config.catalog_path} changed after its manifest was written — "
             f"rerun `{commands.CATALOG}`"
         )
-    catalog = pd.read_parquet(config.catalog_path)
+    catalog = catalog[training_set.in_training_set(config, catalog)].reset_index(drop=True)
     trained = train_custom_cnn(catalog, config)
-    manifest = save_custom_cnn(trained, config, catalog_sha)
+    manifest = save_custom_cnn(trained, config, snapshot)
     acc = trained.best_val_accuracy
     print(
         f"trained {trained.kind} in {trained.train_seconds:.0f}s, {trained.epochs_run} epochs "
