@@ -24,6 +24,8 @@ SERVE = stage("serve")
 NEIGHBOURS = stage("neighbours")
 MOSAIC = stage("mosaic")
 HEALTH = stage("health")
+# The label corrections and drops of the Health page, from the shell.
+CORRECTIONS = stage("corrections")
 # Predicted categories (categories.parquet) and the upload classifier: learnt from the
 # embedded vectors and the catalog's labels.
 CLASSIFY = stage("classify")

@@ -238,6 +238,12 @@ class Config:
         return self.artifacts_dir / "duplicates.parquet"
 
     @property
+    def corrections_path(self) -> Path:
+        """The user's label corrections and drops (pipelines/data/corrections.py): kept beside
+        the catalog, never in the source folder, applied by the catalog stage."""
+        return self.artifacts_dir / "corrections.parquet"
+
+    @property
     def thumbs_dir(self) -> Path:
         return self.artifacts_dir / "thumbs"
 
