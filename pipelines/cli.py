@@ -163,6 +163,18 @@ def _neighbours(config: Config, args: argparse.Namespace) -> Any:
     return run_neighbours(config, args.extractor, k=args.k, fmt=args.out_format, force=args.force)
 
 
+def _corrections(config: Config, args: argparse.Namespace) -> Any:
+    from pipelines.corrections_cli import run_corrections
+
+    return run_corrections(config, args)
+
+
+def _corrections_options(parser: argparse.ArgumentParser) -> None:
+    from pipelines.corrections_cli import add_arguments
+
+    add_arguments(parser)
+
+
 def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
@@ -375,6 +387,12 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "every catalog item's top-k neighbours into artifacts/neighbours/<extractor>.parquet",
         _neighbours,
         [_extractors, _neighbours_options],
+    ),
+    "corrections": (
+        "list, add (--item ID --label NEW, --item ID --drop) and undo (--undo CID) the label "
+        "corrections and drops of artifacts/corrections.parquet; `run` applies them",
+        _corrections,
+        [_corrections_options],
     ),
 }
 

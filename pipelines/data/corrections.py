@@ -406,6 +406,22 @@ def correction_states(corrections: pd.DataFrame, catalog: pd.DataFrame | None) -
     return corrections.assign(state=pd.Series(states, index=corrections.index, dtype=object))
 
 
+def list_corrections(config: Config, catalog: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every correction, oldest first, with its `state` (see `correction_states`) against
+    `catalog`, or against the built catalog (`config.catalog_path`) when not given: what the
+    Health page, `GET /corrections`, the shell and the Python API list.
+
+    Returns
+    -------
+    DataFrame with `COLUMNS` and `state`.
+    """
+    if catalog is None and config.catalog_path.exists():
+        columns = pq.read_schema(config.catalog_path).names
+        wanted = [c for c in ("item_id", "label", "label_source") if c in columns]
+        catalog = pd.read_parquet(config.catalog_path, columns=wanted)
+    return correction_states(read_corrections(config), catalog)
+
+
 def _latest(corrections: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(item ids, the id of each one's correction in force)."""
     live = effective(corrections)
