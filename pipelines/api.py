@@ -1,5 +1,6 @@
 """Lookalike from Python (notebooks, scripts): similar catalog items of a photo or an item, and the
-categories of a folder of photos. Reads the built artifacts; writes nothing.
+categories of a folder of photos. Reads the built artifacts; writes only the user's label
+corrections (artifacts/corrections.parquet, through `pipelines.data.corrections`).
 
     >>> from pipelines.api import Lookalike
     >>> look = Lookalike.open()                      # artifacts/ or $LOOKALIKE_ARTIFACTS
@@ -7,6 +8,7 @@ categories of a folder of photos. Reads the built artifacts; writes nothing.
     >>> look.similar_to("3f2a...", diversity=0.3)    # neighbours of a catalog item, spread out
     >>> look.similar_to("3f2a...", rerank=True)      # re-ranked by query expansion
     >>> look.categories("holiday_photos/")           # predicted category of every photo
+    >>> look.correct("3f2a...", label="dress")       # a relabel, applied at the next `run`
 
 A thin layer: photos go through the engine's one photo search
 (`pipelines.search.photos.search_photos`), as on the Upload page, over HTTP and in the shell;
@@ -272,6 +274,46 @@ class Lookalike:
             photos, self.sources, k, chosen, strategy, diversity=diversity, rerank=rerank,
             colour=colour, label=label,
         )  # fmt: skip
+
+    # --------------------------------------------------------------------------- corrections
+
+    def corrections(self) -> pd.DataFrame:
+        """Every label correction and drop, oldest first, undone ones included, with its
+        `state` against the built catalog ("applied", "pending" until the next `run`,
+        "superseded by cN", "undone"); see `pipelines.data.corrections.COLUMNS`."""
+        from pipelines.data.corrections import list_corrections
+
+        return list_corrections(self.config)
+
+    def correct(
+        self,
+        item_id: str,
+        label: str | None = None,
+        drop: bool = False,
+        who: str | None = None,
+        note: str = "",
+    ) -> dict[str, Any]:
+        """Mark catalog item `item_id` for a new `label`, or to be dropped (`drop=True`); it
+        applies at the next `python -m pipelines run`, never in the source folder.
+
+        Returns the correction (correction_id, item_id, action, label, previous_label, who,
+        when, note, ...). `who` defaults to the operating-system user. Raises LookalikeError
+        for an unknown item, an empty label, or both or neither of `label` and `drop`.
+        """
+        from pipelines.data.corrections import InvalidCorrectionError, add_correction
+
+        if drop and label is not None:
+            raise InvalidCorrectionError(
+                f"give a label or drop=True, not both (got label {label!r}) — a drop takes no label"
+            )
+        action = "drop" if drop else "relabel"
+        return add_correction(self.config, item_id, action, label=label, who=who, note=note)
+
+    def undo_correction(self, correction_id: str, who: str | None = None) -> dict[str, Any]:
+        """Undo correction `correction_id` ("c3"); it stays listed as undone. Returns it."""
+        from pipelines.data.corrections import undo_correction
+
+        return undo_correction(self.config, correction_id, who=who)
 
     @cached_property
     def sources(self) -> PhotoSources:
