@@ -183,9 +183,8 @@ def add_correction(
     catalog_labels = _catalog_labels(config)
     if item_id not in catalog_labels:
         raise UnknownItemError(
-            f"no catalog item {item_id!r} ({len(catalog_labels):,} items in "
-            f"{config.catalog_path}) — take an id from the Health page, a search result or "
-            f"`{commands.CORRECTIONS} --list`"
+            f"no catalog item {item_id!r} ({len(catalog_labels):,} items) — take an id from "
+            f"the Health page or a search result"
         )
     current = catalog_labels[item_id]
     with _locked(config):

@@ -1,5 +1,6 @@
 """The similar-items HTTP API: reads the artifacts `run` wrote (through the same engine
-functions as the app) and answers storefront queries; writes nothing."""
+functions as the app) and answers storefront queries; writes only the label corrections
+(/corrections, through `pipelines.data.corrections`)."""
 
 from __future__ import annotations
 

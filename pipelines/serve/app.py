@@ -1,5 +1,6 @@
 """The FastAPI application over the artifacts: the key and body-size guard, one-line JSON
-errors, and the three route groups of `pipelines.serve.routes`. Writes nothing."""
+errors, and the four route groups of `pipelines.serve.routes`. Writes only the label
+corrections (POST and DELETE /corrections, through `pipelines.data.corrections`)."""
 
 import os
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from pipelines.serve.gate import EMBED_MODES
 from pipelines.serve.guard import Guard
 from pipelines.serve.routes import (
     MAX_PHOTOS,
+    add_correction_routes,
     add_item_routes,
     add_photo_routes,
     add_service_routes,
@@ -83,6 +85,7 @@ def create_app(
     add_service_routes(app, svc, protected)
     add_item_routes(app, svc, protected)
     add_photo_routes(app, svc, protected)
+    add_correction_routes(app, svc, protected)
     return app
 
 

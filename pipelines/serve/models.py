@@ -118,3 +118,33 @@ class Health(BaseModel):
     reloads: int = Field(description="times new artifacts were swapped in since start")
     error: str | None = Field(None, description="why the latest (re)load failed, if it did")
     embed_mode: str
+
+
+class CorrectionRequest(BaseModel):
+    """A label correction or a drop to record (POST /corrections); the engine checks it."""
+
+    item_id: str = Field(description="a catalog item")
+    action: str = Field(description='"relabel" (with `label`) or "drop"')
+    label: str | None = Field(None, description="the item's new label (relabel only)")
+    who: str | None = Field(None, description="who makes it (default: the service's OS user)")
+    note: str = Field("", description="why (kept with the correction)")
+
+
+class Correction(BaseModel):
+    """One label correction or drop; applied at the next `python -m pipelines run`."""
+
+    correction_id: str = Field(description='"c1", "c2", ... in the order they were made')
+    item_id: str
+    action: str = Field(description='"relabel" or "drop"')
+    label: str | None = Field(None, description="the new label of a relabel")
+    previous_label: str | None = Field(None, description="the item's label when it was made")
+    who: str
+    when: str = Field(description="when it was made (UTC, ISO 8601)")
+    note: str = ""
+    undone_at: str | None = Field(None, description="when it was undone (UTC), if it was")
+    undone_by: str | None = None
+    state: str | None = Field(
+        None,
+        description='against the catalog served: "applied", "pending" (the next run applies '
+        'it), "superseded by cN" (a later correction of the item wins) or "undone"',
+    )

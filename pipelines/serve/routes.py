@@ -1,6 +1,7 @@
-"""The endpoints, in three groups, each added to the app by one function: the service's own
-(/health, /extractors, /strategies), catalog items (/items, /similar, /thumbs) and photos
-(/search). Every answer comes from the engine functions the app uses.
+"""The endpoints, in four groups, each added to the app by one function: the service's own
+(/health, /extractors, /strategies), catalog items (/items, /similar, /thumbs), photos
+(/search) and the catalog's label corrections (/corrections). Every answer comes from the
+engine functions the app uses.
 
 No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime,
 and their annotations name values local to each add_* function."""
@@ -17,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines import commands
 from pipelines.config import EXTRACTORS, STRATEGIES
+from pipelines.data import corrections
 from pipelines.data.images import ACCEPTED_TEXT
 from pipelines.errors import LookalikeError
 from pipelines.search import photos
@@ -234,6 +236,80 @@ def add_photo_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> N
             "photos": [_photo(current, r, k, start, rerank) for r in results],
             "top_categories": summary.to_dict(orient="records"),
         }
+
+
+def add_correction_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> None:
+    """GET and POST /corrections, DELETE /corrections/{id}: the label corrections and drops
+    of `pipelines.data.corrections` (the Health page's), applied at the next `run`."""
+
+    @app.get("/corrections", response_model=list[m.Correction], tags=["corrections"], **protected)
+    def list_corrections() -> list[dict[str, Any]]:
+        """Every correction, oldest first, undone ones included, with its state against the
+        catalog being served."""
+        return _corrections(svc)
+
+    @app.post(
+        "/corrections",
+        response_model=m.Correction,
+        status_code=201,
+        tags=["corrections"],
+        **protected,
+    )
+    def add_correction(body: m.CorrectionRequest) -> dict[str, Any]:
+        """Mark a catalog item for a new label or to be dropped; it applies at the next
+        `python -m pipelines run`, never in the source folder. Unknown item 404; bad action,
+        label, who or note 422; the same correction already in force 409."""
+        svc.state()  # 503 with the command to run while there is no catalog
+        made = _corrected(
+            lambda: corrections.add_correction(
+                svc.config, body.item_id, body.action, body.label, body.who, body.note
+            )
+        )
+        return _corrections(svc, made["correction_id"])[0]
+
+    @app.delete(
+        "/corrections/{correction_id}",
+        response_model=m.Correction,
+        tags=["corrections"],
+        **protected,
+    )
+    def undo_correction(
+        correction_id: str,
+        who: Annotated[
+            str | None, Query(description="who undoes it (default: the service's OS user)")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Undo a correction: it stays listed (undone_at, undone_by) and stops applying at the
+        next run. Unknown id 404; already undone 409."""
+        done = _corrected(lambda: corrections.undo_correction(svc.config, correction_id, who))
+        return _corrections(svc, done["correction_id"])[0]
+
+
+def _corrections(svc: Service, only: str | None = None) -> list[dict[str, Any]]:
+    """The corrections (or the one with id `only`) with their state against the served
+    catalog (the catalog on disk while nothing is served yet)."""
+    current = svc.holder.state
+    table = _corrected(
+        lambda: corrections.list_corrections(
+            svc.config, None if current is None else current.catalog
+        )
+    )
+    if only is not None:
+        table = table[table["correction_id"] == only]
+    return [{**corrections.record(row), "state": row["state"]} for _, row in table.iterrows()]
+
+
+def _corrected(call: Any) -> Any:
+    """An engine call of `pipelines.data.corrections`, its errors as HTTP statuses with the
+    engine's own message: unknown item or correction 404, unusable input 422, else 409."""
+    try:
+        return call()
+    except (corrections.UnknownItemError, corrections.UnknownCorrectionError) as err:
+        raise error(404, str(err)) from None
+    except corrections.InvalidCorrectionError as err:
+        raise error(422, str(err)) from None
+    except LookalikeError as err:
+        raise error(409, str(err)) from None
 
 
 def _photo(
