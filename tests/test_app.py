@@ -507,6 +507,60 @@ def test_health_and_photo_map_pages(app: AppTest, built: Config) -> None:
     assert [t.value for t in at.title] == ["Search"]
 
 
+def test_health_fix_buttons_write_a_correction_and_undo_it(
+    built: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clear_caches: None
+) -> None:
+    from pipelines.data.corrections import read_corrections
+
+    # A copy of the build: the page writes corrections.parquet into its artifacts folder.
+    config = built.replace(artifacts_dir=tmp_path / "artifacts")
+    shutil.copytree(built.artifacts_dir, config.artifacts_dir)
+    monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(config.artifacts_dir))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["extractor"] = "inception_v3"
+    at.run()
+    at = open_page(at, "health")
+    assert any("python -m pipelines run" in c.value for c in at.caption)
+    assert any(i.value.startswith("No corrections yet") for i in at.info)
+    wrong = pd.read_parquet(config.health_path("inception_v3", "mislabelled"))
+    assert len(wrong) >= 2, "the small build should list likely-mislabelled items"
+    first, second = wrong.iloc[0], wrong.iloc[1]
+
+    # The suggested label, with a name and a note: one relabel, recorded as typed.
+    at.text_input(key="correction_who").input("ann")
+    key = f"fix_wrong_{first['item_id']}"
+    assert at.selectbox(key=f"{key}_pick").value == first["suggested"]  # offered first
+    at.text_input(key=f"{key}_note").input("its neighbours")
+    at.button(key=f"{key}_relabel").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = read_corrections(config)
+    columns = ["item_id", "action", "label", "previous_label", "who", "note"]
+    assert table[columns].values.tolist() == [
+        [first["item_id"], "relabel", first["suggested"], first["label"], "ann", "its neighbours"]
+    ]
+    assert any(m.value.startswith("c1:") for m in at.success)
+    assert any("**c1**" in m.value for m in at.markdown)
+    assert any(c.value.startswith("✏️ c1: ") and "next run" in c.value for c in at.caption)
+
+    # A typed label wins over the pick; Drop marks the item for removal.
+    key = f"fix_wrong_{second['item_id']}"
+    at.text_input(key=f"{key}_typed").input("sandals")
+    at.button(key=f"{key}_relabel").click().run()
+    at.button(key=f"{key}_drop").click().run()
+    table = read_corrections(config)
+    assert table["label"].tolist()[1:] == ["sandals", None]
+    assert table["action"].tolist() == ["relabel", "relabel", "drop"]
+
+    # Undo keeps the row, with who undid it and when.
+    at.button(key="undo_c1").click().run()
+    assert not at.exception
+    table = read_corrections(config)
+    assert table["undone_by"].tolist() == ["ann", None, None]
+    assert table["undone_at"].notna().tolist() == [True, False, False]
+    assert not any(b.key == "undo_c1" for b in at.button)
+    assert any(m.value.startswith("**2 in force**") for m in at.markdown)
+
+
 def test_upload_warns_on_tiny_and_panoramic_photos(app: AppTest) -> None:
     import io
 

@@ -1,5 +1,6 @@
 """Catalog health page: what a merchandiser fixes first — near-duplicate listings, items whose
-neighbours mostly carry another label, and outliers (written by the health stage)."""
+neighbours mostly carry another label, and outliers (written by the health stage) — and the
+fixes: relabel or drop an item where it is listed, undo, applied at the next run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from app.ui import corrections as fixes
 from app.ui import loaders, widgets
 from app.ui.names import display_name
 from pipelines import commands
@@ -33,11 +35,16 @@ if any(found is None for found in lists.values()):
     st.stop()
 
 info = catalog.set_index("item_id")
+labels = loaders.catalog_labels(cfg)
+with widgets.user_errors():
+    fixing = fixes.in_force(cfg, catalog)
 name = display_name(settings.extractor)
 st.caption(f"Found with {name} embeddings; switch the extractor in the sidebar to compare.")
 
 
-def _photo(item: str, caption: str, key: str) -> None:
+def _photo(item: str, caption: str, key: str, suggested: list[str] | None = None) -> None:
+    """The item's photo and "Open in Search"; with `suggested` labels also its corrections and
+    a "Fix" popover (relabel, suggested labels first, or drop)."""
     st.image(info.loc[item, "thumb_file"], caption=caption, width="stretch")
     st.button(
         "🔎 Open in Search",
@@ -46,6 +53,11 @@ def _photo(item: str, caption: str, key: str) -> None:
         args=(item,),
         width="stretch",
     )
+    if suggested is None:
+        return
+    if note := fixes.status_caption(info.loc[item], fixing.get(item)):
+        st.caption(note)
+    fixes.fix_popover(cfg, item, info.loc[item, "label"], suggested, labels, f"fix_{key}")
 
 
 def _csv(table: pd.DataFrame, columns: list[str], name: str, key: str) -> None:
@@ -57,13 +69,20 @@ def _csv(table: pd.DataFrame, columns: list[str], name: str, key: str) -> None:
     )
 
 
-def _grid(table: pd.DataFrame, caption_of: Callable[[Any], str], key: str) -> None:
-    """The rows' photos, five to a row, each captioned and with "Open in Search"."""
+def _grid(
+    table: pd.DataFrame,
+    caption_of: Callable[[Any], str],
+    key: str,
+    suggest: Callable[[Any], list[str]] | None = None,
+) -> None:
+    """The rows' photos, five to a row, each captioned and with "Open in Search" (and a "Fix"
+    popover offering `suggest(row)` first, when given)."""
     for start in range(0, len(table), 5):
         cells = st.columns(5)
         for cell, row in zip(cells, table.iloc[start : start + 5].itertuples(), strict=False):
             with cell:
-                _photo(row.item_id, caption_of(row), f"{key}_{row.item_id}")
+                fix = None if suggest is None else suggest(row)
+                _photo(row.item_id, caption_of(row), f"{key}_{row.item_id}", fix)
 
 
 duplicates_tab, mislabelled_tab, outliers_tab = st.tabs(
@@ -85,22 +104,34 @@ with duplicates_tab:
         f"at or above it).",
     )
     above = pairs[pairs["similarity"] >= threshold]
-    st.markdown(f"**{browse.plural(len(above), 'pair')}** with similarity ≥ {threshold:.3f}")
-    for i, row in enumerate(above.head(SHOWN).itertuples(index=False)):
-        left, right, text = st.columns([1, 1, 2])
-        with left:
-            _photo(row.item_a, widgets.caption(info.loc[row.item_a]), f"dup_a_{i}")
-        with right:
-            _photo(row.item_b, widgets.caption(info.loc[row.item_b]), f"dup_b_{i}")
-        text.markdown(f"Similarity **{row.similarity:.3f}**  \n`{row.item_a}`  \n`{row.item_b}`")
-    if len(above) > SHOWN:
-        st.caption(f"Showing the {SHOWN} most similar; the CSV has all {len(above):,}.")
     table = above.assign(
         path_a=info["path"].reindex(above["item_a"]).to_numpy(),
         path_b=info["path"].reindex(above["item_b"]).to_numpy(),
         label_a=info["label"].reindex(above["item_a"]).to_numpy(),
         label_b=info["label"].reindex(above["item_b"]).to_numpy(),
     )
+    conflicting = table[table["label_a"].astype(str) != table["label_b"].astype(str)]
+    st.markdown(
+        f"**{browse.plural(len(above), 'pair')}** with similarity ≥ {threshold:.3f}, "
+        f"{len(conflicting):,} of them with different labels"
+    )
+    only_conflicts = st.toggle(
+        "Only pairs with different labels",
+        key="health_conflicts_only",
+        help="Pairs this alike with two labels: one of the two is likely wrong. ✏️ Fix relabels "
+        "an item (the other's label first) or drops a duplicate.",
+    )
+    shown = conflicting if only_conflicts else table
+    for row in shown.head(SHOWN).itertuples(index=False):
+        left, right, text = st.columns([1, 1, 2])
+        pair = f"dup_{row.item_a}_{row.item_b}"  # keys follow the pair, whichever list shows it
+        with left:
+            _photo(row.item_a, widgets.caption(info.loc[row.item_a]), f"{pair}_a", [row.label_b])
+        with right:
+            _photo(row.item_b, widgets.caption(info.loc[row.item_b]), f"{pair}_b", [row.label_a])
+        text.markdown(f"Similarity **{row.similarity:.3f}**  \n`{row.item_a}`  \n`{row.item_b}`")
+    if len(shown) > SHOWN:
+        st.caption(f"Showing the {SHOWN} most similar; the CSV has all {len(above):,}.")
     widgets.csv_download(table, f"near-duplicates-{settings.extractor}", key="health_dup_csv")
 
 with mislabelled_tab:
@@ -114,6 +145,7 @@ with mislabelled_tab:
         wrong.head(SHOWN),
         lambda row: f"{row.label} → {row.suggested}? · {row.evidence:.2f}",
         "wrong",
+        suggest=lambda row: [row.suggested],
     )
     _csv(wrong, ["suggested", "evidence"], "likely-mislabelled", "wrong")
 
@@ -129,3 +161,6 @@ with outliers_tab:
         "outlier",
     )
     _csv(outliers, ["mean_similarity", "rank"], "outliers", "outliers")
+
+with widgets.user_errors():
+    fixes.corrections_section(cfg, catalog)

@@ -79,6 +79,17 @@ def catalog(cfg: Config) -> pd.DataFrame:
     return _catalog(str(cfg.artifacts_dir), sha(cfg.catalog_path))
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _catalog_labels(artifacts_dir: str, catalog_sha: str) -> list[str]:
+    labels = _catalog(artifacts_dir, catalog_sha)["label"].dropna().astype(str)
+    return sorted(labels.unique())
+
+
+def catalog_labels(cfg: Config) -> list[str]:
+    """The catalog's labels, sorted (read once per build)."""
+    return _catalog_labels(str(cfg.artifacts_dir), sha(cfg.catalog_path))
+
+
 # id(table) -> (weak reference to the table, its item-id index); see `item_index`.
 _ITEM_INDEXES: dict[int, tuple[weakref.ref, pd.Index]] = {}
 _ITEM_LOCK = threading.Lock()
