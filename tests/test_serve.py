@@ -547,6 +547,68 @@ def test_missing_artifacts_answer_503(tmp_path: Path) -> None:
         assert "python -m pipelines run" in _one_line(response)
 
 
+# --------------------------------------------------------------------------- corrections
+
+
+def test_corrections_endpoints_record_list_and_undo(built: Config, tmp_path: Path) -> None:
+    from pipelines.data import corrections
+
+    config = built.replace(artifacts_dir=tmp_path / "artifacts")
+    shutil.copytree(built.artifacts_dir, config.artifacts_dir)
+    catalog, _ = read_catalog(config)
+    hat = str(catalog[catalog["label"] == "hat"]["item_id"].iloc[0])
+    pant = str(catalog[catalog["label"] == "pants"]["item_id"].iloc[0])
+    app = create_app(config, api_key=KEY, load_extractors=False, reload_interval=0)
+    good = {"Authorization": f"Bearer {KEY}"}
+    with TestClient(app) as c:
+        assert c.get("/corrections").status_code == 401  # behind the key like the rest
+        assert c.get("/corrections", headers=good).json() == []
+        body = {"item_id": hat, "action": "relabel", "label": "shoes", "who": "ann", "note": "x"}
+        made = c.post("/corrections", json=body, headers=good)
+        assert made.status_code == 201
+        assert made.json() == {
+            **corrections.record(corrections.read_corrections(config).iloc[0]),
+            "state": "pending",
+        }
+        assert made.json()["previous_label"] == "hat" and made.json()["who"] == "ann"
+        drop = c.post("/corrections", json={"item_id": pant, "action": "drop"}, headers=good)
+        assert drop.status_code == 201 and drop.json()["correction_id"] == "c2"
+
+        # Every error carries the engine's own message.
+        cases = [
+            ({"item_id": "nope", "action": "drop"}, 404, "no catalog item 'nope' (36 items)"),
+            ({"item_id": hat, "action": "move"}, 422, "action must be one of relabel, drop"),
+            ({"item_id": hat, "action": "relabel", "label": " "}, 422, "needs the new label"),
+            ({"item_id": hat, "action": "drop", "label": "x"}, 422, "a drop takes no label"),
+            ({"item_id": hat, "action": "relabel", "label": "shoes"}, 409, "already marked"),
+            ({"item_id": hat}, 422, "action: Field required"),
+        ]
+        for request, status, message in cases:
+            response = c.post("/corrections", json=request, headers=good)
+            assert response.status_code == status, request
+            assert message in _one_line(response), request
+        assert len(corrections.read_corrections(config)) == 2
+
+        undone = c.delete("/corrections/c1", params={"who": "bob"}, headers=good)
+        assert undone.status_code == 200
+        assert undone.json()["undone_by"] == "bob" and undone.json()["state"] == "undone"
+        again = c.delete("/corrections/c1", headers=good)
+        assert again.status_code == 409 and "already undone" in _one_line(again)
+        missing = c.delete("/corrections/c9", headers=good)
+        assert missing.status_code == 404 and "no correction 'c9'" in _one_line(missing)
+
+        # The listing is the engine's, in order, with states against the served catalog.
+        listed = c.get("/corrections", headers=good).json()
+        expected = corrections.list_corrections(config)
+        assert [r["correction_id"] for r in listed] == expected["correction_id"].tolist()
+        assert [r["state"] for r in listed] == expected["state"].tolist() == ["undone", "pending"]
+        paths = c.get("/openapi.json", headers=good).json()["paths"]
+        assert {"get", "post"} <= set(paths["/corrections"])
+        assert "delete" in paths["/corrections/{correction_id}"]
+    # Nothing is served differently until `run` applies the correction.
+    assert read_catalog(config)[0]["label"].tolist() == catalog["label"].tolist()
+
+
 # --------------------------------------------------------------------------- the real server
 
 
