@@ -198,15 +198,16 @@ def _neighbours_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _section(parser: argparse.ArgumentParser) -> None:
-    from pipelines.bench import SECTIONS
+    from pipelines.bench import OPT_IN_SECTIONS, SECTIONS
 
     parser.add_argument(
         "--section",
         action="append",
-        choices=SECTIONS,
+        choices=SECTIONS + OPT_IN_SECTIONS,
         default=None,
         metavar="NAME",
-        help=f"run only this section, repeatable: {', '.join(SECTIONS)} (default: all)",
+        help=f"run only this section, repeatable: {', '.join(SECTIONS)} (default: all of "
+        f"these); {', '.join(OPT_IN_SECTIONS)} only when named",
     )
 
 
