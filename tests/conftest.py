@@ -86,14 +86,18 @@ def write_vector_artifacts(
     embeddings: dict[str, np.ndarray],
     labels=None,
     splits=None,
+    item_ids=None,
+    weights: str | None = None,
 ) -> pd.DataFrame:
     """A catalog of n fake items (item000, ...) and the given (n, d) embeddings per extractor,
     each with a manifest, as the catalog and embed stages would leave them. `labels` and
-    `splits` default to missing values. Returns the catalog."""
+    `splits` default to missing values; `item_ids` to item000, item001, ...; `weights` (the
+    id of the model that made the vectors, recorded as the embed stage does) to none.
+    Returns the catalog."""
     n = len(next(iter(embeddings.values())))
     catalog = pd.DataFrame(
         {
-            "item_id": [f"item{i:03d}" for i in range(n)],
+            "item_id": [f"item{i:03d}" for i in range(n)] if item_ids is None else list(item_ids),
             "path": [f"img/{i}.jpg" for i in range(n)],
             "label": pd.Series([None] * n if labels is None else list(labels), dtype=object),
             "split": pd.Series([None] * n if splits is None else list(splits), dtype=object),
@@ -105,7 +109,8 @@ def write_vector_artifacts(
     write_manifest(config.catalog_path, "catalog", {}, {})
     for name, vectors in embeddings.items():
         write_npy(np.asarray(vectors, dtype=np.float32), config.embeddings_path(name))
-        write_manifest(config.embeddings_path(name), "embed", {}, {})
+        inputs = {} if weights is None else {"weights": weights}
+        write_manifest(config.embeddings_path(name), "embed", {}, inputs)
     return catalog
 
 
