@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -147,3 +149,221 @@ def test_run_maps_writes_aligned_maps_and_skips_when_unchanged(tmp_path, mapped)
     changed = run_maps(config)
     assert changed.details["inception_v3"]["skipped"]
     assert not changed.details["custom_cnn"]["skipped"]
+
+
+# --- updates in place ---
+UPDATE_SETTINGS = {"map_pca_dims": 10, "map_neighbors": 10}
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL at the patched write."""
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """4 blobs of 33 unit vectors, the items a catalog's versions are drawn from, with ids."""
+    vectors, labels = blobs(n_clusters=4, per=33)
+    ids = np.array([f"b{label}-{i:03d}" for i, label in enumerate(labels)])
+    return vectors, labels, ids
+
+
+def versions(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool rows of a first catalog (25 per blob) and of its update: 2 per blob removed,
+    3 per blob added (12 new of 104, under the refit share), in a shuffled order."""
+    per_blob = [np.flatnonzero(labels == b) for b in range(4)]
+    first = np.concatenate([rows[:25] for rows in per_blob])
+    removed = np.concatenate([rows[:2] for rows in per_blob])
+    added = np.concatenate([rows[25:28] for rows in per_blob])
+    update = np.concatenate([np.setdiff1d(first, removed), added])
+    return first, np.random.default_rng(7).permutation(update)
+
+
+def write_version(config: Config, pool, rows: np.ndarray, weights: str = "w1") -> pd.DataFrame:
+    """The catalog of pool items `rows` and both extractors' embeddings of them."""
+    vectors, _, ids = pool
+    embeddings = {"inception_v3": vectors[rows], "custom_cnn": unit(vectors[rows, :12])}
+    return write_vector_artifacts(config, embeddings, item_ids=ids[rows], weights=weights)
+
+
+def read_map(config: Config, name: str) -> pd.DataFrame:
+    return pd.read_parquet(config.map_path(name))
+
+
+def expected_places(new: np.ndarray, kept: np.ndarray, kept_xy: np.ndarray) -> np.ndarray:
+    """Brute-force weighted-mean placement: the 15 most similar kept items, weights sim^4."""
+    sims = new.astype(np.float64) @ kept.astype(np.float64).T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, : maps_module.PLACE_NEIGHBOURS]
+    weights = np.maximum(np.take_along_axis(sims, top, axis=1), 0) ** 4
+    return (weights[..., None] * kept_xy[top]).sum(1) / weights.sum(1, keepdims=True)
+
+
+def no_fit(*args, **kwargs):
+    raise AssertionError("an update must not fit UMAP")
+
+
+def test_an_update_keeps_kept_places_drops_removed_and_places_new_items(
+    tmp_path, pool, monkeypatch
+):
+    vectors, labels, ids = pool
+    config = Config(artifacts_dir=tmp_path, **UPDATE_SETTINGS)
+    names = ["inception_v3", "custom_cnn"]
+    first, update = versions(labels)
+    write_version(config, pool, first)
+    run_maps(config, names)
+    before = {name: read_map(config, name).set_index("item_id") for name in names}
+    fitted = read_manifest(config.map_path("inception_v3"))
+    assert fitted["made_by"] == "fit" and fitted["fit"]["rows"] == 100
+
+    catalog = write_version(config, pool, update)
+    monkeypatch.setattr(maps_module, "compute_map", no_fit)
+    result = run_maps(config, names)
+    kept_ids = np.intersect1d(ids[first], ids[update])
+    new_rows = np.setdiff1d(update, first)
+    for name in names:
+        detail = result.details[name]
+        assert detail["refit"] is None and not detail["skipped"]
+        assert (detail["kept"], detail["placed"], detail["removed"]) == (92, 12, 8)
+        table = read_map(config, name)
+        # Rows in the current catalog's order; removed items gone.
+        assert table["item_id"].tolist() == catalog["item_id"].tolist()
+        after = table.set_index("item_id")
+        old = before[name].loc[kept_ids, ["x", "y"]].to_numpy()
+        new = after.loc[kept_ids, ["x", "y"]].to_numpy()
+        assert old.dtype == new.dtype == np.float32
+        np.testing.assert_array_equal(old.view(np.uint32), new.view(np.uint32))  # bit for bit
+        # New items at the similarity-weighted mean place of their 15 most similar kept items.
+        space = vectors if name == "inception_v3" else unit(vectors[:, :12])
+        kept_rows = np.flatnonzero(np.isin(ids, kept_ids))
+        want = expected_places(
+            space[new_rows],
+            space[kept_rows],
+            before[name].loc[ids[kept_rows], ["x", "y"]].to_numpy(np.float64),
+        )
+        got = after.loc[ids[new_rows], ["x", "y"]].to_numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        manifest = read_manifest(config.map_path(name))
+        assert manifest["made_by"] == "update" and manifest["refit_reason"] is None
+        assert manifest["placed_since_fit"] == 12 and manifest["fit"]["rows"] == 100
+        assert manifest["update"] == {"kept": 92, "placed": 12, "removed": 8}
+        assert manifest["fit"]["umap_rows"] == 100 and manifest["model"]
+        assert 0.5 < manifest["trustworthiness"] <= 1.0
+    assert manifest["aligned_to"] == "inception_v3"  # custom_cnn's: kept, not re-aligned
+    assert read_manifest(config.map_path("inception_v3"))["fit"] == fitted["fit"]
+
+    # Each new item's nearest kept item on the map is one of its own blob.
+    table = read_map(config, "inception_v3").set_index("item_id")
+    kept_xy = table.loc[kept_ids, ["x", "y"]].to_numpy()
+    kept_blob = labels[np.searchsorted(ids, kept_ids)]
+    for row in new_rows:
+        gaps = np.linalg.norm(kept_xy - table.loc[ids[row], ["x", "y"]].to_numpy(), axis=1)
+        assert kept_blob[gaps.argmin()] == labels[row]
+
+    again = run_maps(config, names)
+    assert again.skipped and not again.wrote
+
+
+def test_a_new_model_or_force_refits_the_map(tmp_path, pool, monkeypatch):
+    _, labels, _ = pool
+    config = Config(artifacts_dir=tmp_path, **UPDATE_SETTINGS)
+    first, update = versions(labels)
+    write_version(config, pool, first)
+    run_maps(config, ["inception_v3"])
+    write_version(config, pool, update)
+    assert run_maps(config, ["inception_v3"]).details["inception_v3"]["refit"] is None
+
+    fits = []
+    real = maps_module.compute_map
+    monkeypatch.setattr(
+        maps_module, "compute_map", lambda *a, **kw: fits.append(1) or real(*a, **kw)
+    )
+    # Retrained: the same items, other vectors (the dimensions reversed), a new weights id.
+    vectors, labels, ids = pool
+    write_version(config, (vectors[:, ::-1].copy(), labels, ids), update, weights="w2")
+    detail = run_maps(config, ["inception_v3"]).details["inception_v3"]
+    assert len(fits) == 1 and "another model" in detail["refit"]
+    manifest = read_manifest(config.map_path("inception_v3"))
+    assert manifest["made_by"] == "fit" and manifest["placed_since_fit"] == 0
+    assert manifest["fit"]["rows"] == 104
+    assert run_maps(config, ["inception_v3"]).skipped
+
+    detail = run_maps(config, ["inception_v3"], force=True).details["inception_v3"]
+    assert len(fits) == 2 and detail["refit"] == "forced"
+
+
+def test_the_map_is_refit_once_the_placed_share_passes_the_threshold(tmp_path, pool):
+    _, labels, _ = pool
+    config = Config(artifacts_dir=tmp_path, **UPDATE_SETTINGS)
+    per_blob = [np.flatnonzero(labels == b) for b in range(4)]
+    for upto in (25, 28):  # 100 items fitted, then 12 placed: 12 / 112 = 11 %
+        write_version(config, pool, np.concatenate([rows[:upto] for rows in per_blob]))
+        run_maps(config, ["inception_v3"])
+    manifest = read_manifest(config.map_path("inception_v3"))
+    assert manifest["made_by"] == "update" and manifest["placed_since_fit"] == 12
+
+    # 20 more: 32 placed since the fit of 132 items (24 %, above REFIT_PLACED_SHARE).
+    write_version(config, pool, np.concatenate([rows[:33] for rows in per_blob]))
+    detail = run_maps(config, ["inception_v3"]).details["inception_v3"]
+    assert detail["refit"] and "placed since the fit" in detail["refit"]
+    manifest = read_manifest(config.map_path("inception_v3"))
+    assert manifest["made_by"] == "fit" and manifest["placed_since_fit"] == 0
+    assert manifest["fit"]["rows"] == 132
+    assert 12 / 112 <= maps_module.REFIT_PLACED_SHARE < 32 / 132  # the test's premise
+
+
+def test_a_run_killed_between_an_update_and_its_manifest_ends_as_an_uninterrupted_one(
+    tmp_path, pool, monkeypatch
+):
+    _, labels, _ = pool
+    names = ["inception_v3", "custom_cnn"]
+    first, update = versions(labels)
+    done = Config(artifacts_dir=tmp_path / "done", **UPDATE_SETTINGS)
+    write_version(done, pool, first)
+    run_maps(done, names)
+    shutil.copytree(done.artifacts_dir, tmp_path / "killed")
+    killed = Config(artifacts_dir=tmp_path / "killed", **UPDATE_SETTINGS)
+    for config in (done, killed):
+        write_version(config, pool, update)
+    run_maps(done, names)  # uninterrupted
+
+    def kill(*args, **kwargs):
+        raise Killed
+
+    # The reference's map renamed into place, its manifest never written.
+    monkeypatch.setattr(maps_module, "write_manifest", kill)
+    with pytest.raises(Killed):
+        run_maps(killed, names)
+    monkeypatch.undo()
+    monkeypatch.setattr(maps_module, "compute_map", no_fit)
+    result = run_maps(killed, names)
+    assert not result.details["inception_v3"]["skipped"]
+    for name in names:
+        assert result.details[name]["refit"] is None
+        pd.testing.assert_frame_equal(read_map(killed, name), read_map(done, name))
+        assert killed.map_path(name).read_bytes() == done.map_path(name).read_bytes()
+    assert run_maps(killed, names).skipped
+
+
+def test_largest_per_row_matches_a_full_sort_with_ties_and_masked_columns():
+    rng = np.random.default_rng(3)
+    sims = np.round(rng.normal(size=(6, 3000)), 1).astype(np.float32)  # many ties
+    sims[:, rng.random(3000) < 0.3] = -np.inf  # rows that may not be neighbours
+    sims[5, :2990] = -np.inf  # a row with only 10 finite entries
+    for width in (1, 15):
+        values, cols = maps_module._largest_per_row(sims, width)
+        want = np.argsort(-sims, axis=1, kind="stable")[:, :width]
+        np.testing.assert_array_equal(cols, want)
+        np.testing.assert_array_equal(values, np.take_along_axis(sims, want, axis=1))
+
+
+def test_placing_reads_the_fitted_rows_chunk_by_chunk_and_finds_the_same_neighbours(monkeypatch):
+    from pipelines.search import approximate
+
+    vectors, _ = blobs(n_clusters=5, per=40, d=24, noise=0.4)
+    coords = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    new_rows = np.random.default_rng(1).choice(200, 20, replace=False)
+    fitted = np.ones(200, dtype=bool)
+    fitted[new_rows] = False
+    monkeypatch.setattr(approximate, "CHUNK_ROWS", 7)  # 29 chunks, some holding new rows only
+    got = maps_module.place_new_rows(vectors, coords, new_rows, fitted)
+    want = expected_places(vectors[new_rows], vectors[fitted], coords[fitted].astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
