@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,190 @@ def test_run_clusters_needs_embeddings(tmp_path):
         LookalikeError, match="run `python -m pipelines embed --extractor custom_cnn"
     ):
         run_clusters(config, ["custom_cnn"])
+
+
+# --- updates in place ---
+class Killed(Exception):
+    """Stands for a SIGKILL at the patched write."""
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """4 blobs of 20 unit vectors (labels a-d), the items a catalog's versions come from."""
+    vectors, blob = blobs(sizes=(20, 20, 20, 20), noise=0.3)
+    ids = np.array([f"b{b}-{i:03d}" for i, b in enumerate(blob)])
+    return vectors, np.array(list("abcd"))[blob], ids
+
+
+def versions(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool rows of a first catalog (16 per blob) and of its update: 2 per blob removed, 2 per
+    blob added (8 new of 64, under the refit share), in a shuffled order."""
+    per_blob = [np.flatnonzero(labels == b) for b in "abcd"]
+    first = np.concatenate([rows[:16] for rows in per_blob])
+    removed = np.concatenate([rows[:2] for rows in per_blob])
+    added = np.concatenate([rows[16:18] for rows in per_blob])
+    update = np.concatenate([np.setdiff1d(first, removed), added])
+    return first, np.random.default_rng(3).permutation(update)
+
+
+def write_version(config, pool, rows, labels=None, weights="w1") -> pd.DataFrame:
+    vectors, pool_labels, ids = pool
+    labels = pool_labels[rows] if labels is None else labels
+    return write_vector_artifacts(
+        config, {"inception_v3": vectors[rows]}, labels=labels, item_ids=ids[rows], weights=weights
+    )
+
+
+def no_fit(*args, **kwargs):
+    raise AssertionError("an update must not fit k-means")
+
+
+def test_an_update_keeps_clusters_assigns_new_items_and_recounts_the_summary(
+    tmp_path, pool, monkeypatch
+):
+    vectors, labels, ids = pool
+    config = Config(artifacts_dir=tmp_path, n_clusters=4)
+    first, update = versions(labels)
+    write_version(config, pool, first)
+    run_clusters(config, ["inception_v3"])
+    before = pd.read_parquet(config.clusters_path("inception_v3")).set_index("item_id")
+    centroids_bytes = config.centroids_path("inception_v3").read_bytes()
+    fitted = read_manifest(config.clusters_path("inception_v3"))["fit"]
+
+    # One kept item's label corrected in the same update: the summary must count it.
+    new_labels = labels[update].copy()
+    corrected = next(i for i, row in enumerate(update) if row in first and labels[row] == "a")
+    new_labels[corrected] = "z"
+    catalog = write_version(config, pool, update, labels=new_labels)
+    monkeypatch.setattr(clusters_module, "kmeans", no_fit)
+    detail = run_clusters(config, ["inception_v3"]).details["inception_v3"]
+    assert detail["refit"] is None and not detail["skipped"]
+    assert (detail["kept"], detail["assigned"], detail["removed"]) == (56, 8, 8)
+
+    table = pd.read_parquet(config.clusters_path("inception_v3"))
+    assert table["item_id"].tolist() == catalog["item_id"].tolist()  # catalog order
+    assert table["cluster"].dtype == np.int32
+    after = table.set_index("item_id")["cluster"]
+    kept = np.intersect1d(ids[first], ids[update])
+    np.testing.assert_array_equal(after.loc[kept], before.loc[kept, "cluster"])
+    new_rows = np.setdiff1d(update, first)
+    centroids = np.load(config.centroids_path("inception_v3"))
+    np.testing.assert_array_equal(
+        after.loc[ids[new_rows]], np.argmax(vectors[new_rows] @ centroids.T, axis=1)
+    )
+    assert config.centroids_path("inception_v3").read_bytes() == centroids_bytes
+
+    # The summary, counted independently from the table and the current labels.
+    summary = pd.read_parquet(config.cluster_summary_path("inception_v3")).set_index("cluster")
+    counted = pd.Series(new_labels, index=catalog["item_id"]).groupby(after.to_numpy())
+    for cluster, members in counted:
+        counts = members.value_counts()
+        assert summary.loc[cluster, "size"] == len(members)
+        assert json.loads(summary.loc[cluster, "composition"]) == counts.to_dict()
+        assert summary.loc[cluster, "purity"] == pytest.approx(counts.iloc[0] / len(members))
+    assert "z" in set().union(*(json.loads(c) for c in summary["composition"]))
+    manifest = read_manifest(config.clusters_path("inception_v3"))
+    assert manifest["made_by"] == "update" and manifest["assigned_since_fit"] == 8
+    assert manifest["fit"] == fitted and manifest["update"] == {
+        "kept": 56,
+        "assigned": 8,
+        "removed": 8,
+    }
+    assert manifest["purity"] == pytest.approx(overall_purity(summary.reset_index()))
+
+    again = run_clusters(config, ["inception_v3"])
+    assert again.skipped and not again.wrote
+
+
+def test_a_label_correction_alone_recounts_the_summary_without_moving_items(tmp_path, pool):
+    _, labels, _ = pool
+    config = Config(artifacts_dir=tmp_path, n_clusters=4)
+    first, _ = versions(labels)
+    write_version(config, pool, first)
+    run_clusters(config, ["inception_v3"])
+    before = pd.read_parquet(config.clusters_path("inception_v3"))
+    relabelled = labels[first].copy()
+    relabelled[:3] = "z"
+    write_version(config, pool, first, labels=relabelled)
+    detail = run_clusters(config, ["inception_v3"]).details["inception_v3"]
+    assert detail["refit"] is None and detail["assigned"] == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(config.clusters_path("inception_v3")), before)
+    summary = pd.read_parquet(config.cluster_summary_path("inception_v3"))
+    cluster = before["cluster"].iloc[0]
+    composition = json.loads(summary.set_index("cluster").loc[cluster, "composition"])
+    assert composition.get("z") == 3
+
+
+def test_a_new_model_force_or_drift_refits_kmeans(tmp_path, pool, monkeypatch):
+    vectors, labels, ids = pool
+    config = Config(artifacts_dir=tmp_path, n_clusters=4)
+    first, update = versions(labels)
+    write_version(config, pool, first)
+    fits = []
+    real = clusters_module.kmeans
+    monkeypatch.setattr(
+        clusters_module, "kmeans", lambda *a, **kw: fits.append(1) or real(*a, **kw)
+    )
+    run_clusters(config, ["inception_v3"])
+    write_version(config, pool, update)
+    assert run_clusters(config, ["inception_v3"]).details["inception_v3"]["refit"] is None
+    assert len(fits) == 1
+
+    # Retrained: the same items, other vectors (dimensions reversed), a new weights id.
+    write_version(config, (vectors[:, ::-1].copy(), labels, ids), update, weights="w2")
+    detail = run_clusters(config, ["inception_v3"]).details["inception_v3"]
+    assert len(fits) == 2 and "another model" in detail["refit"]
+    manifest = read_manifest(config.clusters_path("inception_v3"))
+    assert manifest["assigned_since_fit"] == 0 and manifest["fit"]["rows"] == 64
+
+    detail = run_clusters(config, ["inception_v3"], force=True).details["inception_v3"]
+    assert len(fits) == 3 and detail["refit"] == "forced"
+
+    # 8 new of 72 (11 %), then 8 more and 4 removed: 16 assigned since the fit of 76 (21 %).
+    retrained = (vectors[:, ::-1].copy(), labels, ids)
+    extra = np.setdiff1d(np.arange(len(ids)), update)
+    write_version(config, retrained, np.concatenate([update, extra[:8]]), weights="w2")
+    assert run_clusters(config, ["inception_v3"]).details["inception_v3"]["refit"] is None
+    assert read_manifest(config.clusters_path("inception_v3"))["assigned_since_fit"] == 8
+    write_version(config, retrained, np.concatenate([update[4:], extra]), weights="w2")
+    detail = run_clusters(config, ["inception_v3"]).details["inception_v3"]
+    assert len(fits) == 4 and "assigned since the fit" in detail["refit"]
+    assert 8 / 72 <= clusters_module.REFIT_ASSIGNED_SHARE < 16 / 76  # the test's premise
+
+
+@pytest.mark.parametrize("at", ["summary", "assignments"])
+def test_a_run_killed_during_an_update_ends_as_an_uninterrupted_one(
+    tmp_path, pool, monkeypatch, at
+):
+    _, labels, _ = pool
+    first, update = versions(labels)
+    done = Config(artifacts_dir=tmp_path / "done", n_clusters=4)
+    write_version(done, pool, first)
+    run_clusters(done, ["inception_v3"])
+    shutil.copytree(done.artifacts_dir, tmp_path / "killed")
+    killed = Config(artifacts_dir=tmp_path / "killed", n_clusters=4)
+    for config in (done, killed):
+        write_version(config, pool, update)
+    run_clusters(done, ["inception_v3"])  # uninterrupted
+
+    # Killed after the summary's rename, or after the assignments' (before their manifest).
+    target = killed.cluster_summary_path("inception_v3").name if at == "summary" else None
+    target = target or killed.clusters_path("inception_v3").name
+    real = clusters_module.write_manifest
+
+    def kill_after(artifact, *args, **kwargs):
+        if artifact.name == target:
+            raise Killed
+        return real(artifact, *args, **kwargs)
+
+    monkeypatch.setattr(clusters_module, "write_manifest", kill_after)
+    with pytest.raises(Killed):
+        run_clusters(killed, ["inception_v3"])
+    monkeypatch.undo()
+    monkeypatch.setattr(clusters_module, "kmeans", no_fit)
+    detail = run_clusters(killed, ["inception_v3"]).details["inception_v3"]
+    assert not detail["skipped"] and detail["refit"] is None
+    for path in ("clusters_path", "cluster_summary_path", "centroids_path"):
+        a, b = getattr(killed, path)("inception_v3"), getattr(done, path)("inception_v3")
+        assert a.read_bytes() == b.read_bytes(), path
+    assert run_clusters(killed, ["inception_v3"]).skipped
