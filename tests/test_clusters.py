@@ -299,8 +299,12 @@ def test_a_new_model_force_or_drift_refits_kmeans(tmp_path, pool, monkeypatch):
     manifest = read_manifest(config.clusters_path("inception_v3"))
     assert manifest["assigned_since_fit"] == 0 and manifest["fit"]["rows"] == 64
 
+    fitted_bytes = config.clusters_path("inception_v3").read_bytes()
     detail = run_clusters(config, ["inception_v3"], force=True).details["inception_v3"]
     assert len(fits) == 3 and detail["refit"] == "forced"
+    # A refit of the same inputs writes the same bytes (no date in the file), so the stages
+    # keyed on the assignments' hash (evaluate) stay up to date.
+    assert config.clusters_path("inception_v3").read_bytes() == fitted_bytes
 
     # 8 new of 72 (11 %), then 8 more and 4 removed: 16 assigned since the fit of 76 (21 %).
     retrained = (vectors[:, ::-1].copy(), labels, ids)

@@ -280,6 +280,14 @@ def _refit_reason(
     return None
 
 
+def _fit_date(artifact: Path, fit_id: str | None) -> str | None:
+    """When the fit `fit_id` was made, as the artifact's manifest recorded it; None when the
+    manifest is gone or records another fit (a refit killed before its manifest: the update
+    then dates the fit to itself, the nearest time known)."""
+    fit = (read_manifest(artifact) or {}).get("fit") or {}
+    return fit.get("date") if fit_id is not None and fit.get("id") == fit_id else None
+
+
 def _cluster_one(
     config: Config,
     name: str,
@@ -291,10 +299,12 @@ def _cluster_one(
     """k-means for one extractor, an update, or a skip when fresh; its row of the details.
 
     The assignments file carries its fit's state in its parquet metadata (STATE_KEY; its
-    manifest repeats it): {"model", "fit": {"id", "date", "params", "rows", "n_clusters",
+    manifest repeats it): {"model", "fit": {"id", "params", "rows", "n_clusters",
     "centroids_sha256", "purity"}, "assigned_since_fit"}. An update reads the state from that
     file itself, not its manifest, so a run killed between the writes is finished by the next
-    one exactly as it would have finished.
+    one exactly as it would have finished. The fit's date is in the manifests only
+    (`_fit_date`): with it in the file a refit of unchanged inputs would change the file's
+    bytes, and every stage keyed on them would redo its work.
     """
     start = time.perf_counter()
     n = len(item_ids)
@@ -365,6 +375,7 @@ def _cluster_one(
             new_vectors = approximate.take_rows(vectors, new_rows)
             cluster_ids[new_rows] = assign(new_vectors, centroids)
         assigned = len(new_rows)
+        date = _fit_date(paths["path"], fit.get("id"))
     else:
         cluster_ids, centroids = kmeans(
             vectors,
@@ -376,12 +387,13 @@ def _cluster_one(
         fit = {
             # The same inputs and settings give the same clusters, so they name the fit.
             "id": sha256_json({"stage": STAGE, "params": params, "inputs": inputs})[:16],
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "params": params,
             "rows": n,
             "n_clusters": n_clusters,
         }
         kept = removed = assigned = assigned_since = 0
+        date = None
+    date = date or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     # From the catalog's current labels, fit or update: a label correction changes the
     # summary without moving any item.
     summary = cluster_summary(cluster_ids, None if labels is None else labels.to_numpy())
@@ -406,7 +418,7 @@ def _cluster_one(
         fit["centroids_sha256"] = sha256_file(paths["centroids_path"])
         fit["purity"] = purity
     state = {"model": model, "fit": fit, "assigned_since_fit": assigned_since}
-    extra["fit"] = fit
+    extra["fit"] = {**fit, "date": date}
     write_manifest(paths["centroids_path"], STAGE, params, inputs, extra)
     write_parquet(summary, paths["summary_path"])
     write_manifest(paths["summary_path"], STAGE, params, inputs, extra)
@@ -420,7 +432,7 @@ def _cluster_one(
         f"fitted ({reason})"
         if reason is not None
         else f"updated in place: {kept} kept, {assigned} assigned, {removed} removed, "
-        f"{assigned_since} assigned since the fit of {fit.get('date')}"
+        f"{assigned_since} assigned since the fit of {date}"
     )
     print(
         f"cluster {name}: {n_clusters} clusters over {n} items {how}, "

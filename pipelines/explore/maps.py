@@ -456,6 +456,14 @@ def _refit_reason(
     return None
 
 
+def _fit_date(artifact: Path, fit_id: str | None) -> str | None:
+    """When the fit `fit_id` was made, as the artifact's manifest recorded it; None when the
+    manifest is gone or records another fit (a refit killed before its manifest: the update
+    then dates the fit to itself, the nearest time known)."""
+    fit = (read_manifest(artifact) or {}).get("fit") or {}
+    return fit.get("date") if fit_id is not None and fit.get("id") == fit_id else None
+
+
 def _fit_method(config: Config, rows: int) -> tuple[str, int]:
     """(how compute_map lays out `rows` items, how many of them UMAP is fitted on)."""
     if rows < 4:
@@ -471,10 +479,12 @@ def _one_map(
     """Build, update or skip one extractor's map; returns its row of the stage's details.
 
     The map file carries its fit's state in its parquet metadata (STATE_KEY; the manifest
-    repeats it): {"model", "fit": {"id", "date", "method", "params", "rows", "umap_rows",
+    repeats it): {"model", "fit": {"id", "method", "params", "rows", "umap_rows",
     "trustworthiness", "reference_fit"}, "placed_since_fit"}. An update reads the state from
     the previous map file itself, not its manifest, so a run killed between the two writes
-    is finished by the next one exactly as it would have finished.
+    is finished by the next one exactly as it would have finished. The fit's date is in the
+    manifest only (`_fit_date`): with it in the file a refit of unchanged inputs would change
+    the file's bytes, and every stage keyed on them would redo its work.
     """
     start = time.perf_counter()
     path = config.map_path(name)
@@ -540,6 +550,7 @@ def _one_map(
             coords[new_rows] = place_new_rows(vectors, coords, new_rows, keep)
         fit = previous["fit"]
         placed = len(new_rows)
+        date = _fit_date(path, fit.get("id"))
     else:
         coords = compute_map(
             vectors,
@@ -556,7 +567,6 @@ def _one_map(
         fit = {
             # The same inputs and settings give the same map, so they name the fit.
             "id": sha256_json({"stage": STAGE, "params": params, "inputs": inputs})[:16],
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "method": method,
             "params": params,
             "rows": n,
@@ -564,6 +574,8 @@ def _one_map(
             "reference_fit": None if reference is None else reference["fit"],
         }
         kept = removed = placed = placed_since = 0
+        date = None
+    date = date or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     # Recomputed on every write, update or fit: on a sample of TRUST_MAX_ITEMS rows at most,
     # so it costs the same at any catalog size, and it judges the map as it now is.
     trust = map_trustworthiness(vectors, coords, k=10, seed=config.seed)
@@ -580,6 +592,7 @@ def _one_map(
         "aligned_to": aligned_to,
         "rows": len(table),
         **state,
+        "fit": {**fit, "date": date},
         "placed_share": round(placed_since / max(n, 1), 4),
         "refit_placed_share": REFIT_PLACED_SHARE,
         "made_by": "fit" if reason is not None else "update",
@@ -592,7 +605,7 @@ def _one_map(
         f"fitted ({reason})"
         if reason is not None
         else f"updated in place: {kept} kept, {placed} placed, {removed} removed, "
-        f"{placed_since} placed since the fit of {fit.get('date')}"
+        f"{placed_since} placed since the fit of {date}"
     )
     print(
         f"map {name}: {len(table)} items {how}, trustworthiness@10 {trust:.3f}, "
