@@ -47,10 +47,10 @@ CHILD_TASKS = {
     "maps_1m_compare": "pipelines.bench.maps_1m:child_compare",
     "maps_1m_map": "pipelines.bench.maps_1m:child_map",
     "maps_1m_kmeans": "pipelines.bench.maps_1m:child_kmeans",
-    "update_run": "pipelines.bench.update:child_run",
-    "update_checks": "pipelines.bench.update:child_checks",
-    "update_synthetic_prepare": "pipelines.bench.update:child_synthetic_prepare",
-    "update_synthetic_stages": "pipelines.bench.update:child_synthetic_stages",
+    "update_run": "pipelines.bench.update_runs:child_run",
+    "update_checks": "pipelines.bench.update_checks:child_checks",
+    "update_synthetic_prepare": "pipelines.bench.update_synthetic:child_synthetic_prepare",
+    "update_synthetic_stages": "pipelines.bench.update_synthetic:child_synthetic_stages",
 }
 
 
