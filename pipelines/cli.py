@@ -123,6 +123,16 @@ def _run(config: Config, args: argparse.Namespace) -> Any:
     )
 
 
+def _status(config: Config, args: argparse.Namespace) -> Any:
+    import json
+
+    from pipelines import status
+
+    found = status.report(config)
+    print(json.dumps(found, indent=2) if args.json else "\n".join(status.report_lines(found)))
+    return found
+
+
 def _search(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.search_cli import run_search
 
@@ -251,6 +261,10 @@ def _retrain(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _status_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print it as JSON")
+
+
 def _extractors(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extractor",
@@ -366,6 +380,13 @@ STAGES: dict[str, tuple[str, Handler, list[Callable[[argparse.ArgumentParser], N
         "maps, clusters, ann, mosaic, health, evaluate); each skips itself when nothing changed",
         _run,
         [_source, _extractors, _engine, _retrain],
+    ),
+    "status": (
+        "what the artifacts folder holds, whether it is one build or mid-update, and how many "
+        "items were added or removed since the models were trained (what `run` and "
+        "`run --retrain` would do)",
+        _status,
+        [_status_options],
     ),
     "search": (
         "neighbours and predicted category of photos or folders of photos, as a table or "

@@ -15,6 +15,10 @@ def stage(name: str, *options: str) -> str:
 
 
 RUN = stage("run")
+# Renews the training set and retrains every trained part (models, maps' fits, centroids).
+RETRAIN = stage("run", "--retrain")
+# What the artifacts hold, whether they are one build, and the drift since training.
+STATUS = stage("status")
 CATALOG = stage("catalog")
 TRAIN = stage("train")
 MAPS = stage("maps")

@@ -1,12 +1,14 @@
 """What the artifacts folder holds: which files a page needs, which are missing, when they were
-built, and the settings the app runs with. Reads manifests only; writes nothing."""
+built, how far the catalog moved since the models were trained, and the settings the app runs
+with. Reads manifests (and, for the drift, the catalog and the training set); writes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines import commands
 from pipelines.artifacts import read_manifest
 from pipelines.config import EXTRACTORS, Config
 from pipelines.errors import LookalikeError
@@ -124,3 +126,130 @@ def artifacts_summary(config: Config) -> dict[str, Any]:
             for name in EXTRACTORS
         },
     }
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def drift(config: Config, catalog: Any = None) -> dict[str, Any] | None:
+    """How far the catalog moved since the models were trained, and what the retrain policy
+    will do: `models.training_set.describe` (trained, current, added, removed, changed_share,
+    unseen_labels, retrain_due, reason, trained_at, retrain_seconds, summary).
+
+    Parameters
+    ----------
+    config : where the artifacts live.
+    catalog : the catalog table when the caller holds it; read from `config` when None.
+
+    Returns
+    -------
+    The dict, or None before the catalog is built.
+    """
+    from pipelines.models.training_set import describe
+
+    if catalog is None:
+        if missing_paths([config.catalog_path]):
+            return None
+        from pipelines.readers import read_catalog
+
+        catalog, _ = read_catalog(config)
+    return describe(config, catalog)
+
+
+def _duration(seconds: float) -> str:
+    """Seconds for people: 40 s, 9.5 min, 2.1 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def drift_caption(found: Mapping[str, Any]) -> str:
+    """One short line on the drift (the app's sidebar caption)."""
+    if not found.get("trained"):
+        return "Models: not trained yet"
+    line = f"Since training: **{found['added']:,}** added, **{found['removed']:,}** removed"
+    return line + (" · next run retrains" if found.get("retrain_due") else "")
+
+
+def drift_details(found: Mapping[str, Any]) -> list[str]:
+    """The drift in full, one sentence per line: when the models were trained and on what,
+    what changed since, what the next `run` does (the policy) and what `run --retrain` costs.
+    `python -m pipelines status` prints these; the sidebar shows them in its tooltip."""
+    from pipelines.models.training_set import RETRAIN_CHANGED_SHARE
+
+    if not found.get("trained"):
+        return [f"No models trained yet: `{commands.RUN}` trains them."]
+    when = str(found.get("trained_at") or "?").replace("T", " ")[:16]
+    lines = [
+        f"Models trained {when} on {found['trained']:,} items; the catalog has "
+        f"{found['current']:,} now.",
+        f"{found['summary']}.",
+    ]
+    if found.get("unseen_labels"):
+        lines.append(
+            f"The category classifier cannot predict {', '.join(found['unseen_labels'])} "
+            "(never seen in training)."
+        )
+    if found.get("retrain_due"):
+        lines.append(f"The next `{commands.RUN}` retrains them: {found['reason']}.")
+    else:
+        lines.append(
+            f"The next `{commands.RUN}` keeps them; it retrains once a label training never "
+            f"saw appears in the train split or more than {RETRAIN_CHANGED_SHARE:.0%} of the "
+            "train split changed."
+        )
+    seconds = found.get("retrain_seconds")
+    cost = (
+        f"about {_duration(seconds)} of training (what the last training took), then every "
+        "item is embedded again with the retrained models"
+        if seconds
+        else "the models' manifests record no training time"
+    )
+    lines.append(f"`{commands.RETRAIN}` retrains now: {cost}.")
+    return lines
+
+
+def report(config: Config) -> dict[str, Any]:
+    """What `python -m pipelines status` says: `artifacts_summary`, whether the folder holds
+    one build (`consistency.build_stamp`: "problem" is None, or what is mid-update) and the
+    drift (None before a catalog is built)."""
+    from pipelines.consistency import build_stamp
+
+    config = app_config(config)
+    stamp = build_stamp(config)
+    problem = stamp.problem
+    try:
+        found = drift(config)
+    except LookalikeError as err:  # a catalog being rewritten: say so rather than fail
+        found, problem = None, problem or str(err)
+    return {**artifacts_summary(config), "problem": problem, "drift": found}
+
+
+def report_lines(found: Mapping[str, Any]) -> list[str]:
+    """`report` as the lines `python -m pipelines status` prints."""
+    if not found["built"]:
+        return [f"Artifacts: {found['dir']} (not built yet: run `{commands.RUN}`)"]
+    built = str(found["catalog_created"] or "?").replace("T", " ")[:16]
+    lines = [
+        f"Artifacts: {found['dir']}",
+        f"Catalog: {found['items']:,} items, built {built}",
+    ]
+    embedded = [
+        f"{name} {str(when).replace('T', ' ')[:16]}"
+        for name, when in found["embeddings_created"].items()
+        if when
+    ]
+    if embedded:
+        lines.append(f"Embeddings: {', '.join(embedded)}")
+    if found["problem"]:
+        lines.append(
+            f"Build: mid-update — {found['problem']}; if no `{commands.RUN}` is running, run it "
+            "to finish the update"
+        )
+    else:
+        lines.append("Build: consistent (every artifact comes from this catalog)")
+    if found["drift"] is not None:
+        lines += drift_details(found["drift"])
+    return lines
