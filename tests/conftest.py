@@ -143,6 +143,24 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return build_small_pipeline(tmp_path_factory.mktemp("pipeline"), SMALL_LABELS)
 
 
+def copy_build(built: Config, root: Path) -> Config:
+    """The `built` artifacts and their source photos copied under `root` (root/artifacts,
+    root/src; file times kept, so the catalog stage knows every photo), and the config that
+    updates the copy: change root/src, then `run_all` it."""
+    shutil.copytree(built.artifacts_dir, root / "artifacts")
+    shutil.copytree(built.source, root / "src")
+    return built.replace(artifacts_dir=root / "artifacts", source=root / "src")
+
+
+def remove_last_photos(config: Config, built: Config, drop: int) -> list[str]:
+    """Delete the photos of the catalog's last `drop` items from a `copy_build` copy's source
+    (as a shop removes sold-out products), before its catalog is updated; their item ids."""
+    gone = pd.read_parquet(config.catalog_path).iloc[-drop:]
+    for path in gone["path"]:
+        (config.source / Path(path).relative_to(built.source)).unlink()
+    return gone["item_id"].astype(str).tolist()
+
+
 @pytest.fixture
 def clear_caches() -> Iterator[None]:
     """Each AppTest starts with empty Streamlit caches, and leaves none behind."""

@@ -20,7 +20,7 @@ from pipelines import artifacts
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.readers import load_index, read_catalog
 from pipelines.serve.app import MAX_PHOTOS, create_app
-from tests.conftest import real_photos
+from tests.conftest import copy_build, real_photos, remove_last_photos
 from tests.strategy_pools import narrow_query
 
 KEY = "test-key-1234"
@@ -474,65 +474,52 @@ def test_no_key_means_open(client: TestClient) -> None:
 # --------------------------------------------------------------------------- reload
 
 
-def _rebuild_without_last_rows(config: Config, drop: int, embeddings: bool = True) -> None:
-    """A rebuild as `run` would write it: a smaller catalog, then embeddings made from it."""
-    catalog = pd.read_parquet(config.catalog_path).iloc[:-drop]
-    artifacts.write_parquet(catalog, config.catalog_path)
-    artifacts.write_manifest(config.catalog_path, "catalog", {"rebuilt": drop}, {})
-    if embeddings:
-        _rebuild_embeddings(config, drop)
+def test_reload_after_an_update_swaps_whole_states(built: Config, tmp_path: Path) -> None:
+    from pipelines.data.catalog import run_catalog
+    from pipelines.run import run_all
 
-
-def _rebuild_embeddings(config: Config, drop: int) -> None:
-    sha = artifacts.read_manifest(config.catalog_path)["sha256"]
-    for name in EXTRACTORS:
-        path = config.embeddings_path(name)
-        if not path.exists():
-            continue  # an extractor this build skipped
-        artifacts.write_npy(np.load(path)[:-drop], path)
-        old = artifacts.read_manifest(path)
-        artifacts.write_manifest(path, "embed", old["params"], {**old["inputs"], "catalog": sha})
-
-
-def test_reload_after_a_rebuild_swaps_whole_states(built: Config, tmp_path: Path) -> None:
-    config = built.replace(artifacts_dir=tmp_path / "artifacts")
-    shutil.copytree(built.artifacts_dir, config.artifacts_dir)
+    config = copy_build(built, tmp_path)
     app = create_app(config, load_extractors=False, reload_interval=0)
     holder = app.state.holder
     with TestClient(app) as c:
         ids = list(holder.state.row_of)
-        last = ids[-1]
-        assert c.get(f"/items/{last}").status_code == 200
+        gone = remove_last_photos(config, built, 4)
+        assert c.get(f"/items/{gone[-1]}").status_code == 200
 
-        # Half-way through a rebuild (new catalog, old embeddings): keep serving the old state.
-        _rebuild_without_last_rows(config, 4, embeddings=False)
+        # Half-way through the update (the new catalog, every later artifact still the old
+        # one's): keep serving the old state.
+        run_catalog(config, progress=False)
         assert holder.refresh() is False
         health = c.get("/health").json()
         assert health["catalog_size"] == 36 and health["reloads"] == 0
         assert "built from another catalog" in health["error"]
-        assert c.get(f"/items/{last}/similar", params={"k": 3}).status_code == 200
+        assert c.get(f"/items/{gone[-1]}/similar", params={"k": 3}).status_code == 200
 
-        # The rebuild finishes: the next check swaps in the new state, without a restart.
-        _rebuild_embeddings(config, 4)
+        # The update finishes: the next check swaps in the new state, without a restart.
+        run_all(config)
         assert holder.refresh() is True
         health = c.get("/health").json()
         assert health["catalog_size"] == 32 and health["reloads"] == 1 and health["error"] is None
-        assert c.get(f"/items/{last}").status_code == 404
+        assert health["drift"]["removed"] == 4
+        assert all(c.get(f"/items/{item}").status_code == 404 for item in gone)
         body = c.get(f"/items/{ids[0]}/similar", params={"k": 31}).json()
-        assert len(body["results"]) == 31 and last not in {r["item_id"] for r in body["results"]}
+        assert {r["item_id"] for r in body["results"]} == set(ids) - {ids[0], *gone}
         assert holder.refresh() is False  # nothing changed since
 
 
-def test_watcher_picks_up_a_rebuild(built: Config, tmp_path: Path) -> None:
-    config = built.replace(artifacts_dir=tmp_path / "artifacts")
-    shutil.copytree(built.artifacts_dir, config.artifacts_dir)
+def test_watcher_picks_up_an_update(built: Config, tmp_path: Path) -> None:
+    from pipelines.run import run_all
+
+    config = copy_build(built, tmp_path)
     app = create_app(config, load_extractors=False, reload_interval=0.1)
     with TestClient(app) as c:
-        _rebuild_without_last_rows(config, 2)
+        remove_last_photos(config, built, 2)
+        run_all(config)  # the watcher looks every 0.1 s meanwhile, and swaps only at the end
         deadline = time.monotonic() + 20
         while c.get("/health").json()["catalog_size"] != 34:
-            assert time.monotonic() < deadline, "the watcher never swapped in the rebuild"
+            assert time.monotonic() < deadline, "the watcher never swapped in the update"
             time.sleep(0.1)
+        assert c.get("/health").json()["reloads"] == 1
 
 
 def test_missing_artifacts_answer_503(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -118,6 +120,12 @@ class Health(BaseModel):
     reloads: int = Field(description="times new artifacts were swapped in since start")
     error: str | None = Field(None, description="why the latest (re)load failed, if it did")
     embed_mode: str
+    drift: dict[str, Any] | None = Field(
+        None,
+        description="the served catalog since the models were trained (`python -m pipelines "
+        "status`): trained, current, added, removed, changed_share, unseen_labels, "
+        "retrain_due, reason, trained_at, retrain_seconds, summary",
+    )
 
 
 class CorrectionRequest(BaseModel):

@@ -63,7 +63,8 @@ def add_service_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) ->
 
     @app.get("/health", response_model=m.Health, tags=["service"])
     async def health() -> JSONResponse:
-        """Whether the service can answer: artifacts, catalog size, build time, models."""
+        """Whether the service can answer: artifacts, catalog size, build time, models, and
+        the served catalog's drift since the models were trained."""
         current = svc.holder.state
         body = m.Health(
             ok=current is not None,
@@ -75,6 +76,7 @@ def add_service_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) ->
             reloads=svc.holder.reloads,
             error=svc.holder.error,
             embed_mode=svc.embed_mode,
+            drift=None if current is None else current.drift,
         )
         return JSONResponse(body.model_dump(), status_code=200 if current else 503)
 

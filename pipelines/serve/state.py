@@ -15,6 +15,7 @@ import pandas as pd
 from pipelines import commands, status
 from pipelines.artifacts import read_manifest
 from pipelines.config import EXTRACTORS, Config
+from pipelines.consistency import BuildStamp, UpdateInProgress, build_stamp, updating_message
 from pipelines.errors import LookalikeError
 from pipelines.readers import load_index, read_catalog
 from pipelines.search.index import Index
@@ -33,17 +34,6 @@ def weights_key(config: Config, extractor: str) -> str:
     return str(inputs.get("weights", "missing"))
 
 
-def fingerprint(config: Config) -> tuple[str, ...]:
-    """The manifest sha256 of every artifact the service reads, and every model's weights id:
-    any change means a rebuild."""
-    paths = [config.catalog_path, config.categories_path]
-    for name in EXTRACTORS:
-        paths += [config.embeddings_path(name), config.clusters_path(name)]
-        paths.append(config.centroids_path(name))
-    keys = [status.manifest_sha(p) for p in paths]
-    return (*keys, *(weights_key(config, name) for name in EXTRACTORS))
-
-
 @dataclass(frozen=True)
 class ServiceState:
     """One consistent view of the artifacts; never mutated after it is built."""
@@ -59,6 +49,7 @@ class ServiceState:
     key: tuple[str, ...]
     model_key: tuple[str, ...]
     built: str  # catalog manifest's created time
+    drift: dict[str, Any] | None = None  # `status.drift`: the catalog since the models' training
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -85,17 +76,6 @@ def _records(catalog: pd.DataFrame) -> list[dict[str, Any]]:
     return [
         {str(k): _json_value(v) for k, v in row.items()} for row in public.to_dict(orient="records")
     ]
-
-
-def _check_consistent(config: Config, catalog_sha: str, extractors: list[str]) -> None:
-    """Refuse a half-rebuilt folder: every embeddings file must come from this catalog."""
-    for name in extractors:
-        made_from = (read_manifest(config.embeddings_path(name)) or {}).get("inputs", {})
-        if made_from.get("catalog") not in (None, catalog_sha):
-            raise LookalikeError(
-                f"{config.embeddings_path(name)} was built from another catalog — a rebuild is "
-                f"in progress or stopped half-way; finish it with `{commands.RUN}`"
-            )
 
 
 def load_models(
@@ -128,6 +108,7 @@ def build_state(
     mode: str = "lock",
     previous: ServiceState | None = None,
     load_extractors: bool = True,
+    stamp: BuildStamp | None = None,
 ) -> ServiceState:
     """Read everything the service needs from `config.artifacts_dir` into a new state.
 
@@ -138,13 +119,18 @@ def build_state(
     previous : the state being replaced; its models are kept when their files are unchanged,
         so there is only ever one model per extractor in memory.
     load_extractors : False skips the models (uploads then answer 503).
+    stamp : the build to load (`consistency.build_stamp` of the app config), taken now when
+        None; the state is built only from exactly that build.
 
     Raises
     ------
-    LookalikeError when an artifact is missing or the folder is half-rebuilt.
+    LookalikeError when an artifact is missing; UpdateInProgress when the folder is between
+    two builds, or moved on to another while it was being read.
     """
     config = status.app_config(config)
-    key = fingerprint(config)
+    stamp = build_stamp(config) if stamp is None else stamp
+    if not stamp.consistent:
+        raise UpdateInProgress(stamp.note())
     if status.missing_artifacts(config, ("catalog",)):
         raise LookalikeError(f"{config.catalog_path} is missing — run `{commands.RUN}`")
     # Extractors whose embeddings were not built (say a head that needs labels) are left out.
@@ -153,8 +139,7 @@ def build_state(
         raise LookalikeError(
             f"no embeddings in {config.artifacts_dir / 'embeddings'} — run `{commands.RUN}`"
         )
-    catalog, catalog_sha = read_catalog(config)
-    _check_consistent(config, catalog_sha, served)
+    catalog, _ = read_catalog(config)
     indexes = {name: load_index(config, name) for name in served}
     for index in indexes.values():
         if index.approximate:  # build the ANN index now, not in the first request
@@ -176,6 +161,14 @@ def build_state(
     else:
         errors = {name: "models were not loaded (load_extractors=False)" for name in served}
     labels = sorted({str(v) for v in catalog["label"].dropna()})
+    try:
+        drift = status.drift(config, catalog)
+    except (LookalikeError, OSError, ValueError, KeyError):
+        drift = None  # no training set yet, or one being written: /health says nothing
+    # Everything above came from one build only if no file changed while it was read (every
+    # rewrite changes a manifest's sha256 or a file's bytes against it).
+    if build_stamp(config).key != stamp.key:
+        raise UpdateInProgress(updating_message("the artifacts changed while they were loaded"))
     return ServiceState(
         config=config,
         catalog=catalog,
@@ -185,9 +178,10 @@ def build_state(
         model_errors=errors,
         records=_records(catalog),
         labels=tuple(labels),
-        key=key,
+        key=stamp.key,
         model_key=model_key,
         built=str((read_manifest(config.catalog_path) or {}).get("created", "")),
+        drift=drift,
     )
 
 
@@ -227,15 +221,16 @@ class StateHolder:
     def refresh(self) -> bool:
         """Rebuild and swap when the artifacts' manifests changed; True when it swapped.
 
-        A failed build (missing files, a rebuild half-way) keeps serving the previous state
-        and records the reason in `error`.
+        A failed build (missing files, an update half-way: `consistency.build_stamp`) keeps
+        serving the previous state and records the reason in `error`.
         """
         with self._build_lock:
             current = self.state
-            if current is not None and fingerprint(status.app_config(self.config)) == current.key:
+            stamp = build_stamp(status.app_config(self.config))
+            if current is not None and stamp.key == current.key:
                 return False
             try:
-                new = build_state(self.config, self.mode, current, self.load_extractors)
+                new = build_state(self.config, self.mode, current, self.load_extractors, stamp)
             except (LookalikeError, OSError, ValueError, KeyError) as err:
                 self.error = str(err)
                 return False
