@@ -1,5 +1,5 @@
-"""The app's router: page config, shared session defaults, the pages via st.navigation, and
-the upload models' background build.
+"""The app's router: page config, shared session defaults, the pages via st.navigation, the
+upload models' background build, and the "being updated" note while `run` writes an update.
 
 Start it from the repository root: `python -m streamlit run app/streamlit_app.py`.
 """
@@ -19,11 +19,13 @@ if ROOT not in sys.path:
 
 from app.ui import loaders, warmup  # noqa: E402
 from app.ui.widgets import GOTO_SEARCH, init_session  # noqa: E402
+from pipelines.consistency import UpdateInProgress  # noqa: E402
 
 st.set_page_config(page_title="Lookalike", page_icon="👗", layout="wide")
 init_session()
+cfg = loaders.config()  # also pins the build this run shows
 # The first upload's models load while the user is still browsing or choosing a file.
-warmup.start(loaders.config())
+warmup.start(cfg)
 
 SEARCH = st.Page("app_pages/search.py", title="Search", icon="🔎")
 PAGES = [
@@ -39,4 +41,11 @@ page = st.navigation(PAGES)
 # "Find lookalikes" under any thumbnail sets the query and asks for the Search page.
 if st.session_state.pop(GOTO_SEARCH, False) and page.url_path != SEARCH.url_path:
     st.switch_page(SEARCH)
-page.run()
+shown, _now = loaders.build(cfg)
+if not shown.consistent:  # mid-update, and no earlier build of it seen by this process
+    st.info(shown.note())
+    st.stop()
+try:
+    page.run()
+except UpdateInProgress as err:  # the shown build's files were replaced while read
+    st.info(str(err))

@@ -316,7 +316,7 @@ def test_upload_works_with_keras_inception_weights(
     import keras
 
     from pipelines.artifacts import write_manifest
-    from pipelines.embedding.embed import run_embed
+    from pipelines.run import run_all
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(built.artifacts_dir, artifacts)
@@ -326,12 +326,9 @@ def test_upload_works_with_keras_inception_weights(
     model = keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg")
     model.save_weights(config.inception_weights_path)
     write_manifest(config.inception_weights_path, "weights", {"source": "keras-imagenet"}, {})
-    run_embed(config, "inception_v3", progress=False)
-    # The metric head learns on the InceptionV3 vectors: new weights, new head (as `run` does).
-    from pipelines.models.head import run_embed_head, run_train_head
-
-    run_train_head(config)
-    run_embed_head(config)
+    # Everything made from the InceptionV3 vectors follows (the metric head, the classifier,
+    # maps, ...): the app shows only a whole build, never these vectors beside the old maps.
+    run_all(config)
 
     monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(artifacts))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)

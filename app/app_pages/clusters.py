@@ -38,7 +38,7 @@ for _, row in overview.iterrows():
         f"mostly *{row['top_label'] or '—'}* · purity {purity}  \n{row['labels']}"
     )
     for cell, path in zip(cells, row["thumbs"], strict=False):
-        cell.image(path, width="stretch")
+        cell.image(widgets.thumb(path), width="stretch")
 
 st.divider()
 cluster = st.selectbox(

@@ -54,7 +54,11 @@ shared = set.intersection(*(set(v) for v in ids.values()))
 
 top_left, top_right = st.columns([1, 4])
 with top_left:
-    st.image(query["thumb_file"], caption=f"Query · {widgets.caption(query)}", width="stretch")
+    st.image(
+        widgets.thumb(query["thumb_file"]),
+        caption=f"Query · {widgets.caption(query)}",
+        width="stretch",
+    )
 with top_right:
     st.metric(
         f"Jaccard@{settings.k}",

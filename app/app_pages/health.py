@@ -45,7 +45,7 @@ st.caption(f"Found with {name} embeddings; switch the extractor in the sidebar t
 def _photo(item: str, caption: str, key: str, suggested: list[str] | None = None) -> None:
     """The item's photo and "Open in Search"; with `suggested` labels also its corrections and
     a "Fix" popover (relabel, suggested labels first, or drop)."""
-    st.image(info.loc[item, "thumb_file"], caption=caption, width="stretch")
+    st.image(widgets.thumb(info.loc[item, "thumb_file"]), caption=caption, width="stretch")
     st.button(
         "🔎 Open in Search",
         key=key,

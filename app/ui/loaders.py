@@ -1,7 +1,15 @@
 """Reads artifacts for the pages: tables (st.cache_data), models and indexes (st.cache_resource).
 
-Every loader is keyed on its artifacts' manifest sha256, so a rebuilt artifact is read again;
-the artifacts folder comes from `Config()` (which honours $LOOKALIKE_ARTIFACTS).
+Every loader is keyed on its artifacts' manifest sha256 in one consistent build
+(`pipelines.consistency.build_stamp`), so an updated catalog is shown at the next rerun of any
+page, and never half of one: `config()`, at the top of every run, pins the build the run shows
+— the folder's build when it is consistent, else the last consistent build this process saw
+(its tables and indexes are still in the caches) while `run` is writing the next one. A loader
+that must read a file checks afterwards that the file is still the pinned build's
+(`consistency.check_unchanged`); when it is not, the run stops with a short "being updated"
+note (`consistency.UpdateInProgress`, shown by the router and `widgets.user_errors`) instead
+of caching or showing a mix. The artifacts folder comes from `Config()` (which honours
+$LOOKALIKE_ARTIFACTS).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import plots
-from pipelines import status
+from pipelines import consistency, status
 from pipelines.artifacts import read_manifest
 from pipelines.config import Config
 from pipelines.explore import browse
@@ -28,13 +36,58 @@ from pipelines.search import photos
 from pipelines.search.approximate import take_rows
 from pipelines.search.index import Index
 
-sha = status.manifest_sha
+# The build each script run shows, pinned by `config()` (every session reruns on a thread of
+# its own); and per artifacts folder, the last consistent build this process saw.
+_RUN = threading.local()
+_SHOWN: dict[str, consistency.BuildStamp] = {}
+_SHOWN_LOCK = threading.Lock()
 
 
 def config() -> Config:
     """The app's settings: `Config()` (honours $LOOKALIKE_ARTIFACTS), with the custom CNN's
-    input size from its trained model. Cheap: a few small JSON reads per rerun."""
-    return status.app_config(Config())
+    input size from its trained model; and pins the build this run shows (`build`). Cheap: a
+    few small JSON reads and a `stat` of each artifact per rerun."""
+    cfg = status.app_config(Config())
+    pin(cfg)
+    return cfg
+
+
+def pin(cfg: Config) -> consistency.BuildStamp:
+    """Pin the build this script run shows: the folder's when it is one consistent build,
+    else the last consistent one this process saw (what `run` is replacing), else the
+    inconsistent one (the router then shows only the "being updated" note)."""
+    now = consistency.build_stamp(cfg)
+    folder = str(cfg.artifacts_dir)
+    with _SHOWN_LOCK:
+        if now.consistent:
+            _SHOWN[folder] = now
+        shown = _SHOWN.get(folder, now)
+    _RUN.shown, _RUN.now = shown, now
+    return shown
+
+
+def build(cfg: Config) -> tuple[consistency.BuildStamp, consistency.BuildStamp]:
+    """(the build this run shows, the folder's state now): they differ while an update is
+    being written and the previous build is still shown."""
+    shown, now = getattr(_RUN, "shown", None), getattr(_RUN, "now", None)
+    if shown is None or now is None or shown.artifacts_dir != str(cfg.artifacts_dir):
+        shown = pin(cfg)
+        now = _RUN.now
+    return shown, now
+
+
+def sha(path: Path) -> str:
+    """`path`'s manifest sha256 in the build this run shows (the cache key of everything
+    loaded from it); the manifest on disk for a path outside it or outside a script run."""
+    shown = getattr(_RUN, "shown", None)
+    found = None if shown is None else shown.sha(path)
+    return status.manifest_sha(path) if found is None else found
+
+
+def _unchanged(*read: tuple[Path, str]) -> None:
+    """After reading: the files still are the pinned build's, else UpdateInProgress (so a
+    cache never holds a file of one build under the key of another)."""
+    consistency.check_unchanged(dict(read))
 
 
 def _config(artifacts_dir: str, cnn: tuple | None = None) -> Config:
@@ -57,6 +110,7 @@ def _config(artifacts_dir: str, cnn: tuple | None = None) -> Config:
 def _catalog(artifacts_dir: str, catalog_sha: str) -> pd.DataFrame:
     cfg = _config(artifacts_dir)
     table, _ = read_catalog(cfg)
+    _unchanged((cfg.catalog_path, catalog_sha))
     return _plain_strings(browse.with_thumb_files(table, cfg.artifacts_dir))
 
 
@@ -127,12 +181,15 @@ def _table(path: Path) -> pd.DataFrame | None:
 def _points(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> pd.DataFrame:
     cfg = _config(artifacts_dir)
     table = _catalog(artifacts_dir, key[0])
-    return browse.map_points(
+    points = browse.map_points(
         table,
         pd.read_parquet(cfg.map_path(extractor)),
         _table(cfg.clusters_path(extractor)),
         _table(cfg.categories_path),
     )
+    paths = (cfg.map_path(extractor), cfg.clusters_path(extractor), cfg.categories_path)
+    _unchanged(*zip(paths, key[1:4], strict=True))
+    return points
 
 
 def _points_key(cfg: Config, extractor: str) -> tuple[str, ...]:
@@ -141,6 +198,7 @@ def _points_key(cfg: Config, extractor: str) -> tuple[str, ...]:
         sha(cfg.map_path(extractor)),
         sha(cfg.clusters_path(extractor)),
         sha(cfg.categories_path),
+        sha(cfg.colours_path),  # read by the map's colour view (`_map_layer`)
     )
 
 
@@ -175,7 +233,9 @@ def _map_layer(
     if color_by == "colour":
         from pipelines.data.colour import read_colours
 
-        colours = read_colours(_config(artifacts_dir), points["item_id"].to_numpy())
+        cfg = _config(artifacts_dir)
+        colours = read_colours(cfg, points["item_id"].to_numpy())
+        _unchanged((cfg.colours_path, key[4]))
         points = points.assign(colour="none" if colours is None else colours)
     return plots.map_layer(points, color_by, shown)
 
@@ -211,7 +271,9 @@ def map_trustworthiness(cfg: Config, extractor: str) -> float | None:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _clusters(artifacts_dir: str, extractor: str, key: tuple[str, str]) -> pd.DataFrame:
-    table = pd.read_parquet(_config(artifacts_dir).clusters_path(extractor))
+    path = _config(artifacts_dir).clusters_path(extractor)
+    table = pd.read_parquet(path)
+    _unchanged((path, key[0]))
     return table.assign(item_id=table["item_id"].astype(str))
 
 
@@ -223,7 +285,10 @@ def clusters(cfg: Config, extractor: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _cluster_summary(artifacts_dir: str, extractor: str, summary_sha: str) -> pd.DataFrame:
-    return pd.read_parquet(_config(artifacts_dir).cluster_summary_path(extractor))
+    path = _config(artifacts_dir).cluster_summary_path(extractor)
+    table = pd.read_parquet(path)
+    _unchanged((path, summary_sha))
+    return table
 
 
 # From this many items the Clusters page picks each cluster's photos nearest its centre among
@@ -346,10 +411,37 @@ def cluster_summary(cfg: Config, extractor: str) -> pd.DataFrame:
     return _cluster_summary(str(cfg.artifacts_dir), extractor, sha(path))
 
 
+def _drift_paths(cfg: Config) -> tuple[Path, ...]:
+    from pipelines.models.training_set import snapshot_path
+
+    # The catalog and the training set; the trained parts' manifests hold the training times.
+    paths = (cfg.catalog_path, snapshot_path(cfg), cfg.custom_cnn_path, cfg.head_path)
+    return (*paths, cfg.categories_path)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _drift(artifacts_dir: str, key: tuple[str, ...]) -> dict[str, Any] | None:
+    cfg = _config(artifacts_dir)
+    found = status.drift(cfg)  # reads the catalog once per build (ids, labels and splits)
+    _unchanged(*zip(_drift_paths(cfg), key, strict=True))
+    return found
+
+
+def drift(cfg: Config) -> dict[str, Any] | None:
+    """`pipelines.status.drift` of the build shown: items added and removed since the models
+    were trained, what the next `run` does, what `run --retrain` costs (None before the
+    catalog is built). Once per build."""
+    if status.missing_paths([cfg.catalog_path]):
+        return None
+    return _drift(str(cfg.artifacts_dir), tuple(sha(path) for path in _drift_paths(cfg)))
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
 def _metrics(artifacts_dir: str, metrics_sha: str) -> dict[str, Any] | None:
     path = _config(artifacts_dir).metrics_path
-    return json.loads(path.read_text()) if path.exists() else None
+    found = json.loads(path.read_text()) if path.exists() else None
+    _unchanged((path, metrics_sha))
+    return found
 
 
 def metrics(cfg: Config) -> dict[str, Any] | None:
@@ -359,7 +451,10 @@ def metrics(cfg: Config) -> dict[str, Any] | None:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _per_class(artifacts_dir: str, table_sha: str) -> pd.DataFrame | None:
-    return _table(_config(artifacts_dir).per_class_path)
+    path = _config(artifacts_dir).per_class_path
+    table = _table(path)
+    _unchanged((path, table_sha))
+    return table
 
 
 def per_class(cfg: Config) -> pd.DataFrame | None:
@@ -372,18 +467,26 @@ def per_class(cfg: Config) -> pd.DataFrame | None:
 
 @st.cache_resource(show_spinner="Building the search index…", max_entries=4)
 def _index(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> Index:
-    return load_index(_config(artifacts_dir), extractor)
+    cfg = _config(artifacts_dir)
+    found = load_index(cfg, extractor)
+    _unchanged(*zip(_index_paths(cfg, extractor), key, strict=True))
+    return found
+
+
+def _index_paths(cfg: Config, extractor: str) -> tuple[Path, ...]:
+    return (
+        cfg.catalog_path,
+        cfg.embeddings_path(extractor),
+        cfg.clusters_path(extractor),
+        cfg.centroids_path(extractor),
+        cfg.categories_path,
+        cfg.ann_index_path(extractor),
+    )
 
 
 def index(cfg: Config, extractor: str) -> Index:
     """The extractor's search index (shared by every session; never mutated)."""
-    key = (
-        sha(cfg.catalog_path),
-        sha(cfg.embeddings_path(extractor)),
-        sha(cfg.clusters_path(extractor)),
-        sha(cfg.centroids_path(extractor)),
-        sha(cfg.categories_path),
-    )
+    key = tuple(sha(path) for path in _index_paths(cfg, extractor))
     return _index(str(cfg.artifacts_dir), extractor, key)
 
 
@@ -431,7 +534,8 @@ def _extractor(artifacts_dir: str, name: str, cnn: tuple, weights_sha: str) -> A
     from pipelines.models.extractors import get_extractor
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    extractor = get_extractor(name, _config(artifacts_dir, cnn))
+    cfg = _config(artifacts_dir, cnn)
+    extractor = get_extractor(name, cfg)
     # One call on a blank image builds and traces the model, so the first upload is fast.
     size = extractor.input_size
     blank = np.zeros((1, size, size, 3), np.uint8)
@@ -439,6 +543,7 @@ def _extractor(artifacts_dir: str, name: str, cnn: tuple, weights_sha: str) -> A
         extractor.embed_and_classify(blank)
     else:
         extractor.embed_arrays(blank)
+    _unchanged((cfg.model_path(name), weights_sha))
     _keep_kernels_across_reruns()
     return extractor
 
@@ -502,6 +607,9 @@ def _mosaic(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> dict[st
     labels = _catalog(artifacts_dir, key[0]).set_index("item_id")["label"]
     cells["label"] = labels.reindex(cells["item_id"]).to_numpy()
     image = base64.b64encode(cfg.mosaic_image_path(extractor).read_bytes()).decode("ascii")
+    _unchanged(
+        (cfg.mosaic_image_path(extractor), key[1]), (cfg.mosaic_cells_path(extractor), key[2])
+    )
     return {
         "uri": f"data:image/jpeg;base64,{image}",
         "cells": cells,
@@ -525,7 +633,9 @@ def mosaic(cfg: Config, extractor: str) -> dict[str, Any] | None:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _health(artifacts_dir: str, extractor: str, kind: str, key: str) -> pd.DataFrame:
-    table = pd.read_parquet(_config(artifacts_dir).health_path(extractor, kind))
+    path = _config(artifacts_dir).health_path(extractor, kind)
+    table = pd.read_parquet(path)
+    _unchanged((path, key))
     for column in ("item_id", "item_a", "item_b"):
         if column in table.columns:
             table[column] = table[column].astype(str)

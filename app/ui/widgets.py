@@ -6,6 +6,9 @@ Shared values live under plain st.session_state keys so they persist across page
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +20,7 @@ import streamlit as st
 from app.ui import loaders
 from app.ui.loaders import item_index
 from app.ui.names import EXTRACTOR_NAMES, STRATEGY_NAMES, display_name  # noqa: F401
-from pipelines import commands, status
+from pipelines import commands, consistency, status
 from pipelines.config import EXTRACTORS, STRATEGIES, Config
 from pipelines.errors import LookalikeError
 from pipelines.explore import browse
@@ -128,11 +131,31 @@ def sidebar(cfg: Config, max_k: int | None = None) -> Settings:
                 f"Catalog: **{summary['items']:,}** items  \nBuilt: {built}  \n"
                 f"Folder: `{summary['dir']}`"
             )
+            build_captions(cfg)
         else:
             st.caption(f"Not built yet in `{summary['dir']}`.")
     return Settings(
         st.session_state["extractor"], int(st.session_state["k"]), st.session_state["strategy"]
     )
+
+
+# The sidebar's caption while `run` writes an update and the previous build is still shown.
+UPDATING_CAPTION = "⏳ An update is being written; this shows the previous build until it is done."
+
+
+def build_captions(cfg: Config) -> None:
+    """The sidebar's lines on the build: that an update is being written (while the previous
+    build is shown), and the drift since the models were trained (one short caption; the
+    policy and the cost of `run --retrain` in its tooltip)."""
+    shown, now = loaders.build(cfg)
+    if now.key != shown.key and not now.consistent:
+        st.caption(UPDATING_CAPTION, help=now.note())
+    try:
+        found = loaders.drift(cfg)
+    except LookalikeError:  # the training set is being rewritten: say nothing this time
+        return
+    if found is not None:
+        st.caption(status.drift_caption(found), help="\n\n".join(status.drift_details(found)))
 
 
 def default_extractor(offered: Sequence[str], best: tuple[str, float] | None) -> str:
@@ -171,7 +194,9 @@ def _colours(artifacts_dir: str, catalog_sha: str, colours_sha: str) -> np.ndarr
 
     cfg = Config(artifacts_dir=artifacts_dir)
     ids = read_catalog(cfg)[0]["item_id"].to_numpy(dtype=object)
-    return read_colours(cfg, ids)
+    found = read_colours(cfg, ids)
+    consistency.check_unchanged({cfg.catalog_path: catalog_sha, cfg.colours_path: colours_sha})
+    return found
 
 
 def colours(cfg: Config, catalog: pd.DataFrame) -> np.ndarray | None:
@@ -181,9 +206,8 @@ def colours(cfg: Config, catalog: pd.DataFrame) -> np.ndarray | None:
     if not cfg.colours_path.exists():
         return None
     values = _colours(
-        str(cfg.artifacts_dir), status.manifest_sha(cfg.catalog_path),
-        status.manifest_sha(cfg.colours_path),
-    )  # fmt: skip
+        str(cfg.artifacts_dir), loaders.sha(cfg.catalog_path), loaders.sha(cfg.colours_path)
+    )
     return values if values is not None and len(values) == len(catalog) else None
 
 
@@ -231,12 +255,33 @@ def require(cfg: Config, parts: Sequence[str], extractors: Sequence[str] | None 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Show a LookalikeError (problem and fix) as st.error and stop the page."""
+    """Show a LookalikeError (problem and fix) as st.error and stop the page; an update being
+    written (`consistency.UpdateInProgress`) is a note, not an error."""
     try:
         yield
+    except consistency.UpdateInProgress as err:
+        st.info(str(err))
+        st.stop()
     except LookalikeError as err:
         st.error(str(err))
         st.stop()
+
+
+@functools.cache
+def _gone_tile() -> bytes:
+    """A plain grey JPEG tile."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 96), (200, 200, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def thumb(path: str) -> str | bytes:
+    """What `st.image` shows for a thumbnail: its path, or a grey tile when the file is gone.
+    An update being written deletes removed items' thumbnails while the app still shows the
+    build that held them (`loaders.pin`); a missing file must not stop the page."""
+    return path if os.path.isfile(path) else _gone_tile()
 
 
 def caption(row: pd.Series | dict, rank: int | None = None, similarity: float | None = None) -> str:
@@ -287,7 +332,7 @@ def thumbnail_grid(
         cells = st.columns(columns)
         for cell, i in zip(cells, range(start, min(start + columns, len(shown))), strict=False):
             with cell:
-                st.image(paths[i], caption=captions[i], width="stretch")
+                st.image(thumb(paths[i]), caption=captions[i], width="stretch")
                 if pick is not None:
                     st.button(
                         "" if compact else LOOKALIKES_LABEL,
@@ -400,7 +445,7 @@ def query_history(catalog: pd.DataFrame, current: str) -> None:
         cells = st.columns(HISTORY_SIZE)
         for cell, (_, row) in zip(cells, rows.iterrows(), strict=False):
             with cell:
-                st.image(row["thumb_file"], caption=caption(row), width="stretch")
+                st.image(thumb(row["thumb_file"]), caption=caption(row), width="stretch")
                 st.button(
                     "↩ Back",
                     key=f"history_{row['item_id']}",
@@ -480,7 +525,7 @@ def query_picker(
 
 def query_card(row: pd.Series, precision: float | None, k: int, found: int) -> None:
     """The query's thumbnail, label, id and precision@k against its own label."""
-    st.image(row["thumb_file"], caption=f"Query · {caption(row)}", width="stretch")
+    st.image(thumb(row["thumb_file"]), caption=f"Query · {caption(row)}", width="stretch")
     st.caption(f"`{row['item_id']}`")
     value = "n/a" if precision is None or np.isnan(precision) else f"{precision:.2f}"
     st.metric(f"Precision@{k}", value, help="Share of the k neighbours with the query's label.")
