@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from pipelines import commands
 from pipelines.artifacts import (
     artifact_hash,
+    atomic_path,
     is_fresh,
     read_manifest,
     sha256_file,
@@ -49,7 +51,8 @@ LATENCY_K = 10
 # Colour agreement is measured over this many neighbours.
 COLOUR_K = 10
 # Changes whenever the copy-retrieval alteration or the colour metric changes.
-LIKENESS_VERSION = "likeness-1"
+# likeness-2: each copy's alteration is seeded by its item id, not its position.
+LIKENESS_VERSION = "likeness-2"
 
 
 def no_labels_message(config: Config) -> str:
@@ -279,7 +282,7 @@ def copy_retrieval(
     pick = np.unique(np.linspace(0, len(protocol.queries) - 1, n).astype(np.int64))
     rows = protocol.queries[pick]
     try:
-        altered = altered_vectors(config, catalog, rows, extractors)
+        altered = _cached_copies(config, catalog, rows, extractors, altered_vectors)
     except (ImageError, LookalikeError, OSError) as err:
         return {"skipped": f"copy retrieval could not run: {err}"}
     position = {row: i for i, row in enumerate(protocol.gallery)}
@@ -289,6 +292,54 @@ def copy_retrieval(
         vectors, _ = read_embeddings(config, name, n_rows=len(catalog))
         value = copy_recall_at_1(altered[name], vectors[rows], vectors[protocol.gallery], exclude)
         out[name] = {"copy_r@1": value, "n_queries": int(len(rows))}
+    return out
+
+
+def copies_path(config: Config, extractor: str) -> Path:
+    """evaluate/copies_<extractor>.npz: the vectors of the altered query copies, kept so an
+    update embeds only copies of photos it has not seen (a copy's alteration depends on its
+    item id, `likeness.item_key`)."""
+    return config.artifacts_dir / "evaluate" / f"copies_{extractor}.npz"
+
+
+def _cached_copies(
+    config: Config,
+    catalog: pd.DataFrame,
+    rows: np.ndarray,
+    extractors: Sequence[str],
+    embed: Callable[[Config, pd.DataFrame, np.ndarray, Sequence[str]], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """{extractor: vectors of the altered copies of `rows`}, from the cache where the same
+    model (`readers.model_id`) already embedded a row's copy, else `embed`ded now (then cached)."""
+    from pipelines.readers import model_id
+
+    ids = catalog["item_id"].astype(str).to_numpy()[rows]
+    params = {"likeness": LIKENESS_VERSION, "seed": config.seed, "max_pixels": config.max_pixels}
+    known: dict[str, dict[str, np.ndarray]] = {}
+    inputs: dict[str, dict[str, str]] = {}
+    for name in extractors:
+        path = copies_path(config, name)
+        inputs[name] = {"model": model_id(config, name)}
+        known[name] = {}
+        if is_fresh(path, "evaluate copies", params, inputs[name]):
+            with np.load(path, allow_pickle=False) as data:
+                known[name] = dict(zip(data["ids"].astype(str), data["vectors"], strict=True))
+    missing = np.array(
+        [i for i, item in enumerate(ids) if any(item not in known[n] for n in extractors)],
+        dtype=np.int64,
+    )
+    fresh = embed(config, catalog, rows[missing], extractors) if len(missing) else {}
+    out: dict[str, np.ndarray] = {}
+    for name in extractors:
+        vectors = [known[name].get(item) for item in ids]
+        for j, i in enumerate(missing):
+            vectors[i] = fresh[name][j]
+        out[name] = np.stack(vectors).astype(np.float32)
+        if len(missing):
+            path = copies_path(config, name)
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, ids=ids.astype("S"), vectors=out[name])
+            write_manifest(path, "evaluate copies", params, inputs[name])
     return out
 
 

@@ -3,6 +3,7 @@ agreement@k, plus the seeded photo alterations they use. Pure numpy/Pillow; writ
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 
@@ -48,15 +49,24 @@ def altered_copies(
     seed: int,
     max_pixels: int,
     bboxes: Sequence[BBox | None] | None = None,
+    keys: Sequence[int] | None = None,
 ) -> list[bytes]:
     """`alter` applied to each photo (cropped to its box when given) with its own generator
-    (seed, position): the same photo at the same position always gets the same alteration."""
+    (seed, key): the same key always gets the same alteration. Keys default to positions;
+    the evaluation passes `item_key(item_id)`, so a photo keeps its alteration (and its cached
+    vectors) when the catalog around it changes."""
     boxes = bboxes if bboxes is not None else [None] * len(sources)
+    keys = keys if keys is not None else range(len(sources))
     out = []
-    for i, (source, box) in enumerate(zip(sources, boxes, strict=True)):
+    for key, source, box in zip(keys, sources, boxes, strict=True):
         image = load_image(source, bbox=box, max_pixels=max_pixels)
-        out.append(alter(image, np.random.default_rng([seed, i])))
+        out.append(alter(image, np.random.default_rng([seed, int(key)])))
     return out
+
+
+def item_key(item_id: str) -> int:
+    """A photo's generator key from its item id: stable across updates, any id spelling."""
+    return int.from_bytes(hashlib.sha256(str(item_id).encode()).digest()[:8], "big")
 
 
 def altered_vectors(
@@ -72,7 +82,11 @@ def altered_vectors(
 
     records = catalog.iloc[rows].to_dict("records")
     photos = altered_copies(
-        [r["path"] for r in records], config.seed, config.max_pixels, [bbox_of(r) for r in records]
+        [r["path"] for r in records],
+        config.seed,
+        config.max_pixels,
+        [bbox_of(r) for r in records],
+        keys=[item_key(r["item_id"]) for r in records],
     )
     out: dict[str, np.ndarray] = {}
     heads = []
