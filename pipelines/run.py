@@ -44,7 +44,7 @@ def _stages(
     # retrain policy or --retrain renews the training set (pipelines/models/training_set.py).
     fit = force or retrain
     stages: list[tuple[str, Callable[[], StageResult]]] = [
-        ("catalog", lambda: run_catalog(config, force=force)),
+        ("catalog", lambda: run_catalog(config, force=force, prune=False)),
         ("colours", lambda: run_colours(config, force=force)),
         ("training set", lambda: run_training_set(config, retrain=fit)),
     ]
@@ -110,6 +110,11 @@ def run_all(
     for i, (name, thunk) in enumerate(stages, 1):
         print(f"\n[{i}/{len(stages)}] {name}", flush=True)
         results.append((name, thunk()))
+    # Removed items' thumbnails go last: until the update is whole, the app shows the previous
+    # build, whose photos these are.
+    from pipelines.data.catalog import prune_thumbnails
+
+    prune_thumbnails(config)
     seconds = time.perf_counter() - total
     print("\nstage                  seconds  result")
     for name, result in results:

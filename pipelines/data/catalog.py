@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from pipelines import artifacts, commands
 from pipelines.config import Config
+from pipelines.data.corrections import apply_corrections, corrections_hash
 from pipelines.data.download import resolve_source
 from pipelines.data.images import (
     BBox,
@@ -279,11 +280,17 @@ def build_catalog(
     return catalog, rejects, duplicates
 
 
-def run_catalog(config: Config, force: bool = False, progress: bool = True) -> StageResult:
-    """The catalog stage. Skips itself when the source and settings are unchanged.
+def run_catalog(
+    config: Config, force: bool = False, progress: bool = True, prune: bool = True
+) -> StageResult:
+    """The catalog stage. Skips itself when the source, the corrections and the settings are
+    unchanged.
 
-    Writes catalog.parquet, rejects.parquet, duplicates.parquet and the thumbnails; the
-    result's details hold the counts of rows, rejects and duplicates.
+    Writes catalog.parquet (with the active corrections applied: `corrections.apply_corrections`),
+    rejects.parquet, duplicates.parquet and the thumbnails; the result's details hold the counts
+    of rows, rejects, duplicates and corrections. With `prune=False` the thumbnails of removed
+    items stay until `prune_thumbnails` (run_all calls it once every stage is written, so an app
+    still showing the previous build keeps its photos meanwhile).
     """
     start = time.perf_counter()
     source = resolve_source(config)
@@ -295,12 +302,13 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
         "max_pixels": config.max_pixels,
         "thumb_size": config.thumb_size,
     }
-    inputs = {"source": _fingerprint(table, side_files)}
+    inputs = {"source": _fingerprint(table, side_files), "corrections": corrections_hash(config)}
     if not force and artifacts.is_fresh(config.catalog_path, STAGE, params, inputs):
         manifest = artifacts.read_manifest(config.catalog_path) or {}
         catalog = pd.read_parquet(config.catalog_path, columns=["item_id"])
         if all(config.thumb_path(i).exists() for i in catalog["item_id"]):
-            _prune_thumbs(config, set(catalog["item_id"]))
+            if prune:
+                _prune_thumbs(config, set(catalog["item_id"]))
             seconds = time.perf_counter() - start
             print(
                 f"catalog: up to date ({manifest.get('rows')} rows from {source}); "
@@ -313,8 +321,9 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
     root = source if source.is_dir() else source.parent
     memo = FileMemo(config, None if force else root)
     try:
-        catalog, rejects, duplicates = build_catalog(table, config, progress=progress, known=memo)
-        if catalog.empty:
+        built, rejects, duplicates = build_catalog(table, config, progress=progress, known=memo)
+        catalog, corrected = apply_corrections(built, config)
+        if built.empty:
             first = rejects.iloc[0] if len(rejects) else None
             raise LookalikeError(
                 f"none of the {len(table)} files under {printable(str(source))} is a usable "
@@ -338,6 +347,8 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
         "duplicates": len(duplicates),
         "files_read": memo.read,
         "files_known": memo.reused,
+        "relabelled": corrected["relabelled"],
+        "dropped": corrected["dropped"],
         "seconds": round(seconds, 2),
     }
     artifacts.write_manifest(
@@ -355,8 +366,10 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
             "duplicate_files": duplicates.to_dict("records"),
         },
     )
-    _prune_thumbs(config, set(catalog["item_id"]))
+    if prune:
+        _prune_thumbs(config, set(catalog["item_id"]))
     _print_summary(catalog, rejects, duplicates, seconds)
+    _print_corrections(corrected)
     if memo.reused:
         print(f"  {memo.read} new or changed files read, {memo.reused} known files not re-read")
     return StageResult(
@@ -367,6 +380,26 @@ def run_catalog(config: Config, force: bool = False, progress: bool = True) -> S
         note=f"{len(rejects)} rejected, {len(duplicates)} duplicates",
         details=summary,
     )
+
+
+def prune_thumbnails(config: Config) -> int:
+    """Delete the thumbnails of items no longer in the catalog on disk (and stale temporaries);
+    returns how many files were removed."""
+    return _prune_thumbs(config, _catalog_ids(config))
+
+
+def _print_corrections(summary: dict[str, Any]) -> None:
+    """One line when corrections changed the catalog, one when some name photos no longer there."""
+    if summary["relabelled"] or summary["dropped"]:
+        print(
+            f"  corrections: {summary['relabelled']} relabelled, {summary['dropped']} dropped "
+            f"(`{commands.CORRECTIONS}` lists them)"
+        )
+    if summary["unknown_items"]:
+        print(
+            f"  {summary['unknown_items']} correction(s) name items no longer in the source; "
+            "they apply again if the photo comes back"
+        )
 
 
 def _print_summary(

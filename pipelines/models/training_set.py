@@ -109,8 +109,9 @@ class Drift:
             if self.unseen_labels
             else ""
         )
+        items = "item" if self.added == 1 else "items"
         return (
-            f"{self.added:,} items added and {self.removed:,} removed since the models were "
+            f"{self.added:,} {items} added and {self.removed:,} removed since the models were "
             f"trained ({self.changed_share:.0%} of the train split; retrain past "
             f"{RETRAIN_CHANGED_SHARE:.0%}){unseen}"
         )
@@ -241,7 +242,8 @@ def run_training_set(config: Config, retrain: bool = False) -> StageResult:
     renewed = after != before
     if renewed:
         why = "asked (--retrain/--force)" if retrain and not d.retrain_due else d.reason
-        note = f"renewed ({why}): the trained parts learn from {len(catalog):,} items"
+        items = "item" if len(catalog) == 1 else "items"
+        note = f"renewed ({why}): the trained parts learn from {len(catalog):,} {items}"
     else:
         note = f"kept: {d.summary()}"
         if d.unseen_labels:
