@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from pipelines.artifacts import (
-    artifact_hash,
     is_fresh,
     read_manifest,
     write_manifest,
@@ -19,6 +18,7 @@ from pipelines.artifacts import (
 from pipelines.config import DEFAULT_SOURCE, Config
 from pipelines.data.images import load_array
 from pipelines.errors import LookalikeError
+from pipelines.models import training_set
 from pipelines.models.cnn import STAGE_WIDTHS, STEM_WIDTH, build_autoencoder, build_classifier
 from pipelines.models.train import (
     STAGE,
@@ -29,6 +29,7 @@ from pipelines.models.train import (
     train_params,
 )
 from pipelines.models.train_data import augment_batch, decode_catalog, split_rows
+from pipelines.models.training_set import snapshot_path
 
 CLASSES = ("pants", "shoes", "t-shirt")
 SIZE = 32
@@ -81,7 +82,7 @@ def classifier(tmp_path_factory):
     config = _small(Config(artifacts_dir=tmp_path_factory.mktemp("clf")))
     df = _write_catalog(config, _rows("train", 12) + _rows("validation", 4) + _rows("test", 2))
     trained = train_custom_cnn(df, config)
-    manifest = save_custom_cnn(trained, config, artifact_hash(config.catalog_path, "catalog"))
+    manifest = save_custom_cnn(trained, config, training_set.ensure(config, df))
     return config, df, trained, manifest
 
 
@@ -94,7 +95,8 @@ def test_classifier_trains_and_saves(classifier):
     assert manifest["epochs_run"] == 2 and manifest["stopped_by"] == "epochs"
     assert manifest["n_train"] == 36 and manifest["n_validation"] == 12  # test rows untouched
     assert manifest["params"]["cnn_image_size"] == SIZE and "seed" in manifest["params"]
-    assert manifest["inputs"]["catalog"] == artifact_hash(config.catalog_path, "catalog")
+    # Keyed on the items it learnt from (the training set), not on the whole catalog.
+    assert manifest["inputs"] == {"training_set": read_manifest(snapshot_path(config))["content"]}
     history = json.loads(config.custom_cnn_history_path.read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     # The best accuracy is the best epoch's, as the history recorded it (not any number in 0-1).

@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipelines import artifacts
 from pipelines.config import EXTRACTORS, Config, embeddings_key
+from pipelines.data.catalog import content_hash
 from pipelines.errors import LookalikeError
 
 # vectors in memory.
@@ -86,16 +87,27 @@ def build_scaled(
     catalog = real.iloc[pick].reset_index(drop=True)
     catalog["item_id"] = ids
     artifacts.write_parquet(catalog, cfg.catalog_path)
-    cat_manifest = artifacts.write_manifest(
-        cfg.catalog_path, "catalog", {"synthetic_from": str(source.artifacts_dir), "n": n}, {}
+    # The content hash is this catalog's own (the source's, kept by _copy_manifest_params,
+    # would make every artifact below look built from another catalog).
+    content = content_hash(catalog)
+    artifacts.write_manifest(
+        cfg.catalog_path,
+        "catalog",
+        {"synthetic_from": str(source.artifacts_dir), "n": n},
+        {},
+        extra={"content": content, "rows": n},
     )
     _copy_manifest_params(source.catalog_path, cfg.catalog_path)
-    inputs = {"catalog": cat_manifest["sha256"]}
+    inputs = {"catalog": content}
 
     for path in (source.metrics_path, source.per_class_path):
         if path.exists():
+            # The source build's evaluation, said so: its inputs are the source's artifacts,
+            # not this catalog's (consistency.build_stamp would call it another build's).
             shutil.copy(path, out_dir / path.name)
-            shutil.copy(artifacts.manifest_path(path), artifacts.manifest_path(out_dir / path.name))
+            manifest = artifacts.read_manifest(path) or {}
+            manifest = {**manifest, "inputs": {}, "copied_from": str(source.artifacts_dir)}
+            artifacts.write_json(manifest, artifacts.manifest_path(out_dir / path.name))
     if source.categories_path.exists():
         table = pd.read_parquet(source.categories_path).iloc[pick].reset_index(drop=True)
         table["item_id"] = ids
