@@ -158,9 +158,19 @@ def streamlit_server(artifacts_dir: Path, log_path: Path) -> Iterator[str]:
             _stop(process)
 
 
-def settle(page, timeout_ms: int = 60_000) -> None:
-    """Wait until Streamlit shows no "running" status widget (the script run has finished)."""
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout_ms)
+def settle(page, timeout_ms: int = 60_000, quiet_ms: int = 1_500) -> None:
+    """Wait until Streamlit shows no "running" status widget for `quiet_ms` in a row (the script
+    run has finished). The widget appears a moment after a rerun starts, so one look right
+    after a click can see the page before the rerun and return while it is about to redraw."""
+    widget = page.locator('[data-testid="stStatusWidget"]')
+    deadline = time.monotonic() + timeout_ms / 1000
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < quiet_ms / 1000:
+        if widget.count():
+            left = max(1, int((deadline - time.monotonic()) * 1000))
+            widget.wait_for(state="detached", timeout=left)
+            quiet_since = time.monotonic()
+        page.wait_for_timeout(100)
 
 
 def screenshot(page, name: str) -> Path:

@@ -532,6 +532,9 @@ def test_a_box_selection_counts_its_labels_and_downloads_its_ids(
     labels = catalog.set_index("item_id")["label"]
     with step(page, "22-map-box-selection"):
         expect(page.get_by_role("heading", name="Map", level=1)).to_be_visible()
+        # The map of the extractor the fixture picked (not the first one's, about to be redrawn
+        # under the mouse: a drag over a chart being replaced selects nothing).
+        expect(page.get_by_text(f"{len(catalog)} items · InceptionV3 (ImageNet)")).to_be_visible()
         plot = map_plot(page)
         settle(page)
         points = wait_until(
