@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,3 +274,107 @@ def test_kills_in_every_stage_are_repaired_by_the_next_run(tmp_path: Path) -> No
     assert all(r.startswith("up to date") for r in results), last.stdout[-2000:]
     assert "temporary" not in last.stdout
     assert _temporaries(art) == []
+
+
+# --------------------------------------------------------------------------- an update killed
+
+# Where an update is killed, in turn: named points of the atomic writer (a file written and
+# not renamed, or renamed before its manifest) in the stages too quick for a random moment,
+# then a random moment inside the slower ones (a stage named as `run` prints it).
+UPDATE_KILLS = (
+    "written:catalog.parquet",
+    "renamed:embeddings/custom_cnn.npy",
+    "renamed:maps/custom_cnn.parquet",
+    "clusters",
+    "health",
+    "evaluate",
+)
+
+
+def _change_source(source: Path) -> None:
+    """A day's change: a photo sold out (removed), a new one arrives (linked in place). Neither
+    is a train photo, so the retrain policy keeps the models (in a 2-photo train split any new
+    train photo is past its share) and the update is an update."""
+    (next((source / "validation" / "dress").glob("*.jpg"))).unlink()
+    photo = real_photos("dress", 1, "test")[0]
+    (source / "test" / "dress").mkdir(parents=True)
+    (source / "test" / "dress" / photo.name).symlink_to(photo)
+
+
+def _built_files(art: Path) -> dict[str, str]:
+    """{artifact path: sha256} over every manifest, less the evaluation's timed reports."""
+    timed = {"metrics.json"}
+    return {
+        artifact.relative_to(art).as_posix(): manifest["sha256"]
+        for artifact, _file, manifest in _manifests(art)
+        if artifact.name not in timed
+    }
+
+
+@pytest.mark.slow
+def test_an_update_killed_anywhere_ends_as_the_uninterrupted_update(tmp_path: Path) -> None:
+    """Build, change the source (one photo removed, one added), then update it twice: once
+    uninterrupted, once SIGKILLed in each of several stages in turn (`UPDATE_KILLS`), then `run` to
+    the end. Both updates end with the same files, byte for byte (the timed evaluation report
+    aside, whose precision is compared), every artifact matching its manifest, and a last
+    `run` with nothing to do."""
+    rng = random.Random(SEED)
+    source = _tiny_source(tmp_path / "src")
+    art = tmp_path / "art"
+    log = tmp_path / "stderr.log"
+    first = subprocess.run(
+        _command(source, art), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    stages = list(_stage_table(first.stdout))
+    _change_source(source)
+    for name in ("reference", "killed"):
+        shutil.copytree(art, tmp_path / name, symlinks=True)
+
+    reference = tmp_path / "reference"
+    done = subprocess.run(
+        _command(source, reference), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = _stage_table(done.stdout)
+    assert table["catalog"][1] != "up to date" and table["train"][1].startswith("up to date")
+
+    killed = tmp_path / "killed"
+    cmd = _command(source, killed)
+    for where in UPDATE_KILLS:
+        if ":" in where:
+            _killed_at(cmd, where, log)
+        else:
+            at = stages.index(where) + 1
+            # A moment inside the stage: within the time the uninterrupted update spent in it.
+            delay = rng.uniform(0, 0.8 * table[where][0])
+            was_killed, _out = _run_and_kill(cmd, at, delay, log)
+            assert was_killed, f"the update finished before the kill in {where}"
+        _check_after_kill(killed)
+    finish = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert finish.returncode == 0, finish.stderr[-3000:]
+
+    files = _built_files(reference)
+    assert {"catalog.parquet", "embeddings/custom_cnn.npy", "maps/custom_cnn.parquet"} <= set(files)
+    assert _built_files(killed) == files
+    for artifact, _file, manifest in _manifests(killed):
+        assert matches_manifest(artifact, manifest), artifact
+    p10 = [json.loads((a / "metrics.json").read_text())["results"] for a in (killed, reference)]
+    assert _precisions(p10[0]) == _precisions(p10[1]) != {}
+    assert _temporaries(killed) == []
+    last = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert all(r.startswith("up to date") for _s, r in _stage_table(last.stdout).values())
+
+
+def _precisions(results: dict) -> dict:
+    """The quality numbers of an evaluation report (its timings left out)."""
+    return {
+        (extractor, strategy, key): value
+        for extractor, strategies in results.items()
+        if isinstance(strategies, dict)
+        for strategy, numbers in strategies.items()
+        if isinstance(numbers, dict)
+        for key, value in numbers.items()
+        if key.startswith(("p@", "r@", "map", "colour", "copy"))
+    }
