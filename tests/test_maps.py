@@ -371,3 +371,33 @@ def test_placing_reads_the_fitted_rows_chunk_by_chunk_and_finds_the_same_neighbo
     got = maps_module.place_new_rows(vectors, coords, new_rows, fitted)
     want = expected_places(vectors[new_rows], vectors[fitted], coords[fitted].astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_sample_fitted_map_places_an_update_against_a_sample_of_kept_rows(monkeypatch):
+    """Above map_full_fit_max_items the update's neighbour pool is map_fit_sample kept rows (a
+    seeded choice, so the cost follows the new rows); below it, every kept row."""
+    rng = np.random.default_rng(4)
+    vectors = unit(rng.normal(size=(400, 8)).astype(np.float32))
+    coords = rng.normal(size=(400, 2)).astype(np.float32)
+    keep = np.ones(400, dtype=bool)
+    keep[-10:] = False
+    new_rows = np.flatnonzero(~keep)
+    pools: list[int] = []
+    original = maps_module.place_new_rows
+
+    def spy(v, c, rows, fitted, k=maps_module.PLACE_NEIGHBOURS):
+        pools.append(int(fitted.sum()))
+        return original(v, c, rows, fitted, k)
+
+    monkeypatch.setattr(maps_module, "place_new_rows", spy)
+    large = Config(map_full_fit_max_items=300, map_fit_sample=100)
+    first = maps_module._place_update(large, vectors, coords, new_rows, keep)
+    again = maps_module._place_update(large, vectors, coords, new_rows, keep)
+    small = maps_module._place_update(
+        Config(map_full_fit_max_items=1000), vectors, coords, new_rows, keep
+    )
+    assert pools == [100, 100, 390]
+    np.testing.assert_array_equal(first, again)  # the same pool every time
+    assert first.shape == (10, 2) and np.all(np.isfinite(first))
+    # Each new row lands among the places of the pool rows most like it, not anywhere.
+    assert not np.allclose(first, small)

@@ -227,6 +227,29 @@ def place_new_rows(
     return weighted_place(best_sims, np.asarray(coords, dtype=np.float32)[best_rows])
 
 
+def _place_update(
+    config: Config, vectors: np.ndarray, coords: np.ndarray, new_rows: np.ndarray, keep: np.ndarray
+) -> np.ndarray:
+    """Places of an update's `new_rows` among the `keep` rows. A map fitted on a sample (more
+    than `map_full_fit_max_items` rows) placed most of its rows against `map_fit_sample`
+    fitted rows; an update's new rows likewise go against that many kept rows (a seeded
+    choice), so its cost follows the new rows, not the catalog. Smaller maps place new rows
+    among every kept row."""
+    from pipelines.search.approximate import take_rows
+
+    pool = np.flatnonzero(keep)
+    if len(keep) <= config.map_full_fit_max_items or len(pool) <= config.map_fit_sample:
+        return place_new_rows(vectors, coords, new_rows, keep)
+    rng = np.random.default_rng(config.seed)
+    pool = np.sort(rng.choice(pool, config.map_fit_sample, replace=False))
+    rows = np.concatenate([pool, new_rows])
+    fitted = np.zeros(len(rows), dtype=bool)
+    fitted[: len(pool)] = True
+    return place_new_rows(
+        take_rows(vectors, rows), coords[rows], np.arange(len(pool), len(rows)), fitted
+    )
+
+
 def _largest_per_row(sims: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(values, columns) of the `width` largest entries of each row of (b, n) `sims`, best
     first, ties to the lower column; -inf entries may fill a row with fewer finite ones.
@@ -547,7 +570,7 @@ def _one_map(
         coords[keep] = old_coords[source[keep]]
         new_rows = np.flatnonzero(~keep)
         if len(new_rows):
-            coords[new_rows] = place_new_rows(vectors, coords, new_rows, keep)
+            coords[new_rows] = _place_update(config, vectors, coords, new_rows, keep)
         fit = previous["fit"]
         placed = len(new_rows)
         date = _fit_date(path, fit.get("id"))
