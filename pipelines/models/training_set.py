@@ -13,11 +13,9 @@ The snapshot is renewed, and with it every trained part, when
 * more than `RETRAIN_CHANGED_SHARE` of the catalog's labelled train items are not in the
   snapshot, or more than that share of the snapshot left the catalog.
 
-Why 0.25: on clothing-small the custom CNN trained on 3/4 of the train split loses little
-against the whole of it (the features of a class settle long before its last photos), while a
-quarter of the catalog is a day of a fast-moving shop's arrivals in a year, not in a morning:
-a merchandiser's daily 1 % never retrains, a catalog that changed by a quarter does. Until
-then `status`, the app and `run` say how many items are new since training.
+Why 0.25: a judgement, not a measured optimum. A merchandiser's daily 1 % never retrains (a
+retrain of the custom CNN costs most of a first run), a catalog that changed by a quarter does.
+Until then `status`, the app and `run` say how many items are new since training.
 """
 
 from __future__ import annotations
