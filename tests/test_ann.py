@@ -260,3 +260,45 @@ def test_a_large_catalog_is_memory_mapped_and_uses_its_saved_index(tmp_path, mon
     # New embeddings make the saved index stale: it is not used for them.
     write_vector_artifacts(config, {"inception_v3": clustered(1200, 256, seed=1)})
     assert load_index(config, "inception_v3")._ann is None
+
+
+def test_a_refilled_index_is_the_saved_one_with_the_new_rows(tmp_path):
+    """Refilling keeps the trained parts: with the same rows it searches exactly as the index
+    it was saved from; with rows added it finds them."""
+    more = clustered(2100, 256)  # 100 new rows from the same catalog
+    vectors = more[:2000]
+    built = AnnIndex.build(vectors)
+    arrays = built.to_arrays()
+    same = AnnIndex.refilled(arrays, vectors)
+    queries = vectors[::50]
+    for got, want in zip(same.search(queries, 10), built.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(got, want)
+    grown = AnnIndex.refilled(arrays, more)
+    assert grown.size == 2100 and grown.nprobe == built.nprobe
+    new = np.arange(2000, 2100, 5)
+    rows, _ = grown.search(more[new], 10, exclude_rows=new)
+    truth, _ = top_k(more[new], more, 10, new)
+    assert recall_at_10(rows, truth) >= 0.9
+    with pytest.raises(LookalikeError, match="256-d, the vectors 64-d"):
+        AnnIndex.refilled(arrays, clustered(10, 64))
+
+
+def test_an_update_refills_the_saved_index_until_the_catalog_moved_or_the_model_changed(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(approximate, "ANN_MIN_ITEMS", 500)
+    config = Config(artifacts_dir=tmp_path)
+    vectors = clustered(1300, 256)
+
+    def update(n: int, weights: str) -> dict:
+        write_vector_artifacts(config, {"inception_v3": vectors[:n]}, weights=weights)
+        part = run_ann(config, ["inception_v3"]).details["inception_v3"]
+        manifest = read_manifest(config.ann_index_path("inception_v3"))
+        return {"refilled": part["refilled"], "trained": manifest["trained_rows"]}
+
+    assert update(1000, "m1") == {"refilled": False, "trained": 1000}
+    assert update(1150, "m1") == {"refilled": True, "trained": 1000}  # 15 % more rows
+    assert update(1000, "m2") == {"refilled": False, "trained": 1000}  # another model
+    assert update(1250, "m2") == {"refilled": False, "trained": 1250}  # 25 % more: retrained
+    index = load_index(config, "inception_v3")
+    assert index._ann is not None and index._ann.size == 1250

@@ -12,16 +12,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from pipelines.artifacts import atomic_path, is_fresh, write_manifest
+from pipelines.artifacts import (
+    atomic_path,
+    is_fresh,
+    matches_manifest,
+    read_manifest,
+    write_manifest,
+)
 from pipelines.config import Config, embeddings_key
-from pipelines.readers import read_catalog, read_embeddings
+from pipelines.readers import model_id, read_catalog, read_embeddings
 from pipelines.search import approximate
 from pipelines.stage import StageResult, per_extractor, written
 
 STAGE = approximate.SAVED_STAGE
+# An update keeps the saved index's PCA and list centroids (and only re-adds the rows) while
+# the catalog is within this share of the size it was trained at: the lists are 2 * sqrt(n),
+# so 20 % more rows leave them 10 % too few, and an item's list is its nearest centroid's.
+REFILL_MAX_CHANGE = 0.2
+
+
+def _trained_rows(path: Path, model: str, rows: int) -> int | None:
+    """The row count the saved index was trained at, when an update may keep its trained parts
+    (same settings and model, the catalog within REFILL_MAX_CHANGE of that count); else None."""
+    manifest = read_manifest(path)
+    if not manifest or manifest.get("params") != approximate.saved_params():
+        return None
+    trained = manifest.get("trained_rows")
+    if manifest.get("model") != model or not trained or not matches_manifest(path, manifest):
+        return None
+    return int(trained) if abs(rows - trained) <= REFILL_MAX_CHANGE * trained else None
 
 
 def run_ann(
@@ -53,15 +76,25 @@ def run_ann(
             print(f"ann {name}: up to date, skipped ({path})")
             results[name] = {"path": str(path), "skipped": True, "build_seconds": None}
             continue
-        index = approximate.AnnIndex.build(vectors, seed=config.seed)
+        model = model_id(config, name)
+        trained = None if force else _trained_rows(path, model, len(catalog))
+        if trained is None:
+            index = approximate.AnnIndex.build(vectors, seed=config.seed)
+            trained, how = index.size, "built"
+        else:
+            with np.load(path, allow_pickle=False) as saved:
+                index = approximate.AnnIndex.refilled(dict(saved), vectors)
+            how = "refilled (trained parts kept)"
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **index.to_arrays())
-        write_manifest(path, STAGE, approximate.saved_params(), inputs, extra={"rows": index.size})
-        print(f"ann {name}: {index.size} items, built in {index.build_seconds:.1f}s -> {path}")
+        extra = {"rows": index.size, "model": model, "trained_rows": trained}
+        write_manifest(path, STAGE, approximate.saved_params(), inputs, extra=extra)
+        print(f"ann {name}: {index.size} items, {how} in {index.build_seconds:.1f}s -> {path}")
         results[name] = {
             "path": str(path),
             "skipped": False,
             "build_seconds": round(index.build_seconds, 1),
+            "refilled": how != "built",
         }
     wrote = written(results, ("path",))
     return per_extractor(STAGE, results, len(catalog), time.perf_counter() - began, wrote, "")

@@ -190,6 +190,41 @@ class AnnIndex:
             build_seconds=time.perf_counter() - start,
         )
 
+    @classmethod
+    def refilled(cls, arrays: Mapping[str, np.ndarray], vectors: np.ndarray) -> AnnIndex:
+        """A saved IVF index's trained parts (its PCA and its lists' centroids) filled with
+        `vectors` anew: what `build` gives without training, for a catalog update whose
+        vectors come from the same model. Costs the adding only (one pass over `vectors`)."""
+        faiss = _faiss()
+        if str(arrays["method"]) != "ivf":
+            raise LookalikeError("only an IVF index can be refilled — rebuild it")
+        _size, dim, nprobe, ef_search, rerank = (int(v) for v in arrays["settings"])
+        vectors = _as_rows(vectors)
+        if vectors.shape[1] != dim:
+            raise LookalikeError(
+                f"the saved approximate index is {dim}-d, the vectors {vectors.shape[1]}-d "
+                "— rebuild it"
+            )
+        start = time.perf_counter()
+        index = faiss.deserialize_index(np.asarray(arrays["faiss"], dtype=np.uint8))
+        index.reset()  # empties the lists; the trained quantizer stays
+        projection = arrays.get("projection")
+        projection = None if projection is None else np.asarray(projection, np.float32)
+        for chunk in iter_chunks(vectors):
+            index.add(_prepare(chunk, projection))
+        return cls(
+            index,
+            method="ivf",
+            vectors=vectors if projection is not None else None,
+            projection=projection,
+            size=len(vectors),
+            dim=dim,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
+            build_seconds=time.perf_counter() - start,
+        )
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The index as plain arrays (faiss's own serialised bytes, the PCA matrix and the
         search settings), for `np.savez`; `from_arrays` reads them back."""
