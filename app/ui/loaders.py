@@ -415,8 +415,13 @@ def _drift_paths(cfg: Config) -> tuple[Path, ...]:
     from pipelines.models.training_set import snapshot_path
 
     # The catalog and the training set; the trained parts' manifests hold the training times.
-    paths = (cfg.catalog_path, snapshot_path(cfg), cfg.custom_cnn_path, cfg.head_path)
-    return (*paths, cfg.categories_path)
+    return (
+        cfg.catalog_path,
+        snapshot_path(cfg),
+        cfg.custom_cnn_path,
+        cfg.head_path,
+        cfg.categories_path,
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

@@ -279,8 +279,9 @@ def _gone_tile() -> bytes:
 
 def thumb(path: str) -> str | bytes:
     """What `st.image` shows for a thumbnail: its path, or a grey tile when the file is gone.
-    An update being written deletes removed items' thumbnails while the app still shows the
-    build that held them (`loaders.pin`); a missing file must not stop the page."""
+    `run` deletes removed items' thumbnails once an update is whole, and a session may still
+    show the build that held them until its next rerun (`loaders.pin`); a missing file must
+    not stop the page."""
     return path if os.path.isfile(path) else _gone_tile()
 
 

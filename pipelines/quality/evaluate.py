@@ -39,7 +39,7 @@ from pipelines.quality.metrics import (
     precision_at,
     recall_at,
 )
-from pipelines.readers import load_index, read_catalog
+from pipelines.readers import load_index, model_id, read_catalog
 from pipelines.search.index import Index
 from pipelines.stage import StageResult
 
@@ -311,8 +311,6 @@ def _cached_copies(
 ) -> dict[str, np.ndarray]:
     """{extractor: vectors of the altered copies of `rows`}, from the cache where the same
     model (`readers.model_id`) already embedded a row's copy, else `embed`ded now (then cached)."""
-    from pipelines.readers import model_id
-
     ids = catalog["item_id"].astype(str).to_numpy()[rows]
     params = {"likeness": LIKENESS_VERSION, "seed": config.seed, "max_pixels": config.max_pixels}
     known: dict[str, dict[str, np.ndarray]] = {}
