@@ -269,18 +269,51 @@ def test_a_refilled_index_is_the_saved_one_with_the_new_rows(tmp_path):
     vectors = more[:2000]
     built = AnnIndex.build(vectors)
     arrays = built.to_arrays()
-    same = AnnIndex.refilled(arrays, vectors)
+    same = AnnIndex.updated(arrays, vectors)
     queries = vectors[::50]
     for got, want in zip(same.search(queries, 10), built.search(queries, 10), strict=True):
         np.testing.assert_array_equal(got, want)
-    grown = AnnIndex.refilled(arrays, more)
+    grown = AnnIndex.updated(arrays, more)
     assert grown.size == 2100 and grown.nprobe == built.nprobe
     new = np.arange(2000, 2100, 5)
     rows, _ = grown.search(more[new], 10, exclude_rows=new)
     truth, _ = top_k(more[new], more, 10, new)
     assert recall_at_10(rows, truth) >= 0.9
     with pytest.raises(LookalikeError, match="256-d, the vectors 64-d"):
-        AnnIndex.refilled(arrays, clustered(10, 64))
+        AnnIndex.updated(arrays, clustered(10, 64))
+
+
+def test_an_update_in_place_searches_as_a_refill_of_the_same_rows():
+    """Removing 150 rows, moving the kept ones to other rows and adding 100 new ones in place
+    (only the new rows projected) gives the index a refill of the updated catalog gives: the
+    same rows and similarities for every query."""
+    rng = np.random.default_rng(3)
+    pool = clustered(2100, 256)
+    old = pool[:2000]
+    built = AnnIndex.build(old)
+    arrays = built.to_arrays()
+    kept = np.sort(rng.choice(2000, 1850, replace=False))
+    rng.shuffle(kept)  # the updated catalog lists the kept items in another order
+    source = np.concatenate([kept, np.full(100, -1)])
+    rng.shuffle(source)
+    fresh = iter(range(2000, 2100))
+    vectors = np.stack([pool[s] if s >= 0 else pool[next(fresh)] for s in source])
+
+    moved = AnnIndex.updated(arrays, vectors, source)
+    refill = AnnIndex.updated(arrays, vectors)
+    assert moved.size == refill.size == 1950
+    queries = np.arange(0, 1950, 13)
+    for got, want in zip(
+        moved.search(vectors[queries], 10, exclude_rows=queries),
+        refill.search(vectors[queries], 10, exclude_rows=queries),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+    rows, _ = moved.search(vectors[queries], 10, exclude_rows=queries)
+    truth, _ = top_k(vectors[queries], vectors, 10, queries)
+    assert recall_at_10(rows, truth) >= 0.9
+    with pytest.raises(LookalikeError, match="row in the saved index"):
+        AnnIndex.updated(arrays, vectors, source[:-1])
 
 
 def test_an_update_refills_the_saved_index_until_the_catalog_moved_or_the_model_changed(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipelines.artifacts import (
     atomic_path,
@@ -29,10 +30,13 @@ from pipelines.search import approximate
 from pipelines.stage import StageResult, per_extractor, written
 
 STAGE = approximate.SAVED_STAGE
-# An update keeps the saved index's PCA and list centroids (and only re-adds the rows) while
-# the catalog is within this share of the size it was trained at: the lists are 2 * sqrt(n),
-# so 20 % more rows leave them 10 % too few, and an item's list is its nearest centroid's.
+# An update keeps the saved index's PCA and list centroids (removing the gone rows and adding
+# only the new ones) while the catalog is within this share of the size it was trained at: the
+# lists are 2 * sqrt(n), so 20 % more rows leave them 10 % too few, and an item's list is its
+# nearest centroid's.
 REFILL_MAX_CHANGE = 0.2
+# The saved file's array of its rows' item ids, which tells an update what each row was.
+IDS_KEY = "item_ids"
 
 
 def _trained_rows(path: Path, model: str, rows: int) -> int | None:
@@ -47,6 +51,17 @@ def _trained_rows(path: Path, model: str, rows: int) -> int | None:
     return int(trained) if abs(rows - trained) <= REFILL_MAX_CHANGE * trained else None
 
 
+def _previous_rows(saved_ids: np.ndarray | None, item_ids: np.ndarray) -> np.ndarray | None:
+    """Each item's row in the saved index (-1: new), from the ids saved beside it; None when
+    the file has none (written before they were kept) or holds an id twice."""
+    if saved_ids is None:
+        return None
+    saved = pd.Index(saved_ids.astype(str))
+    if not saved.is_unique:
+        return None
+    return saved.get_indexer(item_ids).astype(np.int64)
+
+
 def run_ann(
     config: Config, extractors: Sequence[str] | None = None, force: bool = False
 ) -> StageResult:
@@ -59,6 +74,8 @@ def run_ann(
     """
     began = time.perf_counter()
     catalog, _ = read_catalog(config)
+    # Fixed-width text, so the saved file needs no pickle to be read back.
+    item_ids = np.asarray(catalog["item_id"].astype(str).tolist(), dtype=str)
     extractors = config.extractors_built() if extractors is None else extractors
     results = {}
     for name in dict.fromkeys(extractors):
@@ -83,10 +100,17 @@ def run_ann(
             trained, how = index.size, "built"
         else:
             with np.load(path, allow_pickle=False) as saved:
-                index = approximate.AnnIndex.refilled(dict(saved), vectors)
-            how = "refilled (trained parts kept)"
+                arrays = dict(saved)
+            source = _previous_rows(arrays.pop(IDS_KEY, None), item_ids)
+            index = approximate.AnnIndex.updated(arrays, vectors, source)
+            if source is None:
+                how = "refilled (trained parts kept)"
+            else:
+                added = int((source < 0).sum())
+                removed = int(arrays["settings"][0]) - (len(source) - added)
+                how = f"updated ({added} added, {removed} removed; trained parts kept)"
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **index.to_arrays())
+            np.savez(handle, **index.to_arrays(), **{IDS_KEY: item_ids})
         extra = {"rows": index.size, "model": model, "trained_rows": trained}
         write_manifest(path, STAGE, approximate.saved_params(), inputs, extra=extra)
         print(f"ann {name}: {index.size} items, {how} in {index.build_seconds:.1f}s -> {path}")

@@ -191,33 +191,70 @@ class AnnIndex:
         )
 
     @classmethod
-    def refilled(cls, arrays: Mapping[str, np.ndarray], vectors: np.ndarray) -> AnnIndex:
-        """A saved IVF index's trained parts (its PCA and its lists' centroids) filled with
-        `vectors` anew: what `build` gives without training, for a catalog update whose
-        vectors come from the same model. Costs the adding only (one pass over `vectors`)."""
+    def updated(
+        cls,
+        arrays: Mapping[str, np.ndarray],
+        vectors: np.ndarray,
+        source: np.ndarray | None = None,
+    ) -> AnnIndex:
+        """A saved IVF index's trained parts (its PCA and its lists' centroids) kept for a
+        catalog update whose vectors come from the same model: what `build` gives without
+        training. Costs what changed, not the catalog.
+
+        Parameters
+        ----------
+        arrays : the saved index (`to_arrays`).
+        vectors : (n, d) the updated catalog's unit rows (memory-mapped is fine: only the new
+            rows are read, and candidates when re-ranking).
+        source : (n,) each row's row in the saved index, -1 for a new one; the saved rows no
+            row names are removed and the kept ones renumbered in place (their stored codes
+            are not recomputed), then only the new rows are projected and added. None (or
+            nothing kept) empties the lists and adds every row: a refill.
+        """
         faiss = _faiss()
         if str(arrays["method"]) != "ivf":
-            raise LookalikeError("only an IVF index can be refilled — rebuild it")
-        _size, dim, nprobe, ef_search, rerank = (int(v) for v in arrays["settings"])
+            raise LookalikeError("only an IVF index can be updated — rebuild it")
+        saved_size, dim, nprobe, ef_search, rerank = (int(v) for v in arrays["settings"])
         vectors = _as_rows(vectors)
         if vectors.shape[1] != dim:
             raise LookalikeError(
                 f"the saved approximate index is {dim}-d, the vectors {vectors.shape[1]}-d "
                 "— rebuild it"
             )
+        n = len(vectors)
+        source = np.full(n, -1, np.int64) if source is None else np.asarray(source, np.int64)
+        if source.shape != (n,) or source.max(initial=-1) >= saved_size:
+            raise LookalikeError(
+                f"an update needs each of the {n} rows' row in the saved index of "
+                f"{saved_size} (or -1), got {source.shape[0]} entries — rebuild it"
+            )
         start = time.perf_counter()
         index = faiss.deserialize_index(np.asarray(arrays["faiss"], dtype=np.uint8))
-        index.reset()  # empties the lists; the trained quantizer stays
         projection = arrays.get("projection")
         projection = None if projection is None else np.asarray(projection, np.float32)
-        for chunk in iter_chunks(vectors):
-            index.add(_prepare(chunk, projection))
+        keep = source >= 0
+        if not keep.any():
+            index.reset()  # empties the lists; the trained quantizer stays
+        else:
+            new_row = np.full(saved_size, -1, np.int64)
+            new_row[source[keep]] = np.flatnonzero(keep)
+            gone = np.flatnonzero(new_row < 0)
+            if len(gone):
+                index.remove_ids(faiss.IDSelectorBatch(gone))
+            if not np.array_equal(new_row[new_row >= 0], np.arange(int(keep.sum()))):
+                _renumber(index, new_row)
+        added = np.flatnonzero(~keep)
+        for lo in range(0, len(added), CHUNK_ROWS):
+            rows = added[lo : lo + CHUNK_ROWS]
+            index.add_with_ids(_prepare(take_rows(vectors, rows), projection), rows)
+        if index.ntotal != n:  # pragma: no cover - a faiss invariant
+            raise LookalikeError(f"the updated index holds {index.ntotal} rows, not {n}")
         return cls(
             index,
             method="ivf",
             vectors=vectors if projection is not None else None,
             projection=projection,
-            size=len(vectors),
+            size=n,
             dim=dim,
             nprobe=nprobe,
             ef_search=ef_search,
@@ -430,6 +467,22 @@ def _sample_rows(vectors: np.ndarray, size: int, rng: np.random.Generator) -> np
     if size >= n:
         return np.concatenate(list(iter_chunks(vectors)))
     return take_rows(vectors, rng.choice(n, size, replace=False))
+
+
+def _renumber(index: Any, new_row: np.ndarray) -> None:
+    """Rename every id stored in an IVF index's lists by `new_row` (old id -> new id), list by
+    list through faiss's `update_entries`; the stored codes are written back unchanged."""
+    faiss = _faiss()
+    lists = index.invlists
+    width = lists.code_size
+    for number in range(index.nlist):
+        size = lists.list_size(number)
+        if size == 0:
+            continue
+        ids = faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
+        codes = faiss.rev_swig_ptr(lists.get_codes(number), size * width).copy()
+        renamed = np.ascontiguousarray(new_row[ids])
+        lists.update_entries(number, 0, size, faiss.swig_ptr(renamed), faiss.swig_ptr(codes))
 
 
 def _hnsw(faiss: Any, dim: int, m: int, ef_construction: int) -> Any:
