@@ -293,6 +293,10 @@ class Config:
     def map_path(self, extractor: str) -> Path:
         return self.artifacts_dir / "maps" / f"{extractor}.parquet"
 
+    def map_sample_path(self, extractor: str) -> Path:
+        """A sampled map's fit (its sample and PCA), which places an update's new items."""
+        return self.artifacts_dir / "maps" / f"{extractor}_sample.npz"
+
     def clusters_path(self, extractor: str) -> Path:
         return self.artifacts_dir / "clusters" / f"{extractor}.parquet"
 

@@ -374,8 +374,9 @@ def test_placing_reads_the_fitted_rows_chunk_by_chunk_and_finds_the_same_neighbo
 
 
 def test_a_sample_fitted_map_places_an_update_against_a_sample_of_kept_rows(monkeypatch):
-    """Above map_full_fit_max_items the update's neighbour pool is map_fit_sample kept rows (a
-    seeded choice, so the cost follows the new rows); below it, every kept row."""
+    """Without its kept fit, a map above map_full_fit_max_items places an update against
+    map_fit_sample kept rows (a seeded choice, so the cost follows the new rows); below it,
+    against every kept row."""
     rng = np.random.default_rng(4)
     vectors = unit(rng.normal(size=(400, 8)).astype(np.float32))
     coords = rng.normal(size=(400, 2)).astype(np.float32)
@@ -391,13 +392,53 @@ def test_a_sample_fitted_map_places_an_update_against_a_sample_of_kept_rows(monk
 
     monkeypatch.setattr(maps_module, "place_new_rows", spy)
     large = Config(map_full_fit_max_items=300, map_fit_sample=100)
-    first = maps_module._place_update(large, vectors, coords, new_rows, keep)
-    again = maps_module._place_update(large, vectors, coords, new_rows, keep)
+    first = maps_module._place_update(large, vectors, coords, new_rows, keep, None)
+    again = maps_module._place_update(large, vectors, coords, new_rows, keep, None)
     small = maps_module._place_update(
-        Config(map_full_fit_max_items=1000), vectors, coords, new_rows, keep
+        Config(map_full_fit_max_items=1000), vectors, coords, new_rows, keep, None
     )
     assert pools == [100, 100, 390]
     np.testing.assert_array_equal(first, again)  # the same pool every time
     assert first.shape == (10, 2) and np.all(np.isfinite(first))
     # Each new row lands among the places of the pool rows most like it, not anywhere.
     assert not np.allclose(first, small)
+
+
+def test_an_update_of_a_sampled_map_places_new_items_as_its_fit_placed_them(tmp_path, pool):
+    """A map fitted on a sample keeps that fit (its sample and PCA) beside it, and an update
+    places new items with it, as the fit placed every row outside the sample: items taken out
+    and put back land where the fit had put them, whatever else the update removes. Only
+    the sample's and the new items' rows are read. A refit on every row drops the kept fit."""
+    vectors, labels, ids = pool
+    config = Config(
+        artifacts_dir=tmp_path, **UPDATE_SETTINGS, map_full_fit_max_items=100, map_fit_sample=60
+    )
+    everything = np.arange(len(ids))
+    write_version(config, pool, everything)
+    run_maps(config, ["inception_v3"])
+    fitted = read_map(config, "inception_v3").set_index("item_id")
+    manifest = read_manifest(config.map_path("inception_v3"))
+    assert manifest["fit"]["method"] == "umap-sample"
+    with np.load(config.map_sample_path("inception_v3")) as kept_fit:
+        assert str(kept_fit["fit_id"]) == manifest["fit"]["id"]
+        sample_ids = set(kept_fit["item_ids"].tolist())
+    assert len(sample_ids) == 60
+
+    outside = [i for i, item in enumerate(ids) if item not in sample_ids]
+    back = np.array(outside[::6])  # 12 items placed by the fit
+    gone = np.array(outside[1::6][:5])  # and 5 others that leave for good
+    write_version(config, pool, np.setdiff1d(everything, np.concatenate([back, gone])))
+    run_maps(config, ["inception_v3"])
+    write_version(config, pool, np.setdiff1d(everything, gone))
+    detail = run_maps(config, ["inception_v3"]).details["inception_v3"]
+    assert detail["refit"] is None and detail["placed"] == 12
+    after = read_map(config, "inception_v3").set_index("item_id")
+    np.testing.assert_allclose(
+        after.loc[ids[back], ["x", "y"]], fitted.loc[ids[back], ["x", "y"]], atol=1e-4
+    )
+    kept = ids[np.setdiff1d(everything, np.concatenate([back, gone]))]
+    np.testing.assert_array_equal(after.loc[kept, ["x", "y"]], fitted.loc[kept, ["x", "y"]])
+
+    small = config.replace(map_full_fit_max_items=1000)
+    run_maps(small, ["inception_v3"], force=True)
+    assert not config.map_sample_path("inception_v3").exists()

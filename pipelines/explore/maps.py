@@ -7,7 +7,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,15 @@ from scipy.linalg import orthogonal_procrustes
 from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness
 
-from pipelines.artifacts import is_fresh, read_manifest, sha256_json, write_manifest, write_parquet
+from pipelines.artifacts import (
+    atomic_path,
+    is_fresh,
+    manifest_path,
+    read_manifest,
+    sha256_json,
+    write_manifest,
+    write_parquet,
+)
 from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.readers import model_id, read_catalog, read_embeddings
 from pipelines.stage import StageResult, note_of, per_extractor, written
@@ -112,6 +120,28 @@ def compute_map(
     return np.asarray(coords, dtype=np.float32)
 
 
+class SampledFit(NamedTuple):
+    """What a sampled map (`fit_sampled_map`) was fitted on: the sample's rows and the PCA
+    learnt from them. An update places its new items with it exactly as the fit placed every
+    row outside the sample (`place_by_sample`)."""
+
+    rows: np.ndarray  # (s,) the fitted sample's rows, sorted
+    mean: np.ndarray | None  # (d,) the PCA's mean; None without PCA
+    components: np.ndarray | None  # (dims, d) the PCA's directions; None without PCA
+
+    def reduce(self, block: np.ndarray) -> np.ndarray:
+        """Rows as the placement compares them: PCA-reduced (when there is a PCA) and
+        normalised, float32."""
+        out = np.asarray(block, dtype=np.float32)
+        if self.components is not None:
+            # In scikit-learn's PCA.transform order (project, then subtract the projected
+            # mean), so the fit and an update reduce a row to the same bits.
+            out = out @ self.components.T
+            out -= self.mean.reshape(1, -1) @ self.components.T
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def sampled_map(
     vectors: np.ndarray,
     *,
@@ -121,43 +151,108 @@ def sampled_map(
     seed: int,
     fit_sample: int,
 ) -> np.ndarray:
+    """A large catalog's map: `fit_sampled_map`'s places alone (same arguments)."""
+    coords, _ = fit_sampled_map(
+        vectors,
+        pca_dims=pca_dims,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        seed=seed,
+        fit_sample=fit_sample,
+    )
+    return coords
+
+
+def fit_sampled_map(
+    vectors: np.ndarray,
+    *,
+    pca_dims: int,
+    n_neighbors: int,
+    min_dist: float,
+    seed: int,
+    fit_sample: int,
+) -> tuple[np.ndarray, SampledFit]:
     """A large catalog's map: PCA and UMAP fitted on `fit_sample` random rows, which keep
     their fitted places; every other row goes to the similarity-weighted mean place of its
-    PLACE_NEIGHBOURS most similar sample rows (cosine, after the PCA).
+    PLACE_NEIGHBOURS most similar sample rows (cosine, after the PCA: `place_by_sample`).
 
     That mean is where `UMAP.transform` starts a new point; its optimisation epochs after it
     cost about 1.1 s per 1000 rows on this 2-core machine under load (18 min at 1M) and,
     on a 50k subset, raised trustworthiness@10 by 0.01 (0.926 against 0.916; a full fit
-    scored 0.878). Same arguments and result as `compute_map`; `vectors` is read in chunks of
+    scored 0.878). Same arguments as `compute_map`; `vectors` is read in chunks of
     `ann.CHUNK_ROWS` rows, so a memory-mapped 1M x 2048 matrix is never in memory whole.
+
+    Returns
+    -------
+    (n, 2) float32 places, and the `SampledFit` that placed the rows outside the sample.
     """
-    from pipelines.search.approximate import _faiss, iter_chunks, take_rows
+    from pipelines.search.approximate import iter_chunks, take_rows
 
     n, d = vectors.shape
     rows = np.sort(np.random.default_rng(seed).choice(n, fit_sample, replace=False))
     sample = take_rows(vectors, rows)
     dims = min(pca_dims, d, fit_sample - 1)
     pca = PCA(n_components=dims, random_state=seed).fit(sample) if dims < d else None
-
-    def reduce(block: np.ndarray) -> np.ndarray:
-        out = np.ascontiguousarray(block if pca is None else pca.transform(block), np.float32)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    reduced = reduce(sample)
+    fit = SampledFit(
+        rows=rows,
+        mean=None if pca is None else pca.mean_.astype(np.float32),
+        components=None if pca is None else pca.components_.astype(np.float32),
+    )
+    reduced = fit.reduce(sample)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fitted = _umap(fit_sample, n_neighbors, min_dist, seed).fit_transform(reduced)
     fitted = np.asarray(fitted, dtype=np.float32)
-    index = _faiss().IndexFlatIP(reduced.shape[1])
-    index.add(reduced)
+    index = _sample_index(reduced)
     coords = np.empty((n, 2), dtype=np.float32)
     start = 0
+    # Every row placed in file order (the sample's places are then put back): a memory-mapped
+    # matrix is read once, in chunks, never row by row.
     for chunk in iter_chunks(vectors):
-        sims, near = index.search(reduce(chunk), PLACE_NEIGHBOURS)
-        coords[start : start + len(chunk)] = weighted_place(sims, fitted[near])
+        coords[start : start + len(chunk)] = _place_block(index, fitted, fit, chunk)
         start += len(chunk)
     coords[rows] = fitted
-    return coords
+    return coords, fit
+
+
+def place_by_sample(
+    vectors: np.ndarray, coords: np.ndarray, fit: SampledFit, new_rows: np.ndarray
+) -> np.ndarray:
+    """Places of an update's `new_rows` on a sampled map, as `fit_sampled_map` placed every
+    row outside its sample: `weighted_place` of each one's PLACE_NEIGHBOURS most similar rows
+    of `fit.rows` (cosine after `fit.reduce`), whose places `coords` holds. Reads only the
+    sample's rows and the new ones (`take_rows`), so it costs the same at any catalog size.
+
+    Returns
+    -------
+    (m, 2) float32 places, in `new_rows` order.
+    """
+    from pipelines.search.approximate import CHUNK_ROWS, take_rows
+
+    new_rows = np.asarray(new_rows, dtype=np.int64)
+    index = _sample_index(fit.reduce(take_rows(vectors, fit.rows)))
+    places = np.asarray(coords, dtype=np.float32)[fit.rows]
+    out = np.empty((len(new_rows), 2), dtype=np.float32)
+    for lo in range(0, len(new_rows), CHUNK_ROWS):
+        rows = new_rows[lo : lo + CHUNK_ROWS]
+        out[lo : lo + len(rows)] = _place_block(index, places, fit, take_rows(vectors, rows))
+    return out
+
+
+def _sample_index(reduced: np.ndarray) -> Any:
+    """An exact inner-product faiss index over the sample's reduced rows."""
+    from pipelines.search.approximate import _faiss
+
+    index = _faiss().IndexFlatIP(reduced.shape[1])
+    index.add(reduced)
+    return index
+
+
+def _place_block(index: Any, places: np.ndarray, fit: SampledFit, block: np.ndarray) -> np.ndarray:
+    """Places of a block of rows from their most similar sample rows (`index`'s rows, whose
+    places are `places`)."""
+    sims, near = index.search(fit.reduce(block), min(PLACE_NEIGHBOURS, index.ntotal))
+    return weighted_place(sims, places[near])
 
 
 def weighted_place(sims: np.ndarray, places: np.ndarray) -> np.ndarray:
@@ -228,16 +323,24 @@ def place_new_rows(
 
 
 def _place_update(
-    config: Config, vectors: np.ndarray, coords: np.ndarray, new_rows: np.ndarray, keep: np.ndarray
+    config: Config,
+    vectors: np.ndarray,
+    coords: np.ndarray,
+    new_rows: np.ndarray,
+    keep: np.ndarray,
+    sample: SampledFit | None,
 ) -> np.ndarray:
     """Places of an update's `new_rows` among the `keep` rows. A map fitted on a sample (more
-    than `map_full_fit_max_items` rows) placed most of its rows against `map_fit_sample`
-    fitted rows; an update's new rows likewise go against that many kept rows (a seeded
-    choice), so its cost follows the new rows, not the catalog. Smaller maps place new rows
-    among every kept row."""
+    than `map_full_fit_max_items` rows) placed every row outside the sample from the sample's
+    rows, after its PCA; an update's new rows go the same way (`place_by_sample`), so its cost
+    follows the new rows, not the catalog. Without the kept fit (a map written before it was
+    kept) they go against `map_fit_sample` kept rows (a seeded choice), by the full vectors.
+    Smaller maps place new rows among every kept row."""
     from pipelines.search.approximate import take_rows
 
     pool = np.flatnonzero(keep)
+    if sample is not None:
+        return place_by_sample(vectors, coords, sample, new_rows)
     if len(keep) <= config.map_full_fit_max_items or len(pool) <= config.map_fit_sample:
         return place_new_rows(vectors, coords, new_rows, keep)
     rng = np.random.default_rng(config.seed)
@@ -496,6 +599,35 @@ def _fit_method(config: Config, rows: int) -> tuple[str, int]:
     return "umap", rows
 
 
+def _save_sample(path: Path, fit_id: str, item_ids: np.ndarray, fit: SampledFit) -> None:
+    """Keep a sampled fit beside its map: its id, its sample's item ids and its PCA. Written
+    before the map file, so a map always finds the fit it names (a leftover of another fit
+    is told apart by its id)."""
+    arrays = {"fit_id": np.array(fit_id), "item_ids": np.asarray(item_ids[fit.rows], dtype=str)}
+    if fit.components is not None:
+        arrays.update(mean=fit.mean, components=fit.components)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    write_manifest(path, STAGE, {"fit_id": fit_id}, {})
+
+
+def _read_sample(path: Path, fit_id: str, item_ids: np.ndarray) -> SampledFit | None:
+    """The sampled fit `fit_id` kept beside its map, its sample as rows of `item_ids` (the
+    removed items left out); None when there is none for this fit or none of it is left."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["fit_id"]) != fit_id:
+                return None
+            rows = pd.Index(item_ids).get_indexer(saved["item_ids"].astype(str))
+            mean, components = saved.get("mean"), saved.get("components")
+    except (OSError, ValueError, KeyError):
+        return None
+    rows = np.sort(rows[rows >= 0])
+    if len(rows) == 0:
+        return None
+    return SampledFit(rows=rows.astype(np.int64), mean=mean, components=components)
+
+
 def _one_map(
     config: Config, name: str, item_ids: np.ndarray, catalog_hash: str, force: bool
 ) -> dict[str, Any]:
@@ -510,7 +642,7 @@ def _one_map(
     the file's bytes, and every stage keyed on them would redo its work.
     """
     start = time.perf_counter()
-    path = config.map_path(name)
+    path, sample_path = config.map_path(name), config.map_sample_path(name)
     n = len(item_ids)
     vectors, vectors_hash = read_embeddings(config, name, n_rows=n, map_large=True)
     model = model_id(config, name)
@@ -570,26 +702,34 @@ def _one_map(
         coords[keep] = old_coords[source[keep]]
         new_rows = np.flatnonzero(~keep)
         if len(new_rows):
-            coords[new_rows] = _place_update(config, vectors, coords, new_rows, keep)
+            sample = None
+            if previous["fit"].get("method") == "umap-sample":
+                sample = _read_sample(sample_path, previous["fit"]["id"], item_ids)
+            coords[new_rows] = _place_update(config, vectors, coords, new_rows, keep, sample)
         fit = previous["fit"]
         placed = len(new_rows)
         date = _fit_date(path, fit.get("id"))
     else:
-        coords = compute_map(
-            vectors,
-            pca_dims=config.map_pca_dims,
-            n_neighbors=config.map_neighbors,
-            min_dist=config.map_min_dist,
-            seed=config.seed,
-            full_fit_max_items=config.map_full_fit_max_items,
-            fit_sample=config.map_fit_sample,
-        )
+        method, umap_rows = _fit_method(config, n)
+        settings = {
+            "pca_dims": config.map_pca_dims,
+            "n_neighbors": config.map_neighbors,
+            "min_dist": config.map_min_dist,
+            "seed": config.seed,
+        }
+        # The same inputs and settings give the same map, so they name the fit.
+        fit_id = sha256_json({"stage": STAGE, "params": params, "inputs": inputs})[:16]
+        if method == "umap-sample":
+            coords, sample = fit_sampled_map(vectors, **settings, fit_sample=config.map_fit_sample)
+            _save_sample(sample_path, fit_id, item_ids, sample)
+        else:
+            coords = compute_map(vectors, **settings, full_fit_max_items=None)
+            sample_path.unlink(missing_ok=True)
+            manifest_path(sample_path).unlink(missing_ok=True)
         if reference is not None:
             coords = align_procrustes(coords, reference["coords"])
-        method, umap_rows = _fit_method(config, n)
         fit = {
-            # The same inputs and settings give the same map, so they name the fit.
-            "id": sha256_json({"stage": STAGE, "params": params, "inputs": inputs})[:16],
+            "id": fit_id,
             "method": method,
             "params": params,
             "rows": n,
