@@ -128,6 +128,7 @@ class SampledFit(NamedTuple):
     rows: np.ndarray  # (s,) the fitted sample's rows, sorted
     mean: np.ndarray | None  # (d,) the PCA's mean; None without PCA
     components: np.ndarray | None  # (dims, d) the PCA's directions; None without PCA
+    reduced: np.ndarray  # (s, dims) the sample's rows reduced (`reduce`), in `rows` order
 
     def reduce(self, block: np.ndarray) -> np.ndarray:
         """Rows as the placement compares them: PCA-reduced (when there is a PCA) and
@@ -197,8 +198,10 @@ def fit_sampled_map(
         rows=rows,
         mean=None if pca is None else pca.mean_.astype(np.float32),
         components=None if pca is None else pca.components_.astype(np.float32),
+        reduced=np.empty((0, 0), np.float32),
     )
     reduced = fit.reduce(sample)
+    fit = fit._replace(reduced=reduced)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fitted = _umap(fit_sample, n_neighbors, min_dist, seed).fit_transform(reduced)
@@ -220,8 +223,9 @@ def place_by_sample(
 ) -> np.ndarray:
     """Places of an update's `new_rows` on a sampled map, as `fit_sampled_map` placed every
     row outside its sample: `weighted_place` of each one's PLACE_NEIGHBOURS most similar rows
-    of `fit.rows` (cosine after `fit.reduce`), whose places `coords` holds. Reads only the
-    sample's rows and the new ones (`take_rows`), so it costs the same at any catalog size.
+    of `fit.rows` (cosine after `fit.reduce`; the sample's reduced rows are the fit's own),
+    whose places `coords` holds. Reads only the new rows (`take_rows`), so it costs the same
+    at any catalog size.
 
     Returns
     -------
@@ -230,7 +234,7 @@ def place_by_sample(
     from pipelines.search.approximate import CHUNK_ROWS, take_rows
 
     new_rows = np.asarray(new_rows, dtype=np.int64)
-    index = _sample_index(fit.reduce(take_rows(vectors, fit.rows)))
+    index = _sample_index(fit.reduced)
     places = np.asarray(coords, dtype=np.float32)[fit.rows]
     out = np.empty((len(new_rows), 2), dtype=np.float32)
     for lo in range(0, len(new_rows), CHUNK_ROWS):
@@ -600,10 +604,15 @@ def _fit_method(config: Config, rows: int) -> tuple[str, int]:
 
 
 def _save_sample(path: Path, fit_id: str, item_ids: np.ndarray, fit: SampledFit) -> None:
-    """Keep a sampled fit beside its map: its id, its sample's item ids and its PCA. Written
+    """Keep a sampled fit beside its map: its id, its sample's item ids and reduced rows, and
+    its PCA (20k rows x 50 dims: 4 MB at any catalog size). Written
     before the map file, so a map always finds the fit it names (a leftover of another fit
     is told apart by its id)."""
-    arrays = {"fit_id": np.array(fit_id), "item_ids": np.asarray(item_ids[fit.rows], dtype=str)}
+    arrays = {
+        "fit_id": np.array(fit_id),
+        "item_ids": np.asarray(item_ids[fit.rows], dtype=str),
+        "reduced": fit.reduced,
+    }
     if fit.components is not None:
         arrays.update(mean=fit.mean, components=fit.components)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -620,12 +629,16 @@ def _read_sample(path: Path, fit_id: str, item_ids: np.ndarray) -> SampledFit | 
                 return None
             rows = pd.Index(item_ids).get_indexer(saved["item_ids"].astype(str))
             mean, components = saved.get("mean"), saved.get("components")
+            reduced = saved["reduced"]
     except (OSError, ValueError, KeyError):
         return None
-    rows = np.sort(rows[rows >= 0])
-    if len(rows) == 0:
+    if len(reduced) != len(rows):
         return None
-    return SampledFit(rows=rows.astype(np.int64), mean=mean, components=components)
+    left = np.flatnonzero(rows >= 0)
+    left = left[np.argsort(rows[left], kind="stable")]
+    if len(left) == 0:
+        return None
+    return SampledFit(rows[left].astype(np.int64), mean, components, reduced[left])
 
 
 def _one_map(
