@@ -94,9 +94,12 @@ def synthetic_update(
         out["build"] = _timed_stages(work, build, stages, None, log)
         updates = []
         for repeat in range(UPDATE_REPEATS):
-            # A copy of the built catalog for each update, so each starts where the build ended.
+            # A copy of the built catalog for each update, so each starts where the build ended:
+            # hard links, so the files keep their inodes and times as an update in place finds
+            # them (a real copy would make every stage re-hash its inputs); every write is a
+            # rename onto the path, so the build's own files are never changed.
             copy = work / f"update-{repeat}"
-            shutil.copytree(build, copy)
+            shutil.copytree(build, copy, copy_function=os.link)
             updates.append(_timed_stages(work, copy, stages, copy / "incoming", log))
             shutil.rmtree(copy)
         updates.sort(key=lambda part: part["total_s"])
