@@ -183,7 +183,7 @@ def test_scratch_is_removed_on_sigterm(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     code = (
         "import sys, time; from pathlib import Path\n"
-        "from pipelines.bench.update_runs import removed_afterwards\n"
+        "from pipelines.bench.scratch import removed_afterwards\n"
         "with removed_afterwards(Path(sys.argv[1])) as work:\n"
         "    (work / 'photo.jpg').write_bytes(b'x'); print('ready', flush=True); time.sleep(60)\n"
     )

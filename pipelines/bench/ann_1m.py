@@ -1,6 +1,7 @@
 """Search at 1M x 2048 (InceptionV3's width): build, save and load times, recall@10, single-query
 p95 and RSS of a process serving the catalog from memory-mapped vectors. Reads embeddings (to
-draw the vectors); writes the vectors and the saved index under `vectors_disk.scratch_dir`.
+draw the vectors); writes the vectors and the saved index in this run's folder under
+`vectors_disk.scratch_dir` (`scratch.run_scratch`: removed afterwards).
 
 Each measurement runs in a child process, so one's peak memory never includes another's:
 "build" builds the IVF index from the memory-mapped float32 file and saves it as
@@ -21,6 +22,7 @@ import numpy as np
 
 from pipelines.bench.common import TARGETS, K, cycler, interleaved, ms, peak_rss_mb, run_child
 from pipelines.bench.report import loadavg
+from pipelines.bench.scratch import run_scratch
 from pipelines.bench.vectors import vector_spec
 from pipelines.bench.vectors_disk import chunk_rows, scratch_dir, write_vectors
 from pipelines.config import Config
@@ -31,7 +33,13 @@ QUERIES = 200
 
 def bench_ann_1m(config: Config, quick: bool) -> dict[str, Any]:
     """Rows: the build child, then one serve row per re-rank precision (and the narrow
-    extractors' width, 128-d, in the same serving process)."""
+    extractors' width, 128-d, in the same serving process). Its vectors and indexes (13 GB
+    at 1M) live in a scratch folder of this run, removed however the run ends."""
+    with run_scratch(scratch_dir(config), "bench ann_1m") as folder:
+        return _bench_ann_1m(config, quick, folder)
+
+
+def _bench_ann_1m(config: Config, quick: bool, folder: Path) -> dict[str, Any]:
     try:
         import faiss  # noqa: F401
     except ImportError:
@@ -39,7 +47,7 @@ def bench_ann_1m(config: Config, quick: bool) -> dict[str, Any]:
     n = 20_000 if quick else 1_000_000
     spec = vector_spec(config, n, 2048, seed=7)
     narrow = vector_spec(config, n, 128, seed=8)
-    files = _files(scratch_dir(config), spec, narrow)
+    files = _files(folder, spec, narrow)
     t0 = time.perf_counter()
     for key, (part, dtype) in {
         "f32": (spec, "float32"),

@@ -1,6 +1,7 @@
 """Maps and clusters at 1M x 2048: the sampled map's build time and RSS at 1M, its
 trustworthiness against a full UMAP fit on a 50k subset, and k-means at 1M. Reads
-embeddings (to draw the vectors); writes the vectors under `vectors_disk.scratch_dir`.
+embeddings (to draw the vectors); writes the vectors in this run's folder under
+`vectors_disk.scratch_dir` (`scratch.run_scratch`: removed afterwards).
 
 Every measurement runs in a child process (its own peak RSS) on the memory-mapped float32
 file, as the maps and clusters stages read a large catalog's embeddings.
@@ -9,12 +10,14 @@ file, as the maps and clusters stages read a large catalog's embeddings.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.bench.common import peak_rss_mb, run_child
 from pipelines.bench.report import loadavg
+from pipelines.bench.scratch import run_scratch
 from pipelines.bench.vectors import vector_spec
 from pipelines.bench.vectors_disk import scratch_dir, write_vectors
 from pipelines.config import Config
@@ -25,10 +28,16 @@ TRUST_ROWS, TRUST_SEEDS = 2000, (0, 1, 2)
 
 
 def bench_maps_1m(config: Config, quick: bool) -> dict[str, Any]:
-    """Rows: 50k full fit vs sampled fit (trustworthiness), the 1M map, 1M k-means."""
+    """Rows: 50k full fit vs sampled fit (trustworthiness), the 1M map, 1M k-means. Its
+    vectors (8 GB at 1M) live in a scratch folder of this run, removed however it ends."""
+    with run_scratch(scratch_dir(config), "bench maps_1m") as folder:
+        return _bench_maps_1m(config, quick, folder)
+
+
+def _bench_maps_1m(config: Config, quick: bool, folder: Path) -> dict[str, Any]:
     n, subset = (10_000, 3_000) if quick else (1_000_000, 50_000)
     spec = vector_spec(config, n, 2048, seed=7)
-    path = scratch_dir(config) / f"vectors_{spec['kind']}_{n}_s7_2048_f32.npy"
+    path = folder / f"vectors_{spec['kind']}_{n}_s7_2048_f32.npy"
     write_vectors(spec, path, "float32")
     settings = {
         "pca_dims": config.map_pca_dims,

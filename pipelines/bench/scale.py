@@ -106,6 +106,7 @@ def run_scale_bench(
     results_dir : where the JSON goes (default: `config.bench_dir`).
     """
     from pipelines.bench.report import loadavg, machine_info
+    from pipelines.bench.scratch import sigterm_as_exit
 
     scratch = Path(scratch) if scratch is not None else config.bench_dir / "scale-build"
     build_dir = scratch / f"n{n}"
@@ -117,45 +118,48 @@ def run_scale_bench(
         "targets": TARGETS,
         "dtype": dtype,
     }
-    print(f"bench --scale {n}: building {build_dir} ...", flush=True)
-    t0 = time.perf_counter()
-    scaled = build_scaled(config, build_dir, n, dtype=dtype, models=models)
-    results["build_s"] = round(time.perf_counter() - t0, 1)
-    # The saved approximate index, as `run` leaves it for a large catalog (pipelines/ann_store):
-    # without it the first search of each extractor builds it (over a minute at 1M x 2048).
-    t0 = time.perf_counter()
-    results["ann"] = _jsonable_stage(run_ann(scaled))
-    results["ann_build_s"] = round(time.perf_counter() - t0, 1)
-    try:
-        params = {
-            "pages": list(pages),
-            "raster_min_items": raster_min_items,
-            "repeats": repeats,
-            "models": models,
-        }
-        for name, path in (("default", config.artifacts_dir), ("scaled", build_dir)):
-            print(f"bench --scale {n}: pages on the {name} build ...", flush=True)
-            load = loadavg()
-            # The pages are timed by the app's own harness (app/timing.py), search apart.
-            result = run_child("scale_app", {"artifacts_dir": str(path), **params}, 3600)
-            search = run_child("scale_search", {"artifacts_dir": str(path)}, 3600)
-            result.update({k: v for k, v in search.items() if k.startswith(SEARCH_KEYS)})
-            if "error" in search:
-                result["search_error"] = search["error"]
-            result["loadavg_before"] = load
-            results[name] = result
-        if browser:
-            print(f"bench --scale {n}: the Map's first paint in Chromium ...", flush=True)
-            load = loadavg()
-            paint = browser_paint(
-                {"default": str(config.artifacts_dir), "scaled": str(build_dir)}, repeats
-            )
-            paint["loadavg_before"] = load
-            results["browser"] = paint
-        results["ratios"] = _ratios(results)
-    finally:
-        if not keep:
-            shutil.rmtree(build_dir, ignore_errors=True)
+    # SIGTERM (a timeout) ends the run as an exception does: the synthetic build is removed.
+    with sigterm_as_exit(f"bench --scale {n}"):
+        try:
+            print(f"bench --scale {n}: building {build_dir} ...", flush=True)
+            t0 = time.perf_counter()
+            scaled = build_scaled(config, build_dir, n, dtype=dtype, models=models)
+            results["build_s"] = round(time.perf_counter() - t0, 1)
+            # The saved approximate index, as `run` leaves it for a large catalog
+            # (pipelines/search/ann.py): without it the first search of each extractor builds
+            # it (over a minute at 1M x 2048).
+            t0 = time.perf_counter()
+            results["ann"] = _jsonable_stage(run_ann(scaled))
+            results["ann_build_s"] = round(time.perf_counter() - t0, 1)
+            params = {
+                "pages": list(pages),
+                "raster_min_items": raster_min_items,
+                "repeats": repeats,
+                "models": models,
+            }
+            for name, path in (("default", config.artifacts_dir), ("scaled", build_dir)):
+                print(f"bench --scale {n}: pages on the {name} build ...", flush=True)
+                load = loadavg()
+                # The pages are timed by the app's own harness (app/timing.py), search apart.
+                result = run_child("scale_app", {"artifacts_dir": str(path), **params}, 3600)
+                search = run_child("scale_search", {"artifacts_dir": str(path)}, 3600)
+                result.update({k: v for k, v in search.items() if k.startswith(SEARCH_KEYS)})
+                if "error" in search:
+                    result["search_error"] = search["error"]
+                result["loadavg_before"] = load
+                results[name] = result
+            if browser:
+                print(f"bench --scale {n}: the Map's first paint in Chromium ...", flush=True)
+                load = loadavg()
+                paint = browser_paint(
+                    {"default": str(config.artifacts_dir), "scaled": str(build_dir)}, repeats
+                )
+                paint["loadavg_before"] = load
+                results["browser"] = paint
+            results["ratios"] = _ratios(results)
+        finally:
+            if not keep:
+                shutil.rmtree(build_dir, ignore_errors=True)
     results["machine"]["loadavg_end"] = loadavg()
     out = scale_results_path(config, n, results_dir)
     artifacts.write_json(jsonable(results), out)

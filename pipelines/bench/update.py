@@ -34,8 +34,9 @@ import numpy as np
 from pipelines.bench import update_synthetic
 from pipelines.bench.common import jsonable
 from pipelines.bench.report import loadavg
+from pipelines.bench.scratch import removed_afterwards
 from pipelines.bench.update_checks import K, compare_p10
-from pipelines.bench.update_runs import removed_afterwards, run_child_logged, snapshot_code
+from pipelines.bench.update_runs import run_child_logged, snapshot_code
 from pipelines.bench.vectors_disk import scratch_dir
 from pipelines.config import DEFAULT_SOURCE, IMAGE_SUFFIXES, Config
 

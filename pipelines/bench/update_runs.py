@@ -1,6 +1,6 @@
 """The runs of the update benchmark (`pipelines/bench/update.py`): a snapshot of the committed
 engine every child imports, children whose output goes to a log, `python -m pipelines run` as
-such a child, and a scratch folder removed however the run ends. Writes only under the
+such a child (its scratch folder: `scratch.removed_afterwards`). Writes only under the
 folders it is given.
 """
 
@@ -13,12 +13,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ OVERLAY = (
     "pipelines/bench/update_runs.py",
     "pipelines/bench/update_checks.py",
     "pipelines/bench/update_synthetic.py",
+    "pipelines/bench/scratch.py",
 )
 _STAGE_LINE = re.compile(r"^\[(\d+)/(\d+)\] (.+)$")
 
@@ -169,26 +168,3 @@ def child_run(
             for r in results
         ],
     }
-
-
-@contextlib.contextmanager
-def removed_afterwards(path: Path) -> Iterator[Path]:
-    """Yield `path` (created), and remove it however the block ends: normally, on an
-    exception, or on SIGTERM (turned into SystemExit while the block runs, in the main
-    thread; the handler before it is restored)."""
-    previous = None
-
-    def stop(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"bench update: stopped by signal {signum}")
-
-    with contextlib.suppress(ValueError):  # not the main thread: no handler, still removed
-        previous = signal.signal(signal.SIGTERM, stop)
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.bench.report import loadavg
-from pipelines.bench.update_runs import removed_afterwards, run_child_logged, snapshot_code
+from pipelines.bench.scratch import removed_afterwards
+from pipelines.bench.update_runs import run_child_logged, snapshot_code
 from pipelines.config import Config
 
 # Issue 24's 100k catalog and 1,000 added items (quick: 2,000 and 20); the update must cost
