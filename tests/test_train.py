@@ -321,3 +321,22 @@ def test_the_custom_cnn_vector_is_the_same_for_a_photo_and_its_mirror_image(clas
     np.testing.assert_allclose(mirrored_probs, probs, atol=1e-5)
     # And not the same for different photos: the descriptor is not constant.
     assert (vectors @ vectors.T)[np.triu_indices(4, 1)].max() < 0.9999
+
+
+def test_a_photo_gets_the_same_custom_cnn_vector_whatever_it_is_embedded_with(classifier):
+    """A photo's vector and class probabilities do not depend on how many photos share its
+    forward pass (oneDNN chose other kernels for sizes that are not a multiple of 4): alone, in
+    uneven groups or in one batch, the same bits. An update embedding one new photo and a run
+    resumed after a kill (whole batches) then agree."""
+    from pipelines.models.extractors import CustomCNNExtractor
+
+    config, df, _, _ = classifier
+    extractor = CustomCNNExtractor(config)
+    pixels = np.stack([load_array(p, SIZE) for p in df["path"].iloc[:9]])
+    together, probs = extractor.embed_and_classify(pixels)
+    for sizes in ((1,) * 9, (2, 3, 4), (5, 4), (7, 2)):
+        parts = np.split(np.arange(9), np.cumsum(sizes)[:-1])
+        got = [extractor.embed_and_classify(pixels[rows]) for rows in parts]
+        np.testing.assert_array_equal(np.concatenate([v for v, _ in got]), together)
+        np.testing.assert_array_equal(np.concatenate([p for _, p in got]), probs)
+    np.testing.assert_array_equal(extractor.embed_arrays(pixels[3:4]), together[3:4])
