@@ -131,37 +131,27 @@ class SampledFit(NamedTuple):
     reduced: np.ndarray  # (s, dims) the sample's rows reduced (`reduce`), in `rows` order
 
     def reduce(self, block: np.ndarray) -> np.ndarray:
-        """Rows as the placement compares them: PCA-reduced (when there is a PCA) and
-        normalised, float32."""
-        out = np.asarray(block, dtype=np.float32)
-        if self.components is not None:
-            # In scikit-learn's PCA.transform order (project, then subtract the projected
-            # mean), so the fit and an update reduce a row to the same bits.
-            out = out @ self.components.T
-            out -= self.mean.reshape(1, -1) @ self.components.T
-        out = np.ascontiguousarray(out, dtype=np.float32)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        """Rows as the placement compares them (`_reduce` with this fit's PCA)."""
+        return _reduce(block, self.mean, self.components)
 
 
-def sampled_map(
-    vectors: np.ndarray,
-    *,
-    pca_dims: int,
-    n_neighbors: int,
-    min_dist: float,
-    seed: int,
-    fit_sample: int,
+def _reduce(
+    block: np.ndarray, mean: np.ndarray | None, components: np.ndarray | None
 ) -> np.ndarray:
-    """A large catalog's map: `fit_sampled_map`'s places alone (same arguments)."""
-    coords, _ = fit_sampled_map(
-        vectors,
-        pca_dims=pca_dims,
-        n_neighbors=n_neighbors,
-        min_dist=min_dist,
-        seed=seed,
-        fit_sample=fit_sample,
-    )
-    return coords
+    """Rows PCA-reduced (when there is a PCA) and normalised, float32."""
+    out = np.asarray(block, dtype=np.float32)
+    if components is not None:
+        # In scikit-learn's PCA.transform order (project, then subtract the projected mean),
+        # so the fit and an update reduce a row to the same bits.
+        out = out @ components.T
+        out -= mean.reshape(1, -1) @ components.T
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def sampled_map(vectors: np.ndarray, **settings: Any) -> np.ndarray:
+    """A large catalog's map: `fit_sampled_map`'s places alone (same keyword arguments)."""
+    return fit_sampled_map(vectors, **settings)[0]
 
 
 def fit_sampled_map(
@@ -194,14 +184,10 @@ def fit_sampled_map(
     sample = take_rows(vectors, rows)
     dims = min(pca_dims, d, fit_sample - 1)
     pca = PCA(n_components=dims, random_state=seed).fit(sample) if dims < d else None
-    fit = SampledFit(
-        rows=rows,
-        mean=None if pca is None else pca.mean_.astype(np.float32),
-        components=None if pca is None else pca.components_.astype(np.float32),
-        reduced=np.empty((0, 0), np.float32),
-    )
-    reduced = fit.reduce(sample)
-    fit = fit._replace(reduced=reduced)
+    mean = None if pca is None else pca.mean_.astype(np.float32)
+    components = None if pca is None else pca.components_.astype(np.float32)
+    reduced = _reduce(sample, mean, components)
+    fit = SampledFit(rows=rows, mean=mean, components=components, reduced=reduced)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fitted = _umap(fit_sample, n_neighbors, min_dist, seed).fit_transform(reduced)
@@ -342,9 +328,9 @@ def _place_update(
     Smaller maps place new rows among every kept row."""
     from pipelines.search.approximate import take_rows
 
-    pool = np.flatnonzero(keep)
     if sample is not None:
         return place_by_sample(vectors, coords, sample, new_rows)
+    pool = np.flatnonzero(keep)
     if len(keep) <= config.map_full_fit_max_items or len(pool) <= config.map_fit_sample:
         return place_new_rows(vectors, coords, new_rows, keep)
     rng = np.random.default_rng(config.seed)
