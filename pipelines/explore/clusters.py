@@ -24,6 +24,7 @@ from pipelines.artifacts import (
     write_parquet,
 )
 from pipelines.config import Config, embeddings_key
+from pipelines.data.item_ids import match_rows
 from pipelines.readers import model_id, read_catalog, read_embeddings
 from pipelines.search import approximate
 from pipelines.stage import StageResult, note_of, per_extractor, written
@@ -345,8 +346,7 @@ def _cluster_one(
     old_ids = np.empty(0, dtype=np.int32)
     if found is not None:
         old = found[1]
-        source = pd.Index(old["item_id"].astype(str)).get_indexer(item_ids.astype(str))
-        source = source.astype(np.int64)
+        source = match_rows(old["item_id"], item_ids)
         old_ids = old["cluster"].to_numpy(np.int32)
     keep = source >= 0
     kept = int(keep.sum())

@@ -26,6 +26,7 @@ from pipelines.artifacts import (
     write_parquet,
 )
 from pipelines.config import EXTRACTORS, Config, embeddings_key
+from pipelines.data.item_ids import match_rows
 from pipelines.readers import model_id, read_catalog, read_embeddings
 from pipelines.stage import StageResult, note_of, per_extractor, written
 
@@ -613,7 +614,7 @@ def _read_sample(path: Path, fit_id: str, item_ids: np.ndarray) -> SampledFit | 
         with np.load(path, allow_pickle=False) as saved:
             if str(saved["fit_id"]) != fit_id:
                 return None
-            rows = pd.Index(item_ids).get_indexer(saved["item_ids"].astype(str))
+            rows = match_rows(item_ids, saved["item_ids"])
             mean, components = saved.get("mean"), saved.get("components")
             reduced = saved["reduced"]
     except (OSError, ValueError, KeyError):
@@ -673,7 +674,7 @@ def _one_map(
     old_coords = np.empty((0, 2), dtype=np.float32)
     if found is not None:
         old = found[1]
-        source = pd.Index(old["item_id"].astype(str)).get_indexer(item_ids).astype(np.int64)
+        source = match_rows(old["item_id"], item_ids)
         old_coords = old[["x", "y"]].to_numpy(np.float32)
     keep = source >= 0
     kept = int(keep.sum())

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipelines.artifacts import (
     atomic_path,
@@ -25,6 +24,7 @@ from pipelines.artifacts import (
     write_manifest,
 )
 from pipelines.config import Config, embeddings_key
+from pipelines.data.item_ids import match_rows
 from pipelines.readers import model_id, read_catalog, read_embeddings
 from pipelines.search import approximate
 from pipelines.stage import StageResult, per_extractor, written
@@ -56,10 +56,10 @@ def _previous_rows(saved_ids: np.ndarray | None, item_ids: np.ndarray) -> np.nda
     the file has none (written before they were kept) or holds an id twice."""
     if saved_ids is None:
         return None
-    saved = pd.Index(saved_ids.astype(str))
-    if not saved.is_unique:
+    try:
+        return match_rows(saved_ids, item_ids)
+    except ValueError:
         return None
-    return saved.get_indexer(item_ids).astype(np.int64)
 
 
 def run_ann(
