@@ -308,6 +308,11 @@ class Config:
         """The saved approximate index of a large catalog (pipelines/search/ann.py)."""
         return self.artifacts_dir / "ann" / f"{extractor}.npz"
 
+    def ann_delta_path(self, extractor: str) -> Path:
+        """What a catalog update changed in the saved approximate index, beside it (each row's
+        row in the index file; pipelines/search/ann.py)."""
+        return self.artifacts_dir / "ann" / f"{extractor}_delta.npz"
+
     def cluster_summary_path(self, extractor: str) -> Path:
         """One row per cluster: size, top label, purity, composition."""
         return self.artifacts_dir / "clusters" / f"{extractor}_summary.parquet"

@@ -78,6 +78,7 @@ def artifact_paths(config: Config) -> dict[str, Path]:
         paths[f"centroids/{name}"] = config.centroids_path(name)
         paths[f"cluster_summary/{name}"] = config.cluster_summary_path(name)
         paths[f"ann/{name}"] = config.ann_index_path(name)
+        paths[f"ann/{name}_delta"] = config.ann_delta_path(name)
         paths[f"mosaic/{name}"] = config.mosaic_image_path(name)
         paths[f"mosaic_cells/{name}"] = config.mosaic_cells_path(name)
         for kind in HEALTH_KINDS:
@@ -85,9 +86,9 @@ def artifact_paths(config: Config) -> dict[str, Path]:
     return paths
 
 
-# Not checked against the build: the saved approximate index is checked by its reader
-# (`readers.load_saved_ann` falls back to an in-memory index when it is stale), and a catalog
-# that shrank below the ANN threshold leaves an old one behind for good.
+# Not checked against the build: the saved approximate index and its update delta are checked
+# by their reader (`readers.load_saved_ann` falls back to an in-memory index when they are
+# stale), and a catalog that shrank below the ANN threshold leaves an old one behind for good.
 _KEYED_ONLY = ("ann/",)
 # Recorded inputs whose value is another artifact's sha256 ("absent" when not built).
 _SHA_INPUTS = ("embeddings/", "maps/", "clusters/", "centroids/")

@@ -3,11 +3,19 @@ the catalog, embeddings and the index built from them. Writes nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
 from pipelines import commands
-from pipelines.artifacts import artifact_hash, is_fresh, read_manifest, sha256_json
+from pipelines.artifacts import (
+    artifact_hash,
+    is_fresh,
+    matches_manifest,
+    read_manifest,
+    sha256_json,
+)
 from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.data.catalog import catalog_hash, load_catalog
 from pipelines.errors import LookalikeError
@@ -75,13 +83,33 @@ def load_saved_ann(
 ) -> approximate.AnnIndex | None:
     """The saved approximate index of `extractor` (`pipelines.search.ann`), attached to
     `vectors`, when it was built from these embeddings (sha256 `vectors_hash`) with today's
-    settings; else None (the index is then built in memory on first use)."""
+    settings, or when an update's delta beside it brings it to these embeddings (applied here:
+    `AnnIndex.updated`); else None (the index is then built in memory on first use)."""
     path = config.ann_index_path(extractor)
     inputs = {embeddings_key(extractor): vectors_hash}
-    if not is_fresh(path, approximate.SAVED_STAGE, approximate.saved_params(), inputs):
+    if is_fresh(path, approximate.SAVED_STAGE, approximate.saved_params(), inputs):
+        with np.load(path, allow_pickle=False) as arrays:
+            return approximate.AnnIndex.from_arrays(arrays, vectors)
+    source = saved_ann_delta(config, extractor, inputs)
+    if source is None:
         return None
     with np.load(path, allow_pickle=False) as arrays:
-        return approximate.AnnIndex.from_arrays(arrays, vectors)
+        return approximate.AnnIndex.updated(arrays, vectors, source)
+
+
+def saved_ann_delta(config: Config, extractor: str, inputs: Mapping[str, str]) -> np.ndarray | None:
+    """Each catalog row's row in `extractor`'s saved approximate index (-1: added since), from
+    the update delta beside it, when that delta was made for these `inputs` (the embeddings'
+    hash) against the saved file as it is; else None."""
+    path, delta = config.ann_index_path(extractor), config.ann_delta_path(extractor)
+    base = read_manifest(path)
+    if not base or not base.get("sha256") or not matches_manifest(path, base):
+        return None
+    keyed = {**inputs, approximate.DELTA_BASE_INPUT: str(base["sha256"])}
+    if not is_fresh(delta, approximate.SAVED_STAGE, approximate.saved_params(), keyed):
+        return None
+    with np.load(delta, allow_pickle=False) as saved:
+        return np.asarray(saved[approximate.DELTA_KEY], dtype=np.int64)
 
 
 def load_index(config: Config, extractor: str) -> Index:

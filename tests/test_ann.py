@@ -335,3 +335,69 @@ def test_an_update_refills_the_saved_index_until_the_catalog_moved_or_the_model_
     assert update(1250, "m2") == {"refilled": False, "trained": 1250}  # 25 % more: retrained
     index = load_index(config, "inception_v3")
     assert index._ann is not None and index._ann.size == 1250
+
+
+def test_a_small_update_leaves_the_saved_index_and_writes_a_delta_readers_apply(
+    tmp_path, monkeypatch
+):
+    """An update of up to ann.DELTA_MAX_SHARE of the rows leaves the saved file's bytes as they
+    are and writes each row's row in it beside it; the index readers get from the two searches
+    as the rewritten file of the same update does (rows and similarities). Past the share the
+    file is rewritten and the delta dropped; a delta without its manifest (a kill between its
+    rename and its manifest) is never read, and the next run writes it again."""
+    import hashlib
+
+    from pipelines.search import ann
+
+    monkeypatch.setattr(approximate, "ANN_MIN_ITEMS", 500)
+    rng = np.random.default_rng(5)
+    pool = clustered(1200, 256)
+    ids = np.array([f"{i:016x}" for i in range(1200)])
+
+    def write(config: Config, rows: np.ndarray) -> None:
+        write_vector_artifacts(config, {"inception_v3": pool[rows]}, item_ids=ids[rows])
+
+    config, rewrite = Config(artifacts_dir=tmp_path / "a"), Config(artifacts_dir=tmp_path / "b")
+    base_rows = np.arange(1000)
+    for cfg in (config, rewrite):
+        write(cfg, base_rows)
+        run_ann(cfg, ["inception_v3"])
+    path, delta = config.ann_index_path("inception_v3"), config.ann_delta_path("inception_v3")
+    saved = hashlib.sha256(path.read_bytes()).hexdigest()
+    # 20 removed, 25 added, the kept ones in another order: 4.5 % of the rows changed.
+    kept = rng.permutation(np.sort(rng.choice(1000, 980, replace=False)))
+    updated = rng.permutation(np.concatenate([kept, np.arange(1000, 1025)]))
+    write(config, updated)
+    part = run_ann(config, ["inception_v3"]).details["inception_v3"]
+    assert part["delta"] and delta.exists()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == saved
+    assert run_ann(config, ["inception_v3"]).skipped  # the delta is current: nothing to do
+
+    share = ann.DELTA_MAX_SHARE
+    monkeypatch.setattr(ann, "DELTA_MAX_SHARE", 0.0)  # the same update, the file rewritten
+    write(rewrite, updated)
+    assert not run_ann(rewrite, ["inception_v3"]).details["inception_v3"]["delta"]
+    monkeypatch.setattr(ann, "DELTA_MAX_SHARE", share)
+    assert not rewrite.ann_delta_path("inception_v3").exists()
+    got, want = load_index(config, "inception_v3"), load_index(rewrite, "inception_v3")
+    assert got._ann is not None and got._ann.size == len(updated)
+    queries = np.arange(0, len(updated), 17)
+    for a, b in zip(
+        got.search_rows(pool[updated[queries]], 10, exclude_rows=queries),
+        want.search_rows(pool[updated[queries]], 10, exclude_rows=queries),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+    # A delta whose manifest was not written is not read; the next run writes it again.
+    from pipelines.artifacts import manifest_path
+
+    manifest_path(delta).unlink()
+    assert load_index(config, "inception_v3")._ann is None
+    assert run_ann(config, ["inception_v3"]).details["inception_v3"]["delta"]
+    assert load_index(config, "inception_v3")._ann is not None
+
+    write(config, np.arange(1100))  # 10 % more than the saved file: rewritten, delta dropped
+    assert not run_ann(config, ["inception_v3"]).details["inception_v3"]["delta"]
+    assert not delta.exists() and hashlib.sha256(path.read_bytes()).hexdigest() != saved
+    assert load_index(config, "inception_v3")._ann.size == 1100

@@ -48,6 +48,10 @@ CHUNK_ROWS = 50_000
 
 # The stage that saves large catalogs' indexes (pipelines/search/ann.py), in their manifests.
 SAVED_STAGE = "ann"
+# An update's delta beside a saved index: the array of each current row's row in the saved
+# file (-1: new), and the input naming the saved file (its sha256) the delta applies to.
+DELTA_KEY = "source"
+DELTA_BASE_INPUT = "base"
 
 
 def saved_params() -> dict[str, Any]:
