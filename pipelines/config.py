@@ -278,6 +278,13 @@ class Config:
         suffix = "" if self.inception_weights == "fid" else f"_{self.inception_weights}"
         return self.models_dir / f"inception_v3{suffix}.weights.h5"
 
+    @property
+    def inception_model_path(self) -> Path:
+        """InceptionV3 as a whole Keras model (graph and weights) built from
+        `inception_weights_path` once, so a start reads it instead of building the graph."""
+        suffix = "" if self.inception_weights == "fid" else f"_{self.inception_weights}"
+        return self.models_dir / f"inception_v3{suffix}_model.keras"
+
     def model_path(self, extractor: str) -> Path:
         """The file an extractor's model is loaded from (a change to it means new vectors):
         the custom CNN, the metric head, or InceptionV3's converted weights."""
