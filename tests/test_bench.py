@@ -205,3 +205,30 @@ def test_cli_bench_passes_quick_sections_and_the_artifacts_folder(tmp_path, monk
     assert sections == ["exact_search", "embedding"]
     with pytest.raises(SystemExit):
         cli.main(["bench", "--section", "gpu"])
+
+
+def test_cold_start_times_the_service_and_a_first_upload_and_leaves_nothing_running(
+    built: Config,
+) -> None:
+    """`bench --section cold_start`, quick: one quiet and one busy start of each door on the
+    small build, each a positive time below the section's own timeout; no server, browser or
+    busy loop outlives it."""
+    import os
+    import subprocess
+
+    from pipelines.bench.cold_start import START_TIMEOUT_S, bench_cold_start
+
+    def children() -> set[str]:
+        ps = ["ps", "-o", "pid=,args=", "--ppid", str(os.getpid())]
+        found = subprocess.run(ps, capture_output=True, text=True).stdout.splitlines()
+        return {line.strip() for line in found if " ps -o " not in f" {line.strip()} "}
+
+    before = children()
+    out = bench_cold_start(built, quick=True)
+    for door in ("serve", "app"):
+        for kind in ("quiet", "busy"):
+            (seconds,) = out[door][kind]
+            assert 0 < seconds < START_TIMEOUT_S, (door, kind, seconds)
+    assert [row["what"].split(":")[0] for row in out["rows"]] == ["serve", "app"]
+    left = children() - before
+    assert not left, f"processes left running: {left}"

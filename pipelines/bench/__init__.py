@@ -9,7 +9,8 @@ Opt-in sections run only when named (`--section ann_1m`): ann_1m and maps_1m (se
 k-means at 1M x 2048 from memory-mapped files, in a scratch folder removed afterwards:
 `scratch.run_scratch`), and update (the default catalog built, then 1 % added, 1 % removed and
 10 photos replaced, each update timed against the first run and checked; a 100k synthetic
-update), which builds a whole catalog twice (30-60 minutes).
+update), which builds a whole catalog twice (30-60 minutes); and cold_start (the service until
+every model is loaded, the app until a first upload shows its neighbours; quiet and busy).
 `bench --scale N` is not a section: `scale.run_scale_bench` builds a synthetic N-item catalog
 from the build and times the app on it (every page, the Map's paint in Chromium) against the
 build itself; it writes bench/scale-N.json.
@@ -40,8 +41,9 @@ SECTIONS = (
 )
 # Valid for --section, left out of the default "every section" run (too long for it): the 1M
 # sections (more than 20 minutes and 13 GB of scratch together: a default run with them went
-# past 40 minutes) and the update (30-60 minutes).
-OPT_IN_SECTIONS = ("ann_1m", "maps_1m", "update")
+# past 40 minutes), the update (30-60 minutes) and cold starts (quiet and busy, ~3 minutes:
+# they start servers and spin the CPU, so they run alone).
+OPT_IN_SECTIONS = ("ann_1m", "maps_1m", "update", "cold_start")
 
 
 def results_path(config: Config, sections: Sequence[str] | None = None) -> Path:
@@ -70,6 +72,7 @@ def _runners(config: Config, quick: bool) -> dict[str, Callable[[], dict[str, An
     from pipelines.bench.ann import bench_ann
     from pipelines.bench.ann_1m import bench_ann_1m
     from pipelines.bench.app import bench_app
+    from pipelines.bench.cold_start import bench_cold_start
     from pipelines.bench.embedding import bench_embedding
     from pipelines.bench.exact_search import bench_exact
     from pipelines.bench.maps import bench_maps
@@ -90,6 +93,7 @@ def _runners(config: Config, quick: bool) -> dict[str, Callable[[], dict[str, An
         "maps_1m": lambda: bench_maps_1m(config, quick),
         "rerank": lambda: bench_rerank(config, quick),
         "update": lambda: bench_update(config, quick),
+        "cold_start": lambda: bench_cold_start(config, quick),
     }
 
 

@@ -33,7 +33,7 @@ def browser_paint(builds: dict[str, str], repeats: int = 3) -> dict[str, Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return {"skipped": "the Python package playwright is missing"}
-    servers = {name: _start_server(Path(path)) for name, path in builds.items()}
+    servers = {name: start_server(Path(path)) for name, path in builds.items()}
     try:
         times: dict[str, list[float]] = {name: [] for name in builds}
         received: dict[str, list[int]] = {name: [] for name in builds}
@@ -103,7 +103,11 @@ _PAINTED_JS = """(plot) => {
 }"""
 
 
-def _start_server(artifacts_dir: Path) -> tuple[str, subprocess.Popen]:
+def start_server(
+    artifacts_dir: Path, log_name: str = "streamlit-scale.log"
+) -> tuple[str, subprocess.Popen]:
+    """The app on a free localhost port against `artifacts_dir`, once its health check
+    answers: (base URL, the server process); its log goes to the build's bench/`log_name`."""
     from tests.browser_helpers import _healthy, free_port
 
     port = free_port()
@@ -117,7 +121,7 @@ def _start_server(artifacts_dir: Path) -> tuple[str, subprocess.Popen]:
     env = {**os.environ, "LOOKALIKE_ARTIFACTS": str(artifacts_dir)}
     # The log goes to the build's bench folder (where the results go), not beside its artifacts.
     (artifacts_dir / "bench").mkdir(parents=True, exist_ok=True)
-    log = open(artifacts_dir / "bench" / "streamlit-scale.log", "wb")  # noqa: SIM115
+    log = open(artifacts_dir / "bench" / log_name, "wb")  # noqa: SIM115
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -127,8 +131,7 @@ def _start_server(artifacts_dir: Path) -> tuple[str, subprocess.Popen]:
         if process.poll() is not None or time.monotonic() > deadline:
             _stop(process)
             raise RuntimeError(
-                f"the app on {artifacts_dir} did not start; see {artifacts_dir}/bench/"
-                f"streamlit-scale.log"
+                f"the app on {artifacts_dir} did not start; see {artifacts_dir}/bench/{log_name}"
             )
         time.sleep(0.5)
     return url, process
