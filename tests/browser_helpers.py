@@ -114,7 +114,7 @@ def streamlit_server(artifacts_dir: Path, log_path: Path) -> Iterator[str]:
         "-m",
         "streamlit",
         "run",
-        "app/streamlit_app.py",
+        "app/server.py",
         "--server.headless",
         "true",
         "--server.port",

@@ -585,3 +585,37 @@ def test_upload_warns_on_tiny_and_panoramic_photos(app: AppTest) -> None:
     # ... by its display name, not an internal one like "inception_v3".
     assert not any(name in m for m in models for name in ("inception_v3", "custom_cnn")), models
     assert len(at.expander) >= 2  # each photo's results collapse
+
+
+def test_the_server_starts_the_upload_models_before_any_page_opens(
+    built: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """app/server.py (the README's `streamlit run app/server.py`) is what `streamlit run` serves
+    as an ASGI app, and its lifespan starts the upload models' background build: the first
+    page's session then finds that build (loading or loaded), not a new one."""
+    import asyncio
+    import time
+
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    from app import server
+    from app.ui import loaders, warmup
+
+    found = discover_asgi_app(REPO_ROOT / "app" / "server.py")
+    assert found.is_asgi_app and found.import_string == "server:app", found
+    monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(built.artifacts_dir))
+    monkeypatch.setattr(warmup, "_BUILDS", {})  # no build left by other tests' sessions
+    cfg = loaders.config()
+    assert warmup.started(cfg) is None
+
+    async def serve_and_stop() -> None:
+        async with server.lifespan(server.app):
+            pass
+
+    asyncio.run(serve_and_stop())
+    build = warmup.started(cfg)
+    assert build is not None and set(build.names) == set(cfg.extractors_built())
+    deadline = time.monotonic() + 300
+    while not build.finished and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert build.finished and build.error is None and build.done == len(build.names)

@@ -225,10 +225,10 @@ def test_cold_start_times_the_service_and_a_first_upload_and_leaves_nothing_runn
 
     before = children()
     out = bench_cold_start(built, quick=True)
-    for door in ("serve", "app"):
+    for door in ("serve", "app", "app_next_visitor"):
         for kind in ("quiet", "busy"):
             (seconds,) = out[door][kind]
             assert 0 < seconds < START_TIMEOUT_S, (door, kind, seconds)
-    assert [row["what"].split(":")[0] for row in out["rows"]] == ["serve", "app"]
+    assert [row["what"].split(":")[0] for row in out["rows"]] == ["serve", "app", "app"]
     left = children() - before
     assert not left, f"processes left running: {left}"

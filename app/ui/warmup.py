@@ -81,11 +81,14 @@ def _run(cfg: Config, build: Build) -> None:
         build.finished = True
 
 
-def start(cfg: Config) -> Build | None:
+def start(cfg: Config, in_session: bool = True) -> Build | None:
     """Start building the upload models in the background (once per process and model
     files); returns the build, or None when the models are not built yet or this session
-    asked for no background build (st.session_state[WARM_KEY] False)."""
-    if not st.session_state.get(WARM_KEY, True) or status.missing_artifacts(cfg, ("models",)):
+    asked for no background build (st.session_state[WARM_KEY] False). `in_session` False:
+    called as the server starts (app/server.py), before any session exists."""
+    if in_session and not st.session_state.get(WARM_KEY, True):
+        return None
+    if status.missing_artifacts(cfg, ("models",)):
         return None
     key = _key(cfg)
     with _LOCK:

@@ -113,7 +113,7 @@ def start_server(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
-        sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py",
+        sys.executable, "-m", "streamlit", "run", "app/server.py",
         "--server.headless", "true", "--server.port", str(port),
         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
