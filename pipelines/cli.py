@@ -155,7 +155,7 @@ def _bench(config: Config, args: argparse.Namespace) -> Any:
     if args.api:
         from pipelines.serve.loadtest import run_loadtest
 
-        return run_loadtest(config, quick=args.quick)
+        return run_loadtest(config, quick=args.quick, workers=args.workers)
     from pipelines.bench import run_bench
 
     return run_bench(config, quick=args.quick, sections=args.section)
@@ -164,7 +164,9 @@ def _bench(config: Config, args: argparse.Namespace) -> Any:
 def _serve(config: Config, args: argparse.Namespace) -> Any:
     from pipelines.serve import run_server
 
-    return run_server(config, host=args.host, port=args.port, embed_mode=args.embed_mode)
+    return run_server(
+        config, host=args.host, port=args.port, embed_mode=args.embed_mode, workers=args.workers
+    )
 
 
 def _neighbours(config: Config, args: argparse.Namespace) -> Any:
@@ -193,6 +195,12 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         choices=("lock", "batch"),
         default="lock",
         help="concurrent uploads: one at a time per model (lock) or micro-batched (batch)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the port, each with its own models (default: 1)",
     )
 
 
@@ -232,6 +240,12 @@ def _api(parser: argparse.ArgumentParser) -> None:
         "--api",
         action="store_true",
         help="load-test the HTTP API instead (pipelines/serve/loadtest.py; loopback only)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="with --api: server processes to load-test (default: 1)",
     )
 
 

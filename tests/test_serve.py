@@ -615,6 +615,37 @@ def test_real_server_answers_over_http(built: Config, ids: list[str], tmp_path: 
         assert similar.status_code == 200 and len(similar.json()["results"]) == 3
 
 
+def test_two_workers_each_answer_with_the_engine_s_neighbours(
+    built: Config, ids: list[str], tmp_path: Path
+) -> None:
+    """`serve --workers 2`: two server processes on one port, each with its models loaded
+    (each answers /health with its own pid, the API key required by both), and whichever
+    answers gives the engine's neighbours."""
+    from pipelines.readers import load_index, read_catalog
+    from pipelines.search.similar import item_neighbours
+    from pipelines.serve.loadtest import running_server
+
+    catalog, _ = read_catalog(built)
+    want = item_neighbours(load_index(built, "inception_v3"), catalog, ids[0], 5)
+    log = tmp_path / "server.log"
+    with running_server(built, timeout_s=240, api_key=KEY, log_path=log, workers=2) as (
+        base,
+        _pid,
+    ):
+        auth = {"Authorization": f"Bearer {KEY}"}
+        pids = set()
+        for attempt in range(200):  # until both have answered (each is up: running_server)
+            if len(pids) == 2 and attempt >= 20:
+                break
+            health = httpx.get(f"{base}/health", timeout=5).json()
+            assert health["extractors_loaded"] and health["catalog_size"] == len(ids)
+            pids.add(health["worker_pid"])
+            got = httpx.get(f"{base}/items/{ids[0]}/similar?k=5", headers=auth, timeout=5)
+            assert [r["item_id"] for r in got.json()["results"]] == list(want["item_id"])
+        assert len(pids) == 2, pids
+        assert httpx.get(f"{base}/items/{ids[0]}", timeout=5).status_code == 401
+
+
 # --------------------------------------------------------------------------- latency pins
 
 

@@ -4,6 +4,7 @@ latency percentiles, throughput, errors and server memory to bench/api.json."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -88,11 +89,26 @@ def _free_port() -> int:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of process `pid` in MB (Linux /proc)."""
+    """Resident memory of process `pid` and its descendants (a server's workers) in MB (Linux
+    /proc)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total = int(line.split()[1]) / 1024
+    for child in _children(pid):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            total += rss_mb(child)
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 @contextmanager
@@ -102,13 +118,16 @@ def running_server(  # noqa: ANN201 - a context manager
     timeout_s: float = 300.0,
     api_key: str | None = None,
     log_path: Path | None = None,
+    workers: int = 1,
 ):
     """`python -m pipelines serve` on a free loopback port; yields (base URL, pid). Always
     stopped on exit. `api_key` sets LOOKALIKE_API_KEY for the server (unset by default);
-    its output goes to `log_path` (default: the bench folder)."""
+    its output goes to `log_path` (default: the bench folder). With `workers` > 1 it is ready
+    once every worker answers /health with its models loaded."""
     port = _free_port()
     command = [sys.executable, "-m", "pipelines", "serve", "--host", HOST, "--port", str(port)]
     command += ["--artifacts", str(config.artifacts_dir), "--embed-mode", embed_mode]
+    command += ["--workers", str(workers)]
     env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_API_KEY"}
     env["PYTHONPATH"] = str(REPO_ROOT)
     if api_key is not None:
@@ -118,6 +137,7 @@ def running_server(  # noqa: ANN201 - a context manager
     with open(log_path, "wb") as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
     base = f"http://{HOST}:{port}"
+    answered: set[int] = set()  # the workers seen ready (each answers once its models loaded)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -128,8 +148,13 @@ def running_server(  # noqa: ANN201 - a context manager
             if time.monotonic() > deadline:
                 raise LookalikeError(f"the API server did not answer in {timeout_s:.0f} s")
             try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
+                health = httpx.get(f"{base}/health", timeout=2)
+                if health.status_code == 200:
+                    answered.add(int(health.json()["worker_pid"]))
+                    if len(answered) >= workers:
+                        break
+                    time.sleep(0.05)  # ask again soon: another worker may answer
+                    continue
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
@@ -284,8 +309,9 @@ def _inputs(config: Config, n_photos: int = 24) -> tuple[list[str], list[tuple[s
     return catalog["item_id"].tolist(), photos
 
 
-def run_loadtest(config: Config, quick: bool = False) -> dict[str, Any]:
-    """Load-test the API over `config.artifacts_dir` and write bench/api.json.
+def run_loadtest(config: Config, quick: bool = False, workers: int = 1) -> dict[str, Any]:
+    """Load-test the API over `config.artifacts_dir` (the server with `workers` processes)
+    and write bench/api.json (api-workers<N>.json for N > 1).
 
     Phases (seconds; `quick` shortens every one to a few seconds):
     - similar: 16 clients asking GET /items/{id}/similar (target p95 <= 20 ms, 0 errors);
@@ -306,12 +332,13 @@ def run_loadtest(config: Config, quick: bool = False) -> dict[str, Any]:
         "catalog_size": len(item_ids),
         "cpu_count": os.cpu_count(),
         "quick": quick,
+        "workers": workers,
         "targets": TARGETS,
         "phases": {},
         "servers": {},
     }
     for mode in ("lock", "batch"):
-        with running_server(config, mode) as (base, pid):
+        with running_server(config, mode, workers=workers) as (base, pid):
             rss = {"start_mb": round(rss_mb(pid), 1)}
             print(f"api bench: server up in {mode} mode, RSS {rss['start_mb']:.0f} MB", flush=True)
             # A few warm-up calls so first-use costs (lazy imports, kernels) are not measured.
@@ -334,7 +361,7 @@ def run_loadtest(config: Config, quick: bool = False) -> dict[str, Any]:
             report["servers"][mode] = rss
     lock, batch = (report["phases"][f"uploads_4_{m}"]["search"] for m in ("lock", "batch"))
     report["better_embed_mode"] = "batch" if batch["per_s"] > lock["per_s"] * 1.05 else "lock"
-    path = config.bench_dir / "api.json"
+    path = config.bench_dir / ("api.json" if workers == 1 else f"api-workers{workers}.json")
     artifacts.write_json(report, path)
     print(format_report(report))
     print(f"wrote {path}")
@@ -344,8 +371,8 @@ def run_loadtest(config: Config, quick: bool = False) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     """The report as a text table: one line per phase and endpoint."""
     lines = [
-        f"API load test on {report['catalog_size']} items, {report['cpu_count']} cores"
-        + (" (quick)" if report["quick"] else ""),
+        f"API load test on {report['catalog_size']} items, {report['cpu_count']} cores, "
+        f"{report.get('workers', 1)} server process(es)" + (" (quick)" if report["quick"] else ""),
         f"{'phase':<18}{'endpoint':<10}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
         f"{'errors':>8}",
     ]

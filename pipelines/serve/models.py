@@ -120,6 +120,9 @@ class Health(BaseModel):
     reloads: int = Field(description="times new artifacts were swapped in since start")
     error: str | None = Field(None, description="why the latest (re)load failed, if it did")
     embed_mode: str
+    worker_pid: int = Field(
+        description="the server process that answered (one of them with `serve --workers N`)"
+    )
     drift: dict[str, Any] | None = Field(
         None,
         description="the served catalog since the models were trained (`python -m pipelines "

@@ -7,6 +7,7 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 and their annotations name values local to each add_* function."""
 
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,6 +77,7 @@ def add_service_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) ->
             reloads=svc.holder.reloads,
             error=svc.holder.error,
             embed_mode=svc.embed_mode,
+            worker_pid=os.getpid(),
             drift=None if current is None else current.drift,
         )
         return JSONResponse(body.model_dump(), status_code=200 if current else 503)
