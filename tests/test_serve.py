@@ -675,11 +675,11 @@ def test_reranked_similar_leaves_the_event_loop(
             on_loop.append(True)
         except RuntimeError:
             on_loop.append(False)
-        return item_neighbours(*args, **kwargs)
+        return item_search(*args, **kwargs)
 
-    from pipelines.search.similar import item_neighbours
+    from pipelines.search.similar import item_search
 
-    monkeypatch.setattr(routes, "item_neighbours", recording)
+    monkeypatch.setattr(routes, "item_search", recording)
     for rerank in (False, True):
         response = client.get(f"/items/{ids[3]}/similar", params={"k": 4, "rerank": rerank})
         assert response.status_code == 200, response.text

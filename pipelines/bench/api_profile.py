@@ -3,9 +3,10 @@ reads an artifacts folder, prints per-part p50/p95 in ms; writes nothing.
 
     python -m pipelines.bench.api_profile --artifacts /work/quiet-art [--n 400]
 
-The parts nest: the exact search is inside `item_neighbours` (search + its DataFrame), which is
-inside the route function (plus the response body), which is inside the ASGI app (plus query
-parsing, middleware, pydantic response validation and JSON encoding).
+The parts nest: the exact search is inside `item_search` (search, exclusion, the k cut), which
+is inside the route function (plus the response body), which is inside the ASGI app (plus query
+parsing, middleware, pydantic response validation and JSON encoding). `item_neighbours` (the
+same search as a DataFrame, what the app and the shell get) is timed beside it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from pipelines.config import Config
 from pipelines.quality.metrics import latency_stats
-from pipelines.search.similar import item_neighbours
+from pipelines.search.similar import item_neighbours, item_search
 
 EXTRACTORS = ("inception_v3", "custom_cnn")
 
@@ -46,7 +47,7 @@ def profile(artifacts: Path, n: int = 400) -> dict[str, tuple[float, float]]:
 
     from pipelines.serve import one_blas_thread_per_product
     from pipelines.serve.app import create_app
-    from pipelines.serve.context import neighbours_body
+    from pipelines.serve.context import result_body
 
     app = create_app(Config(artifacts_dir=artifacts), load_extractors=False, reload_interval=0)
     one_blas_thread_per_product()  # as the server runs
@@ -64,14 +65,20 @@ def profile(artifacts: Path, n: int = 400) -> dict[str, tuple[float, float]]:
         rows = index.rows_of([item])
         index.search(index.row_vectors(rows), 10, "exact", exclude_rows=rows)
 
+    def found() -> Any:
+        item, name = pick()
+        return item_search(state.indexes[name], state.catalog, item, 10, "exact")
+
     def neighbours() -> Any:
         item, name = pick()
         return item_neighbours(state.indexes[name], state.catalog, item, 10, "exact")
 
-    table = neighbours()
+    result = found()
 
     def body() -> Any:
-        return neighbours_body(state, "q", "e", "exact", 10, time.perf_counter(), table, None)
+        start = time.perf_counter()
+        rows, sims = result.rows, result.similarities
+        return result_body(state, "q", "e", "exact", 10, start, rows, sims, None)
 
     def endpoint() -> Any:
         item, name = pick()
@@ -121,8 +128,9 @@ def profile(artifacts: Path, n: int = 400) -> dict[str, tuple[float, float]]:
 
     parts = {
         "Index.search (exact, k=10)": search,
-        "item_neighbours (search + DataFrame)": neighbours,
-        "neighbours_body (10 results)": body,
+        "item_search (the route's engine call)": found,
+        "item_neighbours (as a DataFrame)": neighbours,
+        "result_body (10 results)": body,
         "route function": endpoint,
         "serialize_response (pydantic)": serialize,
         "whole ASGI app, no HTTP": whole,

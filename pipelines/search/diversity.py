@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.errors import LookalikeError
-from pipelines.search.index import Index
+from pipelines.search.index import Index, SearchResult
 from pipelines.search.topk import one_blas_thread
 
 # Candidates re-ranked per query: a few times k, so MMR can reach past a run of near-duplicates,
@@ -88,6 +88,30 @@ def mmr_order(
     return np.asarray(picked, dtype=np.int64)
 
 
+def _mmr_positions(
+    similarities: np.ndarray, rows: np.ndarray, index: Index, k: int, diversity: float
+) -> np.ndarray:
+    """Positions of the k candidates (best first, catalog `rows`) MMR keeps, in its order; the
+    first k unchanged at diversity 0."""
+    diversity = check_diversity(diversity)
+    if diversity == 0.0 or len(rows) == 0:
+        return np.arange(min(k, len(rows)))
+    sims = np.asarray(similarities, dtype=np.float64)
+    return np.asarray(mmr_order(sims, index.row_vectors(rows), k, diversity), dtype=np.int64)
+
+
+def diversify_result(result: SearchResult, index: Index, k: int, diversity: float) -> SearchResult:
+    """Re-rank a search result (best first) by MMR and keep k of it: `diversify_table` on the
+    arrays, for doors that need no table (the HTTP service)."""
+    rows = np.asarray(result.rows, dtype=np.int64)
+    order = _mmr_positions(result.similarities, rows, index, k, diversity)
+    return SearchResult(
+        item_ids=np.asarray(result.item_ids)[order],
+        similarities=np.asarray(result.similarities)[order],
+        rows=rows[order],
+    )
+
+
 def diversify_table(table: pd.DataFrame, index: Index, k: int, diversity: float) -> pd.DataFrame:
     """Re-rank a neighbours table (`pipelines.search.similar.neighbours_table`, best first) by MMR
     and keep k rows, ranks renumbered 1..k; similarity stays the cosine to the query.
@@ -99,11 +123,10 @@ def diversify_table(table: pd.DataFrame, index: Index, k: int, diversity: float)
     k : rows to keep.
     diversity : see `mmr_order`; 0 keeps the table's first k rows unchanged.
     """
-    diversity = check_diversity(diversity)
-    if diversity == 0.0 or table.empty:
+    if check_diversity(diversity) == 0.0 or table.empty:
         return table.head(k).reset_index(drop=True)
-    vectors = index.row_vectors(index.rows_of(table["item_id"].astype(str).tolist()))
-    order = mmr_order(table["similarity"].to_numpy(np.float64), vectors, k, diversity)
+    rows = index.rows_of(table["item_id"].astype(str).tolist())
+    order = _mmr_positions(table["similarity"].to_numpy(np.float64), rows, index, k, diversity)
     out = table.iloc[order].reset_index(drop=True)
     out["rank"] = np.arange(1, len(out) + 1)
     return out

@@ -13,7 +13,7 @@ from pipelines import commands
 from pipelines.config import STRATEGIES
 from pipelines.errors import LookalikeError
 from pipelines.quality.metrics import precision_at_k
-from pipelines.search.diversity import diversify_table
+from pipelines.search.diversity import diversify_result, diversify_table
 from pipelines.search.diversity import pool_size as diversity_pool_size
 from pipelines.search.index import Index, SearchResult
 from pipelines.search.rerank import reranked
@@ -169,7 +169,39 @@ def item_neighbours(
     label: str | None = None,
     rerank: bool = False,
 ) -> pd.DataFrame:
-    """The k nearest catalog items of a catalog item (never itself), best first.
+    """The k nearest catalog items of a catalog item (never itself), best first, as the
+    `neighbours_table` of `item_search` (which takes the same parameters but `artifacts_dir`)."""
+    found = item_search(
+        index,
+        catalog,
+        item_id,
+        k,
+        strategy,
+        diversity=diversity,
+        colour=colour,
+        colours=colours,
+        label=label,
+        rerank=rerank,
+    )
+    return neighbours_table(found, catalog, artifacts_dir)
+
+
+def item_search(
+    index: Index,
+    catalog: pd.DataFrame,
+    item_id: str,
+    k: int,
+    strategy: str = "exact",
+    *,
+    diversity: float = 0.0,
+    colour: str | None = None,
+    colours: np.ndarray | None = None,
+    label: str | None = None,
+    rerank: bool = False,
+) -> SearchResult:
+    """The k nearest catalog items of a catalog item (never itself), best first: the one
+    engine question behind `item_neighbours` (its table) and the HTTP service (which builds
+    its body from these arrays, skipping the table: ~0.4 ms of a ~2.5 ms request).
 
     Parameters
     ----------
@@ -179,7 +211,6 @@ def item_neighbours(
     k : wanted neighbours, clipped to the catalog size minus one.
     strategy : one of STRATEGIES; the cluster strategy searches the item's own cluster, the
         category strategy the items with its predicted category.
-    artifacts_dir : see `neighbours_table`.
     diversity : 0 (default) gives plain nearest neighbours; above 0 (up to 1) re-ranks the
         nearest `diversity.pool_size` candidates by maximal marginal relevance
         (`pipelines.search.diversity.mmr_order`), so near-duplicates do not fill the list.
@@ -193,7 +224,7 @@ def item_neighbours(
 
     Returns
     -------
-    The `neighbours_table` (fewer than k rows when the strategy's pool is smaller).
+    SearchResult of up to k items (fewer when the strategy's pool is smaller).
     """
     index = reranked(index, rerank)
     row = index.rows_of([item_id])
@@ -208,8 +239,8 @@ def item_neighbours(
         return index.search(vector, width, strategy, exclude_rows=row, query_clusters=clusters)[0]
 
     keep = row_filter(catalog, colour, colours, label)
-    result = filtered_search(search, keep, pool, index.size - 1)
-    return diversify_table(neighbours_table(result, catalog, artifacts_dir), index, k, diversity)
+    found = filtered_search(search, keep, pool, index.size - 1)
+    return diversify_result(found, index, k, diversity)
 
 
 def vector_neighbours(

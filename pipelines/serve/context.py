@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from fastapi import HTTPException
 
@@ -160,19 +161,35 @@ def neighbours_body(
     table: pd.DataFrame,
     note: str | None,
 ) -> dict[str, Any]:
+    """The response body of a neighbours table (best first), see `result_body`."""
+    rows = [current.row_of[item_id] for item_id in table["item_id"]]
+    similarities = table["similarity"].to_numpy(np.float64)
+    return result_body(current, query, extractor, strategy, k, start, rows, similarities, note)
+
+
+def result_body(
+    current: ServiceState,
+    query: str,
+    extractor: str,
+    strategy: str,
+    k: int,
+    start: float,
+    rows: Sequence[int] | np.ndarray,
+    similarities: Sequence[float] | np.ndarray,
+    note: str | None,
+) -> dict[str, Any]:
+    """The response body of neighbours given as catalog rows and similarities, best first:
+    each result is its catalog record (public columns), rank, similarity and thumbnail URL."""
     results = []
-    for rank, item_id, similarity, label in zip(
-        table["rank"], table["item_id"], table["similarity"], table["label"], strict=True
-    ):
-        row = current.row_of[item_id]
+    for rank, (row, similarity) in enumerate(zip(rows, similarities, strict=True), start=1):
+        record = current.records[int(row)]
         results.append(
             {
-                **current.records[row],
-                "rank": int(rank),
-                "item_id": item_id,
+                **record,
+                "rank": rank,
                 "similarity": round(float(similarity), 6),
-                "label": None if pd.isna(label) else str(label),
-                "thumbnail_url": thumb_url(item_id),
+                "label": None if record.get("label") is None else str(record["label"]),
+                "thumbnail_url": thumb_url(str(record["item_id"])),
             }
         )
     return {

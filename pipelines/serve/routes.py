@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import pandas as pd
 from fastapi import FastAPI, File, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +22,8 @@ from pipelines.data import corrections
 from pipelines.data.images import ACCEPTED_TEXT
 from pipelines.errors import LookalikeError
 from pipelines.search import photos
-from pipelines.search.similar import item_neighbours, resolve_strategy
+from pipelines.search.index import SearchResult
+from pipelines.search.similar import item_search, resolve_strategy
 from pipelines.serve import models as m
 from pipelines.serve.context import (
     Service,
@@ -32,6 +32,7 @@ from pipelines.serve.context import (
     error,
     ms,
     neighbours_body,
+    result_body,
     row_of,
     thumb_url,
     upload_status,
@@ -139,9 +140,9 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
         extra = diversity_keyword(diversity)
         use, note = resolve_strategy(index, strategy)
 
-        def answer() -> pd.DataFrame:
+        def answer() -> SearchResult:
             return engine(
-                lambda: item_neighbours(
+                lambda: item_search(
                     index, current.catalog, item_id, k, use, label=label, rerank=rerank, **extra
                 )
             )
@@ -149,8 +150,10 @@ def add_item_routes(app: FastAPI, svc: Service, protected: dict[str, Any]) -> No
         # Re-ranking goes to a worker thread: its first query builds the neighbour graph of
         # database-side augmentation (1-3 s at 3.8k items), which on the loop would stall
         # every other request, /health included, for that long.
-        table = await run_in_threadpool(answer) if rerank else answer()
-        body = neighbours_body(current, item_id, extractor, use, k, start, table, note)
+        found = await run_in_threadpool(answer) if rerank else answer()
+        body = result_body(
+            current, item_id, extractor, use, k, start, found.rows, found.similarities, note
+        )
         return {**body, "rerank": rerank}
 
     @app.get(
