@@ -721,3 +721,57 @@ def test_server_limits_blas_after_numpy_is_loaded() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[1]"
+
+
+# --------------------------------------------------------------------------- the load test
+
+
+def test_cpu_and_memory_are_summed_over_a_server_s_workers() -> None:
+    """`bench --api` reads a server's CPU and memory as its process and every descendant's
+    (the workers of `serve --workers N`): a parent whose child burns CPU and holds memory is
+    charged with both."""
+    import subprocess
+    import sys
+
+    from pipelines.serve.loadtest import cpu_seconds, rss_mb
+
+    burn = (
+        "import time\nblock = bytearray(300 * 2**20)\nend = time.process_time() + 0.6\n"
+        "while time.process_time() < end: pass\nprint('done', flush=True)\ntime.sleep(60)"
+    )
+    parent_code = (
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {burn!r}])\nchild.wait()"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while cpu_seconds(parent.pid) < 0.6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cpu_seconds(parent.pid) >= 0.6  # the child's, the parent itself waits idle
+        assert rss_mb(parent.pid) >= 300
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
+        parent.kill()
+        parent.wait()
+
+
+def test_quick_load_test_measures_every_phase_and_both_sides_cpu(
+    built: Config, tmp_path: Path
+) -> None:
+    """`python -m pipelines bench --api --quick` on (a copy of) the small build: every phase
+    answered without errors, with latencies, throughput and the CPU of the server and of the
+    load generator per request; the report is written."""
+    from pipelines.serve.loadtest import run_loadtest
+
+    built = copy_build(built, tmp_path)
+    report = run_loadtest(built, quick=True)
+    assert report["phases"] and report["workers"] == 1
+    for name, phase in report["phases"].items():
+        assert phase["errors"] == 0, (name, phase["first_errors"])
+        for endpoint in ("similar", "search"):
+            if endpoint in phase:
+                assert phase[endpoint]["requests"] > 0 and phase[endpoint]["p95_ms"] > 0
+        assert phase["server_cpu_ms_per_request"] > 0, name
+        assert phase["client_cpu_ms_per_request"] > 0, name
+    assert (built.bench_dir / "api.json").is_file()

@@ -50,6 +50,7 @@ class Phase:
     first_errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     client_cpu_s: float = 0.0  # the load generator's own CPU time over the phase
+    server_cpu_s: float | None = None  # the server's (every worker's) CPU time over it
 
     def summary(self) -> dict[str, Any]:
         """Requests/s and p50/p95/p99 (ms) per endpoint, and the error counts."""
@@ -68,6 +69,13 @@ class Phase:
         out["client_cpu_share_of_a_core"] = (
             round(self.client_cpu_s / self.wall_s, 3) if self.wall_s else None
         )
+        if self.server_cpu_s is not None:
+            out["server_cpu_ms_per_request"] = (
+                round(self.server_cpu_s / total * 1000, 3) if total else None
+            )
+            out["server_cpu_share_of_a_core"] = (
+                round(self.server_cpu_s / self.wall_s, 3) if self.wall_s else None
+            )
         for endpoint, times in self.latencies.items():
             ms = np.asarray(times) * 1000
             out[endpoint] = {
@@ -98,6 +106,16 @@ def rss_mb(pid: int) -> float:
     for child in _children(pid):
         with contextlib.suppress(OSError):  # gone meanwhile
             total += rss_mb(child)
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its live descendants (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for child in _children(pid):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            total += cpu_seconds(child)
     return total
 
 
@@ -253,9 +271,14 @@ def _client_loop(
 
 
 def run_phase(
-    base: str, phase: Phase, item_ids: list[str], photos: list[tuple[str, bytes]]
+    base: str,
+    phase: Phase,
+    item_ids: list[str],
+    photos: list[tuple[str, bytes]],
+    server_pid: int | None = None,
 ) -> Phase:
-    """Run `phase` against the server at `base` and fill in its measurements."""
+    """Run `phase` against the server at `base` and fill in its measurements (the server's
+    CPU too, given its process id)."""
     lock, stop, count = threading.Lock(), threading.Event(), [0]
     extractors = "&".join(f"extractor={e}" for e in SEARCH_EXTRACTORS)
     uploads = [_multipart(name, data) for name, data in photos]
@@ -284,6 +307,7 @@ def run_phase(
         for seed, (endpoint, call) in enumerate(clients)
     ]
     cpu_start = time.process_time()
+    server_start = None if server_pid is None else cpu_seconds(server_pid)
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -293,6 +317,8 @@ def run_phase(
         thread.join(timeout=120)
     phase.wall_s = time.perf_counter() - start
     phase.client_cpu_s = time.process_time() - cpu_start
+    if server_pid is not None and server_start is not None:
+        phase.server_cpu_s = cpu_seconds(server_pid) - server_start
     return phase
 
 
@@ -351,11 +377,11 @@ def run_loadtest(config: Config, quick: bool = False, workers: int = 1) -> dict[
                     Phase("mixed_16", 12, 4, seconds["mixed"]),
                 ):
                     report["phases"][phase.name] = run_phase(
-                        base, phase, item_ids, photos
+                        base, phase, item_ids, photos, pid
                     ).summary()
                     print(f"api bench: {phase.name} done", flush=True)
             phase = Phase(f"uploads_4_{mode}", 0, 4, seconds["uploads"])
-            report["phases"][phase.name] = run_phase(base, phase, item_ids, photos).summary()
+            report["phases"][phase.name] = run_phase(base, phase, item_ids, photos, pid).summary()
             print(f"api bench: {phase.name} done", flush=True)
             rss["end_mb"] = round(rss_mb(pid), 1)
             report["servers"][mode] = rss
@@ -384,6 +410,11 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{name:<18}{endpoint:<10}{e['per_s']:>8}{e['p50_ms']:>9}{e['p95_ms']:>9}"
                     f"{e['p99_ms']:>9}{e['errors']:>8}"
                 )
+        if phase.get("server_cpu_ms_per_request") is not None:
+            lines.append(
+                f"{'':<18}CPU per request: server {phase['server_cpu_ms_per_request']} ms, "
+                f"load generator {phase['client_cpu_ms_per_request']} ms"
+            )
     for mode, rss in report["servers"].items():
         lines.append(f"server RSS ({mode}): {rss['start_mb']} MB -> {rss['end_mb']} MB")
     lines.append(f"better embed mode for 4 concurrent uploaders: {report['better_embed_mode']}")
