@@ -1,7 +1,7 @@
 """Hostile bytes through the upload decode path and catalog ingestion (Hypothesis).
 
 Nothing may escape but an ImageError; every refusal names the file and says why; no single
-upload's decode may take the process past 400 MB of resident memory.
+upload's decode may add more than DECODE_GROWTH_LIMIT_MB (250 MB) of resident memory.
 
 Reproducing a failure: examples are drawn from the fixed seed SEED, and a failing example is
 saved in the Hypothesis example database at DB (test-output/hypothesis/, ignored by git), which
@@ -42,7 +42,13 @@ DB = DirectoryBasedExampleDatabase(str(REPO_ROOT / "test-output" / "hypothesis")
 UPLOAD_EXAMPLES = 1200
 CATALOG_EXAMPLES = 240
 EMBED_EXAMPLES = 120
-RSS_LIMIT_MB = 400
+# One upload's decode may add at most this much resident memory to the process. Measured as the
+# peak over each upload of (peak RSS during it - RSS before it): an absolute limit (400 MB, what
+# this was) measured the process's baseline too, and that moved with the page cache, not the
+# code: the same packages, imported in a venv installed minutes before (its libraries still in
+# large page-cache folios), resident 139 MB against 107 MB in an older one, and the fuzz's peak
+# 401 against 366 MB with the same per-upload growth (179 and 178 MB).
+DECODE_GROWTH_LIMIT_MB = 250
 CHILD_ENV = "LOOKALIKE_FUZZ_CHILD"
 
 # Magic numbers of Pillow's formats (and a few it does not know), decoders the accepted-format
@@ -310,6 +316,17 @@ def _vm_hwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _vm_rss_mb() -> float:
+    """Resident memory now (/proc VmRSS), in MB; 0 where /proc is not available."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _reset_hwm() -> None:
     """Reset VmHWM so the next reading is one upload's peak (Linux: `5` to clear_refs)."""
     with contextlib.suppress(OSError):
@@ -348,7 +365,7 @@ def test_upload_decode_fuzz_child() -> None:
     decode = _decoder()
     counts: Counter[str] = Counter()
     failures: list[str] = []
-    peak = 0.0
+    peak = growth = 0.0
 
     @seed(SEED)
     @settings(
@@ -359,10 +376,11 @@ def test_upload_decode_fuzz_child() -> None:
     )
     @given(NAMES, hostile_bytes())
     def prop(name: str, case: tuple[str, bytes]) -> None:
-        nonlocal peak
+        nonlocal peak, growth
         kind, data = case
         counts["tried"] += 1
         _reset_hwm()
+        before = _vm_rss_mb()
         try:
             image = decode(name, data)
             pixels = square_pixels(image, 299)
@@ -379,17 +397,17 @@ def test_upload_decode_fuzz_child() -> None:
         except Exception as err:  # noqa: BLE001 - counted, then reported by the parent
             counts["exceptions"] += 1
             failures.append(f"{kind}: {type(err).__name__}: {err}"[:300])
-        peak = max(peak, _vm_hwm_mb())
+        after = _vm_hwm_mb()
+        peak, growth = max(peak, after), max(growth, after - before)
 
     prop()
-    Path(os.environ[CHILD_ENV]).write_text(
-        json.dumps({**counts, "peak_rss_mb": round(peak, 1), "failures": failures[:20]})
-    )
+    out = {**counts, "peak_rss_mb": round(peak, 1), "peak_growth_mb": round(growth, 1)}
+    Path(os.environ[CHILD_ENV]).write_text(json.dumps({**out, "failures": failures[:20]}))
 
 
 def test_upload_fuzz_every_input_gets_pixels_or_a_clear_message(tmp_path: Path) -> None:
     """>= 1,000 hostile uploads: zero exceptions, every refusal says which file and why, and
-    no upload's decode takes the child process past 400 MB resident."""
+    no upload's decode adds more than DECODE_GROWTH_LIMIT_MB to the child's resident memory."""
     out = tmp_path / "counts.json"
     env = {**os.environ, CHILD_ENV: str(out), "PYTHONPATH": str(REPO_ROOT)}
     node = f"{Path(__file__).relative_to(REPO_ROOT)}::test_upload_decode_fuzz_child"
@@ -410,7 +428,7 @@ def test_upload_fuzz_every_input_gets_pixels_or_a_clear_message(tmp_path: Path) 
     assert counts.get("clear message", 0) + counts.get("results", 0) == counts["tried"]
     # Both outcomes really happen: the generator is not all noise, nor all good photos.
     assert counts.get("results", 0) >= 50 and counts.get("clear message", 0) >= 500
-    assert counts["peak_rss_mb"] < RSS_LIMIT_MB
+    assert counts["peak_growth_mb"] < DECODE_GROWTH_LIMIT_MB
 
 
 class _PixelExtractor:
