@@ -304,27 +304,27 @@ def test_heic_and_avif_decode_and_their_damaged_copies_are_named(fmt: str) -> No
         decode_upload("phone.heic", data, max_decode_bytes=2**20)
 
 
-def _vm_hwm_mb() -> float:
-    """Peak resident memory since the last reset (/proc VmHWM), in MB; the lifetime peak
-    (ru_maxrss) where /proc is not available."""
+def _status_mb(field: str) -> float | None:
+    """One memory line of /proc/self/status (VmHWM, VmRSS) in MB; None without /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def _vm_hwm_mb() -> float:
+    """Peak resident memory since the last reset (/proc VmHWM), in MB; the lifetime peak
+    (ru_maxrss) where /proc is not available."""
+    found = _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if found is None else found
 
 
 def _vm_rss_mb() -> float:
     """Resident memory now (/proc VmRSS), in MB; 0 where /proc is not available."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _status_mb("VmRSS") or 0.0
 
 
 def _reset_hwm() -> None:

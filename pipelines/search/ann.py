@@ -118,7 +118,8 @@ def run_ann(
         if source is not None:
             added, removed = _difference(source, path)
             if added + removed <= DELTA_MAX_SHARE * (len(source) - added + removed):
-                results[name] = _write_delta(path, delta, source, inputs, model, trained)
+                changed = (added, removed)
+                results[name] = _write_delta(path, delta, source, changed, inputs, model, trained)
                 continue
         if trained is None:
             index = approximate.AnnIndex.build(vectors, seed=config.seed)
@@ -162,12 +163,18 @@ def _difference(source: np.ndarray, path: Path) -> tuple[int, int]:
 
 
 def _write_delta(
-    path: Path, delta: Path, source: np.ndarray, inputs: dict[str, str], model: str, trained: int
+    path: Path,
+    delta: Path,
+    source: np.ndarray,
+    changed: tuple[int, int],
+    inputs: dict[str, str],
+    model: str,
+    trained: int,
 ) -> dict[str, Any]:
     """Save `source` (each row's row in the saved file at `path`) as the update delta beside
     it, keyed by the embeddings' hash and the saved file's; the saved file is left as it is."""
     start = time.perf_counter()
-    added, removed = _difference(source, path)
+    added, removed = changed
     with atomic_path(delta) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **{approximate.DELTA_KEY: source.astype(np.int64)})
     base = read_manifest(path) or {}

@@ -151,20 +151,10 @@ def engine(call: Callable[[], Any]) -> Any:
         raise error(409, str(err)) from None
 
 
-def neighbours_body(
-    current: ServiceState,
-    query: str,
-    extractor: str,
-    strategy: str,
-    k: int,
-    start: float,
-    table: pd.DataFrame,
-    note: str | None,
-) -> dict[str, Any]:
-    """The response body of a neighbours table (best first), see `result_body`."""
+def table_rows(current: ServiceState, table: pd.DataFrame) -> tuple[list[int], np.ndarray]:
+    """A neighbours table's (catalog rows, similarities), best first, for `result_body`."""
     rows = [current.row_of[item_id] for item_id in table["item_id"]]
-    similarities = table["similarity"].to_numpy(np.float64)
-    return result_body(current, query, extractor, strategy, k, start, rows, similarities, note)
+    return rows, table["similarity"].to_numpy(np.float64)
 
 
 def result_body(

@@ -31,9 +31,9 @@ from pipelines.serve.context import (
     engine,
     error,
     ms,
-    neighbours_body,
     result_body,
     row_of,
+    table_rows,
     thumb_url,
     upload_status,
 )
@@ -332,7 +332,8 @@ def _photo(
     for name, table in result.neighbours.items():
         notes = [n.split(": ", 1)[1] for n in result.notes if n.startswith(f"{name}: ")]
         used = result.strategies[name]
-        body = neighbours_body(current, result.name, name, used, k, start, table, "; ".join(notes))
+        rows, sims = table_rows(current, table)
+        body = result_body(current, result.name, name, used, k, start, rows, sims, "; ".join(notes))
         searches.append({**body, "rerank": rerank})
     return m.PhotoResult(
         name=result.name,
