@@ -62,6 +62,10 @@ def _train(config: Config, args: argparse.Namespace) -> Any:
             f"(`{commands.RUN}` does every stage in order)"
         )
         return results
+    if config.train_views:
+        from pipelines.models.views import run_views
+
+        results.append(run_views(config, force=args.force))
     return [*results, run_train_head(config, force=args.force)]
 
 

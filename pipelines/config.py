@@ -116,6 +116,9 @@ class Config:
     # Share from the custom CNN's vector (fusion, chosen on validation; 0 = InceptionV3 only).
     # The learned part gets the rest: 1 - head_raw_share - head_cnn_share.
     head_cnn_share: float = 0.2
+    # The metric head and the category classifier also learn from shifted views of the
+    # training photos (pipelines/models/views.py; issue 25).
+    train_views: bool = True
 
     # --- robust strategies ---
     # The cluster strategy searches the query's nearest this-many clusters (by centroid), so a

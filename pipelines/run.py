@@ -36,6 +36,7 @@ def _stages(
     from pipelines.models.head import run_embed_head, run_train_head
     from pipelines.models.train import run_train
     from pipelines.models.training_set import run_training_set
+    from pipelines.models.views import run_views
     from pipelines.quality.evaluate import run_evaluate
     from pipelines.quality.health import run_health
     from pipelines.search.ann import run_ann
@@ -62,6 +63,8 @@ def _stages(
                 ),
             )
         )
+    if config.train_views and "inception_v3" in base:
+        stages.append(("views", lambda: run_views(config, force=fit)))
     if HEAD in extractors:
 
         def train_head() -> StageResult:

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from pipelines.config import Config
-from pipelines.models.head import Head, _loss_and_grads, run_train_head, train_head
+from pipelines.models import head as head_module
+from pipelines.models.head import (
+    Head,
+    ShiftedViews,
+    _loss_and_grads,
+    run_train_head,
+    train_head,
+)
 from pipelines.quality.metrics import gallery_precision as precision_at_k
 from tests.conftest import unit, write_vector_artifacts
 
@@ -19,7 +26,7 @@ from tests.conftest import unit, write_vector_artifacts
 SUBSET = Path(__file__).parent / "data" / "inception_subset.npz"
 
 
-@pytest.mark.parametrize("loss", ["norm_softmax", "supcon"])
+@pytest.mark.parametrize("loss", ["norm_softmax", "supcon", "supcon with items"])
 def test_gradients_match_finite_differences(loss: str) -> None:
     rng = np.random.default_rng(0)
     params = {
@@ -31,15 +38,18 @@ def test_gradients_match_finite_differences(loss: str) -> None:
     if loss == "norm_softmax":
         params["proxies"] = rng.normal(size=(3, 4))
     x, y = rng.normal(size=(8, 6)), np.array([0, 1, 2, 0, 1, 2, 0, 1])
-    _, grads = _loss_and_grads(params, x, y, loss, 3)
+    # Rows 6 and 7 are shifted views of rows 0 and 1: same photo, extra positive weight.
+    items = np.array([0, 1, 2, 3, 4, 5, 0, 1]) if loss.endswith("items") else None
+    loss = loss.removesuffix(" with items")
+    _, grads = _loss_and_grads(params, x, y, loss, 3, items)
     for key, value in params.items():
         numeric = np.zeros_like(value)
         for i in np.ndindex(value.shape):
             old = value[i]
             value[i] = old + 1e-6
-            up, _ = _loss_and_grads(params, x, y, loss, 3)
+            up, _ = _loss_and_grads(params, x, y, loss, 3, items)
             value[i] = old - 1e-6
-            down, _ = _loss_and_grads(params, x, y, loss, 3)
+            down, _ = _loss_and_grads(params, x, y, loss, 3, items)
             value[i] = old
             numeric[i] = (up - down) / 2e-6
         np.testing.assert_allclose(grads[key], numeric, atol=2e-5, err_msg=f"{loss} {key}")
@@ -60,6 +70,41 @@ def test_head_improves_validation_precision_over_raw_vectors_on_real_photos() ->
     # Same settings, same head: no hidden randomness.
     again, _ = train_head(x[fit], y[fit], x[val], y[val], config)
     np.testing.assert_array_equal(head.w1, again.w1)
+
+
+def _shifted(x: np.ndarray, seed: int) -> np.ndarray:
+    """A stand-in for another photo style on real vectors: a fixed offset shared by every
+    shifted photo (the style), plus per-photo noise, renormalised."""
+    style = np.random.default_rng(99).normal(size=x.shape[1]).astype(np.float32)
+    noise = np.random.default_rng(seed).normal(size=x.shape).astype(np.float32)
+    return unit(x + 0.06 * style + 0.02 * noise)
+
+
+def test_shifted_views_teach_the_head_the_shift_and_choose_its_epoch() -> None:
+    data = np.load(SUBSET)
+    x = data["vectors"].astype(np.float32)
+    classes = sorted(set(data["labels"].tolist()))
+    y = np.array([classes.index(v) for v in data["labels"]])
+    fit, val = data["splits"] == "train", data["splits"] == "validation"
+    x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[val], y[val]
+    every_other = np.arange(0, len(x_fit), 2)
+    views = ShiftedViews(_shifted(x_fit[every_other], 1), every_other, _shifted(x_val, 2), y_val)
+    config = Config(head_raw_share=0.0, head_cnn_share=0.0, head_epochs=25)
+    plain, _ = train_head(x_fit, y_fit, x_val, y_val, config)
+    taught, history = train_head(x_fit, y_fit, x_val, y_val, config, views=views)
+    queries = _shifted(x_val, 3)  # unseen shifted copies of the validation photos
+
+    def shifted_precision(head: Head) -> float:
+        return precision_at_k(head.apply(queries), y_val, head.apply(x_fit), y_fit, 10)
+
+    assert shifted_precision(taught) >= shifted_precision(plain) + 0.05
+    # The kept epoch is the best of the blended score, and the blend is what it says.
+    best = max(history, key=lambda h: h["val_score"])
+    share = head_module.SHIFT_SELECT_SHARE
+    blend = (1 - share) * best["val_p@10"] + share * best["val_shifted_p@10"]
+    assert best["val_score"] == pytest.approx(blend)
+    kept = precision_at_k(taught.apply(x_val), y_val, taught.apply(x_fit), y_fit, 10)
+    assert kept == pytest.approx(best["val_p@10"], abs=1e-6)
 
 
 def test_fusion_is_the_weighted_sum_of_cosines_and_round_trips(tmp_path: Path) -> None:

@@ -40,6 +40,20 @@ FEATURE_SETS: tuple[tuple[str, ...], ...] = (("inception_v3",), ("custom_cnn",))
 C_VALUES = (0.05,)
 
 
+# The extractor whose vectors shifted views have (pipelines/models/views.py).
+VIEWS_BASE = "inception_v3"
+
+
+@dataclass(frozen=True)
+class ViewVectors:
+    """InceptionV3 vectors of shifted views of fit and validation rows, with their labels."""
+
+    fit: np.ndarray
+    fit_labels: np.ndarray
+    val: np.ndarray
+    val_labels: np.ndarray
+
+
 @dataclass(frozen=True)
 class CategoryModel:
     """A linear softmax classifier over standardised, concatenated extractor vectors."""
@@ -106,7 +120,13 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.nd
     scale = x.std(axis=0) + 1e-6
     model = LogisticRegression(C=c, max_iter=300, random_state=seed)
     model.fit((x - mean) / scale, y)
-    return mean, scale, model.coef_, model.intercept_, model.classes_.astype(str)
+    coef, intercept = model.coef_, model.intercept_
+    if len(model.classes_) == 2:
+        # scikit-learn keeps one row for two classes (the second's log-odds); the softmax in
+        # `probabilities` needs a row per class: [0, w] gives the same probabilities.
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    return mean, scale, coef, intercept, model.classes_.astype(str)
 
 
 def choose_model(
@@ -117,11 +137,15 @@ def choose_model(
     seed: int,
     feature_sets: Sequence[tuple[str, ...]] = FEATURE_SETS,
     c_values: Sequence[float] = C_VALUES,
+    views: ViewVectors | None = None,
 ) -> tuple[CategoryModel, list[dict[str, Any]]]:
     """Fit every feature set x C on `fit` rows, keep the best validation accuracy.
 
+    With `views`, a feature set of InceptionV3 alone also fits on the fit rows' shifted views,
+    and is scored by the mean of its accuracy on the validation rows and on their views.
+
     Returns the chosen model (fitted on `fit` rows only) and one {"features", "C",
-    "val_accuracy", "chosen"} per candidate.
+    "val_accuracy", ["val_shifted_accuracy",] "chosen"} per candidate.
     """
     trials: list[dict[str, Any]] = []
     best: tuple[float, CategoryModel, dict[str, Any]] | None = None
@@ -129,15 +153,25 @@ def choose_model(
         if not all(f in vectors for f in features):
             continue
         x = np.hstack([vectors[f] for f in features]).astype(np.float64)
+        x_fit, y_fit = x[fit], labels[fit]
+        shifted = views if views is not None and features == (VIEWS_BASE,) else None
+        if shifted is not None:
+            x_fit = np.vstack([x_fit, shifted.fit.astype(np.float64)])
+            y_fit = np.concatenate([y_fit, shifted.fit_labels])
         for c in c_values:
-            model = CategoryModel(features, *fit_logreg(x[fit], labels[fit], c, seed))
+            model = CategoryModel(features, *fit_logreg(x_fit, y_fit, c, seed))
             acc = None
             if val.any():
                 probs = model.probabilities({f: vectors[f][val] for f in features})
                 acc = float((model.classes[probs.argmax(axis=1)] == labels[val]).mean())
             trial = {"features": list(features), "C": c, "val_accuracy": acc, "chosen": False}
-            trials.append(trial)
             score = -1.0 if acc is None else acc
+            if shifted is not None and len(shifted.val) and acc is not None:
+                probs = model.probabilities({VIEWS_BASE: shifted.val})
+                on_views = float((model.classes[probs.argmax(axis=1)] == shifted.val_labels).mean())
+                trial["val_shifted_accuracy"] = on_views
+                score = (acc + on_views) / 2
+            trials.append(trial)
             if best is None or score > best[0]:
                 best = (score, model, trial)
     if best is None:
@@ -158,7 +192,7 @@ def candidate_sets(available: set[str] | frozenset[str]) -> tuple[tuple[str, ...
 def run_classify(config: Config, force: bool = False) -> StageResult:
     """Stage: choose the category classifier on validation; write categories.parquet and the
     model. A catalog without labels keeps the custom CNN's categories (if any)."""
-    from pipelines.models import training_set
+    from pipelines.models import training_set, views
     from pipelines.models.train_data import split_rows
     from pipelines.readers import model_id, read_catalog
 
@@ -185,6 +219,8 @@ def run_classify(config: Config, force: bool = False) -> StageResult:
         inputs[embeddings_key(name)] = artifacts.artifact_hash(path, commands.embed(name))
         model_inputs[f"model/{name}"] = model_id(config, name)
         vectors[name] = np.load(path).astype(np.float32)
+    if config.train_views and VIEWS_BASE in vectors:
+        model_inputs[views.STAGE] = artifacts.artifact_hash(views.views_path(config), commands.RUN)
     inputs.update(model_inputs)
     params = {
         "version": VERSION,
@@ -193,6 +229,7 @@ def run_classify(config: Config, force: bool = False) -> StageResult:
         "cover": config.category_cover,
         "exact_below": config.category_exact_below,
         "seed": config.seed,
+        "views": config.train_views,
     }
     out = config.categories_path
     fresh = artifacts.is_fresh(out, STAGE, params, inputs) and config.category_model_path.exists()
@@ -215,7 +252,14 @@ def run_classify(config: Config, force: bool = False) -> StageResult:
         fit, val = fit & known, val & known
         labels = catalog["label"].astype("string").fillna("").to_numpy().astype(object)
         val = val & np.isin(labels, labels[fit])
-        model, trials = choose_model(vectors, labels, fit, val, config.seed, feature_sets)
+        shifted = None
+        if config.train_views and VIEWS_BASE in vectors:
+            saved = views.load_views(config, catalog)
+            (fit_rows, fit_x), (val_rows, val_x) = saved.of(fit), saved.of(val)
+            shifted = ViewVectors(fit_x, labels[fit_rows], val_x, labels[val_rows])
+        model, trials = choose_model(
+            vectors, labels, fit, val, config.seed, feature_sets, views=shifted
+        )
     probs = model.probabilities(vectors)
     table = pd.DataFrame(
         {

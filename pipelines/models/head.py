@@ -47,6 +47,22 @@ BATCH = 256
 INPUT_DROPOUT = 0.2
 # Validation P@k used to keep the best epoch.
 SELECT_K = 10
+# With shifted views (pipelines/models/views.py): the extra weight of "same photo" positives in
+# the supervised contrastive loss, and the share of the epoch score that is the validation
+# views' P@10 against the fit photos (the rest is the validation photos' own P@10).
+ITEM_WEIGHT = 1.0
+SHIFT_SELECT_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class ShiftedViews:
+    """Vectors of shifted views for training: `fit_of[i]` is the fit row (an index into the
+    fit vectors) view i was made from; validation views come with their labels."""
+
+    fit_vectors: np.ndarray
+    fit_of: np.ndarray
+    val_vectors: np.ndarray
+    val_labels: np.ndarray
 
 
 def no_labels_note() -> str:
@@ -123,14 +139,20 @@ def raw_axes(x: np.ndarray, dims: int = RAW_DIMS) -> tuple[np.ndarray, np.ndarra
 
 
 def _loss_and_grads(
-    params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, loss: str, classes: int
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    loss: str,
+    classes: int,
+    items: np.ndarray | None = None,
 ) -> tuple[float, dict[str, np.ndarray]]:
     """The metric loss of one batch and its gradients (plain numpy backpropagation).
 
     Forward: h = relu(x W1 + b1), z = h W2 + b2, u = z / |z|. "norm_softmax" is a softmax
     over the scaled cosines between u and one learned proxy per class (label smoothing 0.1);
     "supcon" is the supervised contrastive loss over the batch (every other item of the same
-    class a positive).
+    class a positive; with `items`, rows of one photo, a photo and its shifted views, are
+    positives of weight 1 + ITEM_WEIGHT).
     """
     w1, b1, w2, b2 = params["w1"], params["b1"], params["w2"], params["b2"]
     pre = x @ w1 + b1
@@ -162,6 +184,8 @@ def _loss_and_grads(
         soft = np.exp(sims)
         soft /= soft.sum(axis=1, keepdims=True)
         same = (y[:, None] == y[None, :]).astype(np.float64)
+        if items is not None:
+            same += ITEM_WEIGHT * (items[:, None] == items[None, :])
         np.fill_diagonal(same, 0.0)
         count = np.maximum(same.sum(axis=1, keepdims=True), 1.0)
         log_prob = np.log(soft + 1e-30)
@@ -185,6 +209,7 @@ def train_head(
     y_val: np.ndarray,
     config: Config,
     loss: str | None = None,
+    views: ShiftedViews | None = None,
 ) -> tuple[Head, list[dict[str, float]]]:
     """Train the head on unit InceptionV3 vectors; keep the epoch with the best validation P@10.
 
@@ -198,8 +223,11 @@ def train_head(
         none, the last epoch is kept.
     config : head_* settings and `seed`.
     loss : "norm_softmax" or "supcon"; default `config.head_loss`.
+    views : shifted views of some fit rows (trained on beside their photos, in the same
+        batch) and of validation rows (the epoch score is then SHIFT_SELECT_SHARE their P@10
+        against the fit rows, the rest the validation rows' own).
 
-    Returns (head, history): one {"epoch", "loss", "val_p@10"} per epoch.
+    Returns (head, history): one {"epoch", "loss", "val_p@10"[, "val_shifted_p@10"]} per epoch.
     """
     loss = loss or config.head_loss
     rng = np.random.default_rng(config.seed)
@@ -210,6 +238,10 @@ def train_head(
     x_val_p = (np.asarray(x_val, np.float32) - mean) @ axes
     n, d = x_fit.shape
     classes = int(y_fit.max()) + 1
+    if views is not None:
+        view_x = (np.asarray(views.fit_vectors, np.float32) - mean) @ axes
+        view_val = (np.asarray(views.val_vectors, np.float32) - mean) @ axes
+        views_of = [np.flatnonzero(views.fit_of == i) for i in range(n)]
     hidden, dim = config.head_hidden, config.head_dim
 
     def glorot(rows: int, cols: int) -> np.ndarray:
@@ -237,9 +269,15 @@ def train_head(
             idx = order[start : start + BATCH]
             if len(idx) < 2:
                 continue
-            keep = rng.random((len(idx), d)) > INPUT_DROPOUT
-            x = np.where(keep, x_fit[idx] / (1 - INPUT_DROPOUT), 0.0)
-            value, grads = _loss_and_grads(params, x.astype(np.float32), y_fit[idx], loss, classes)
+            x, y, items = x_fit[idx], y_fit[idx], None
+            if views is not None:
+                extra = np.concatenate([views_of[i] for i in idx])
+                x = np.vstack([x, view_x[extra]])
+                y = np.concatenate([y, y_fit[views.fit_of[extra]]])
+                items = np.concatenate([idx, views.fit_of[extra]])
+            keep = rng.random(x.shape) > INPUT_DROPOUT
+            x = np.where(keep, x / (1 - INPUT_DROPOUT), 0.0)
+            value, grads = _loss_and_grads(params, x.astype(np.float32), y, loss, classes, items)
             losses.append(value)
             step += 1
             for key, grad in grads.items():
@@ -254,10 +292,16 @@ def train_head(
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if len(x_val):
             probe = Head(*weights, np.zeros(d, np.float32), np.zeros((d, 1), np.float32), 0.0)
-            score = gallery_precision(
-                probe.apply(x_val_p), y_val, probe.apply(x_fit), y_fit, min(SELECT_K, n)
-            )
+            gallery = probe.apply(x_fit)
+            score = gallery_precision(probe.apply(x_val_p), y_val, gallery, y_fit, min(SELECT_K, n))
             record["val_p@10"] = score
+            if views is not None and len(view_val):
+                shifted = gallery_precision(
+                    probe.apply(view_val), views.val_labels, gallery, y_fit, min(SELECT_K, n)
+                )
+                record["val_shifted_p@10"] = shifted
+                score = (1 - SHIFT_SELECT_SHARE) * score + SHIFT_SELECT_SHARE * shifted
+                record["val_score"] = score
             if best is None or score > best[0]:
                 best = (score, weights)
         history.append(record)
@@ -284,6 +328,9 @@ def head_params(config: Config) -> dict[str, Any]:
         "cnn_share": config.head_cnn_share,
         "raw_dims": RAW_DIMS,
         "seed": config.seed,
+        "views": config.train_views,
+        "item_weight": ITEM_WEIGHT,
+        "shift_select_share": SHIFT_SELECT_SHARE,
     }
 
 
@@ -297,7 +344,7 @@ def labelled_rows(catalog: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndar
 def run_train_head(config: Config, force: bool = False) -> StageResult:
     """Stage: fit the head on the train split's InceptionV3 vectors, choose its epoch on
     validation. Skipped (with a note) for a catalog without labels."""
-    from pipelines.models import training_set
+    from pipelines.models import training_set, views
     from pipelines.readers import model_id, read_catalog, read_embeddings
 
     start = time.perf_counter()
@@ -322,6 +369,8 @@ def run_train_head(config: Config, force: bool = False) -> StageResult:
     if config.head_cnn_share > 0:
         cnn, _ = read_embeddings(config, CNN, n_rows=len(catalog))
         inputs[f"model/{CNN}"] = model_id(config, CNN)
+    if config.train_views:
+        inputs[views.STAGE] = artifacts.artifact_hash(views.views_path(config), commands.RUN)
     if not force and artifacts.is_fresh(path, STAGE, params, inputs):
         manifest = artifacts.read_manifest(path) or {}
         print(f"{path} is up to date; use --force to retrain")
@@ -338,7 +387,16 @@ def run_train_head(config: Config, force: bool = False) -> StageResult:
     code = {name: i for i, name in enumerate(class_names)}
     val = val & np.isin(labels, class_names)
     y = np.array([code.get(v, -1) for v in labels])
-    head, history = train_head(vectors[fit], y[fit], vectors[val], y[val], config)
+    shifted = None
+    if config.train_views:
+        saved = views.load_views(config, catalog)
+        fit_rows = np.flatnonzero(fit)
+        view_rows, view_vectors = saved.of(fit)
+        val_rows, val_vectors = saved.of(val)
+        shifted = ShiftedViews(
+            view_vectors, np.searchsorted(fit_rows, view_rows), val_vectors, y[val_rows]
+        )
+    head, history = train_head(vectors[fit], y[fit], vectors[val], y[val], config, views=shifted)
     if config.head_cnn_share > 0:
         head = dataclasses.replace(head, cnn_share=config.head_cnn_share, cnn_dim=cnn.shape[1])
     head.save(path)
