@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines import artifacts
 from pipelines.config import Config
 from pipelines.models import head as head_module
 from pipelines.models.head import (
@@ -198,3 +199,37 @@ def test_train_command_fits_the_head_once_its_vectors_exist(
     assert "inception_v3 vectors are not embedded yet" in out
     assert "python -m pipelines embed" in out
     assert not config.head_path.exists()
+
+
+@pytest.mark.slow
+def test_a_retrained_cnn_moves_the_fused_rows_even_when_the_head_file_stays(
+    built: Config, tmp_path: Path
+) -> None:
+    """The head's learned part reads InceptionV3 only, so retraining the custom CNN alone can
+    leave models/inception_head.npz bit for bit the same; its fused rows must still follow."""
+    from pipelines.embedding import reuse
+    from pipelines.models.head import load_head, run_embed_head
+    from pipelines.readers import read_catalog
+    from tests.conftest import copy_build
+
+    config = copy_build(built, tmp_path)
+    catalog, _ = read_catalog(config)
+    head = load_head(config)
+    assert head.cnn_share > 0
+    old = np.load(config.embeddings_path("custom_cnn"))
+    retrained = unit(old[::-1].copy())  # other vectors from "another model"
+    manifest = artifacts.read_manifest(config.embeddings_path("custom_cnn")) or {}
+    reuse.write_embeddings(
+        config,
+        "custom_cnn",
+        retrained,
+        catalog["item_id"].astype(str).to_numpy(),
+        "embed",
+        manifest["params"],
+        {**manifest["inputs"], "weights": "a retrained model"},
+    )
+    result = run_embed_head(config)
+    assert not result.skipped and "kept" not in result.note
+    fused = np.load(config.embeddings_path("inception_head"))
+    expected = head.apply(np.load(config.embeddings_path("inception_v3")), retrained)
+    np.testing.assert_allclose(fused, expected, atol=1e-6)

@@ -451,7 +451,7 @@ def run_embed_head(config: Config, force: bool = False) -> StageResult:
     """Stage: embeddings/inception_head.npy = the head applied to the InceptionV3 vectors (no
     image is decoded again). Skipped for a catalog without labels."""
     from pipelines.embedding import reuse
-    from pipelines.readers import read_catalog, read_embeddings
+    from pipelines.readers import model_id, read_catalog, read_embeddings
 
     start = time.perf_counter()
     catalog, catalog_sha = read_catalog(config)
@@ -462,9 +462,17 @@ def run_embed_head(config: Config, force: bool = False) -> StageResult:
     vectors, vectors_sha = read_embeddings(config, BASE, n_rows=len(catalog))
     out = config.embeddings_path(EXTRACTOR)
     head_sha = artifacts.artifact_hash(config.head_path, commands.RUN)
-    params = {"extractor": EXTRACTOR, "from": BASE, "version": HEAD_VERSION}
-    inputs = {"catalog": catalog_sha, "weights": head_sha, embeddings_key(BASE): vectors_sha}
     head = load_head(config)
+    # The models of the vectors it fuses: a retrained custom CNN can leave the head's file
+    # bit for bit the same (the learned part reads InceptionV3 only), yet every fused row moves.
+    bases = [BASE, CNN] if head.cnn_share > 0 else [BASE]
+    params = {
+        "extractor": EXTRACTOR,
+        "from": BASE,
+        "version": HEAD_VERSION,
+        "models": {name: model_id(config, name) for name in bases},
+    }
+    inputs = {"catalog": catalog_sha, "weights": head_sha, embeddings_key(BASE): vectors_sha}
     cnn = None
     if head.cnn_share > 0:
         cnn, inputs[embeddings_key(CNN)] = read_embeddings(config, CNN, n_rows=len(catalog))
