@@ -340,3 +340,25 @@ def test_a_photo_gets_the_same_custom_cnn_vector_whatever_it_is_embedded_with(cl
         np.testing.assert_array_equal(np.concatenate([v for v, _ in got]), together)
         np.testing.assert_array_equal(np.concatenate([p for _, p in got]), probs)
     np.testing.assert_array_equal(extractor.embed_arrays(pixels[3:4]), together[3:4])
+
+
+def test_a_share_of_each_batch_is_a_small_garment_on_another_background():
+    """A flat red "garment" stays red everywhere under crop, flip and colour jitter; only the
+    shifted views (zoomed out onto a background) lose red at the edges. Their share is
+    SHIFT_SHARE, and the photo shrinks to a part of the frame."""
+    import tensorflow as tf
+
+    from pipelines.models import train_data
+
+    x = np.zeros((256, SIZE, SIZE, 3), np.float32)
+    x[..., 0] = 255.0
+    out = augment_batch(tf.constant(x), tf.constant([3, 1], tf.int64)).numpy()
+    # The backgrounds are greyish (channels within 120 of each other): never this red.
+    garment = (out[..., 0] - out[..., 1]) > 140
+    shifted = ~garment.all(axis=(1, 2))
+    assert abs(shifted.mean() - train_data.SHIFT_SHARE) < 0.1, shifted.mean()
+    spans = []
+    for mask in garment[shifted]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        spans.append(min(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / SIZE)
+    assert max(spans) < 1.0 and np.median(spans) < 0.75, spans

@@ -52,7 +52,7 @@ STAGE = "train"
 
 # Bumped whenever the architecture, augmentation or schedule changes, so a saved model made
 # by older code is retrained rather than reported as up to date.
-ARCHITECTURE_VERSION = "resnet-lite-4-appearance"
+ARCHITECTURE_VERSION = "resnet-lite-5-shifted-views"
 
 LABEL_SMOOTHING = 0.1
 WEIGHT_DECAY = 0.05
