@@ -62,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--transform", choices=("shift", "alter"), default="shift")
     parser.add_argument("--split", required=True)
     parser.add_argument("--per-class", type=int, default=0, help="0 = every row of the split")
+    parser.add_argument(
+        "--as-uploads",
+        action="store_true",
+        help="embed every base extractor as the photo search does (the garment crop included): "
+        "writes inception_v3 and custom_cnn files at once, --extractor is ignored",
+    )
     args = parser.parse_args(argv)
     config = Config(artifacts_dir=args.artifacts)
     catalog = pd.read_parquet(config.catalog_path)
@@ -77,12 +83,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = catalog["path"].to_numpy()[rows].tolist()
     make = shifted_copies if args.transform == "shift" else altered_copies
     photos = make(paths, config.seed, config.max_pixels)
-    vectors = get_extractor(args.extractor, config).embed_images(photos, batch=BATCH)
+    if args.as_uploads:
+        found = upload_vectors(config, photos, ("inception_v3", "custom_cnn"))
+    else:
+        found = {
+            args.extractor: get_extractor(args.extractor, config).embed_images(photos, batch=BATCH)
+        }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.transform}_{args.split}_{args.extractor}"
-    np.save(args.out / f"{stem}.npy", vectors)
-    np.save(args.out / f"{stem}_rows.npy", rows)
-    print(f"{stem}: {vectors.shape}")
+    for name, vectors in found.items():
+        stem = f"{args.transform}_{args.split}_{name}"
+        np.save(args.out / f"{stem}.npy", vectors)
+        np.save(args.out / f"{stem}_rows.npy", rows)
+        print(f"{stem}: {vectors.shape}")
+
+
+def upload_vectors(
+    config, photos: Sequence[bytes], extractors: Sequence[str]
+) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """{extractor: (n, d)} vectors of photos embedded exactly as the photo search embeds an
+    upload (`embed_upload`, then `choose_view` against the catalog's InceptionV3 index)."""
+    from pipelines.models.extractors import get_extractor
+    from pipelines.readers import load_index
+    from pipelines.search.photos import choose_view, embed_upload
+
+    models = {name: get_extractor(name, config) for name in extractors}
+    index = load_index(config, "inception_v3")
+    out: dict[str, list[np.ndarray]] = {name: [] for name in extractors}
+    cropped = 0
+    for i, data in enumerate(photos):
+        embedding = choose_view(embed_upload(f"photo {i}", data, models), index)
+        if embedding.error:
+            raise SystemExit(embedding.error)
+        cropped += embedding.cropped
+        for name in extractors:
+            out[name].append(embedding.vectors[name])
+    print(f"{cropped} of {len(photos)} searched with their garment's crop")
+    return {name: np.stack(rows) for name, rows in out.items()}
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pipelines.data.images import (
 )
 from pipelines.data.item_ids import match_rows
 from pipelines.errors import LookalikeError
+from pipelines.search import garment
 from pipelines.search.index import SEPARATOR, WHOLE_CATALOG, Index
 
 # Largest upload accepted, in MB; .streamlit/config.toml sets the same server.maxUploadSize.
@@ -53,6 +54,11 @@ class UploadEmbedding:
     preview: bytes | None = None  # small JPEG of the photo for the page
     error: str | None = None  # "<name>: <problem>" when the photo cannot be used
     probabilities: dict[str, float] = field(default_factory=dict)  # custom CNN: class -> p
+    # The garment's crop (`pipelines.search.garment`), embedded by every extractor when
+    # InceptionV3's map finds one; the search uses it when it is closer to the catalog.
+    crop_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    crop_box: tuple[float, float, float, float] | None = None
+    cropped: bool = False  # the vectors are the crop's (set by `choose_view`)
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,7 @@ def embed_upload(
         buffer = io.BytesIO()
         thumbnail(image, UPLOAD_PREVIEW_SIZE).save(buffer, format="JPEG", quality=85)
         heads = {n: e for n, e in extractors.items() if hasattr(e, "from_base")}
+        box = None
         for extractor_name, extractor in extractors.items():
             if extractor_name in heads:
                 continue
@@ -225,18 +232,65 @@ def embed_upload(
                     top = int(np.argmax(probs[0]))
                     category, confidence = names[top], float(probs[0][top])
                     probabilities = {c: float(p) for c, p in zip(names, probs[0], strict=True)}
+            elif extractor_name == garment.BASE and extractor.config.garment_crop:
+                emb, maps = garment.inception_vectors_and_maps(extractor, pixels)
+                box = garment.garment_box(maps[0])
             else:
                 emb = extractor.embed_arrays(pixels)
             vectors[extractor_name] = np.asarray(emb[0], dtype=np.float32)
         for extractor_name, head in heads.items():
             vectors[extractor_name] = _head_vector(head, data, vectors)
+        crop = garment.crop_to_box(image, box) if box is not None else None
+        crop_vectors = _crop_vectors(crop, extractors, heads) if crop is not None else {}
     except ImageError as err:
         return UploadEmbedding(name, error=f"{printable(name)}: {err.reason}")
     except LookalikeError as err:
         return UploadEmbedding(name, error=f"{printable(name)}: {err}")
     return UploadEmbedding(
-        name, vectors, category, confidence, buffer.getvalue(), probabilities=probabilities
+        name,
+        vectors,
+        category,
+        confidence,
+        buffer.getvalue(),
+        probabilities=probabilities,
+        crop_vectors=crop_vectors,
+        crop_box=box if crop_vectors else None,
     )
+
+
+def _crop_vectors(
+    crop: Image.Image, extractors: Mapping[str, Any], heads: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """Every extractor's vector of the garment's crop (heads from their bases' vectors)."""
+    out: dict[str, np.ndarray] = {}
+    for extractor_name, extractor in extractors.items():
+        if extractor_name not in heads:
+            pixels = square_pixels(crop, extractor.input_size)[None]
+            out[extractor_name] = np.asarray(extractor.embed_arrays(pixels)[0], np.float32)
+    for extractor_name, head in heads.items():
+        base = out.get(garment.BASE)
+        cnn = out.get("custom_cnn") if head.head.cnn_share > 0 else None
+        if base is None or (head.head.cnn_share > 0 and cnn is None):
+            return {}  # the head's bases were not embedded: no crop to compare
+        fused = head.from_base(base[None], None if cnn is None else cnn[None])
+        out[extractor_name] = np.asarray(fused[0], np.float32)
+    return out
+
+
+def choose_view(embedding: UploadEmbedding, index: Index | None) -> UploadEmbedding:
+    """The upload as searched: its garment's crop instead of the whole photo when the crop's
+    nearest catalog item in `index` (InceptionV3's) is more similar (`garment.crop_is_closer`)."""
+    import dataclasses
+
+    from pipelines.search.novelty import nearest_similarity
+
+    if not embedding.crop_vectors or index is None:
+        return embedding
+    whole = nearest_similarity(index, embedding.vectors[garment.BASE])
+    crop = nearest_similarity(index, embedding.crop_vectors[garment.BASE])
+    if not garment.crop_is_closer(whole, crop):
+        return embedding
+    return dataclasses.replace(embedding, vectors=dict(embedding.crop_vectors), cropped=True)
 
 
 def _head_vector(head: Any, data: bytes, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -360,6 +414,7 @@ def search_photos(
         if embedding.error is not None:
             results.append(UploadResult(name, error=embedding.error))
             continue
+        embedding = choose_view(embedding, sources.indexes.get(garment.BASE))
         results.append(
             _search_one(
                 embedding, data, sources, asked, k, strategy, diversity, rerank, colour, label
@@ -538,6 +593,13 @@ def _search_one(
             else predicted.searched.replace(SEPARATOR, ", ")
         )
         notes.append(f"The category strategy searches: {searched}")
+    if embedding.cropped and embedding.crop_box is not None:
+        left, top, right, bottom = (round(100 * v) for v in embedding.crop_box)
+        notes.append(
+            f"Searched with the garment, cropped from the photo (from {left}% to {right}% of "
+            f"its width, {top}% to {bottom}% of its height): it is closer to the catalog than "
+            f"the whole photo"
+        )
     warnings = []
     if sources.far is not None and sources.far.extractor in embedding.vectors:
         from pipelines.search.novelty import far_message, nearest_similarity
