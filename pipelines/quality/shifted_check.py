@@ -104,6 +104,21 @@ def precision_table(config: Config, cache: Path, split: str) -> pd.DataFrame:
     return table[["exact", "cluster", "category", "worst gap"]]
 
 
+def category_accuracy(config: Config, cache: Path, split: str) -> dict[str, float]:
+    """The category classifier's accuracy on the split's photos and on their shifted copies."""
+    catalog = pd.read_parquet(config.catalog_path)
+    labels = catalog["label"].astype(str).to_numpy()
+    model = load_category_model(config)
+    rows = np.load(cache / f"shift_{split}_inception_v3_rows.npy")
+    shifted = {e: np.load(cache / f"shift_{split}_{e}.npy") for e in model.features}
+    stored = {e: np.load(config.embeddings_path(e))[rows] for e in model.features}
+    out = {}
+    for setting, vectors in (("photos", stored), ("shifted copies", shifted)):
+        predicted = model.classes[model.probabilities(vectors).argmax(axis=1)]
+        out[setting] = float((predicted == labels[rows]).mean())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifacts", type=Path, required=True)
@@ -118,6 +133,8 @@ def main() -> None:
     config = Config(artifacts_dir=args.artifacts).replace(**changes)
     with pd.option_context("display.width", 120, "display.precision", 3):
         print(precision_table(config, args.cache, args.split))
+    accuracy = category_accuracy(config, args.cache, args.split)
+    print("category accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
 
 
 if __name__ == "__main__":
