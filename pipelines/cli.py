@@ -63,7 +63,7 @@ def _train(config: Config, args: argparse.Namespace) -> Any:
         )
         return results
     if config.train_views:
-        from pipelines.models.views import run_views
+        from pipelines.embedding.embed_views import run_views
 
         results.append(run_views(config, force=args.force))
     return [*results, run_train_head(config, force=args.force)]

@@ -28,6 +28,7 @@ def _stages(
     from pipelines.data.catalog import run_catalog
     from pipelines.data.colour import run_colours
     from pipelines.embedding.embed import run_embed
+    from pipelines.embedding.embed_views import run_views
     from pipelines.explore.clusters import run_clusters
     from pipelines.explore.maps import run_maps
     from pipelines.explore.mosaic import run_mosaic
@@ -36,7 +37,6 @@ def _stages(
     from pipelines.models.head import run_embed_head, run_train_head
     from pipelines.models.train import run_train
     from pipelines.models.training_set import run_training_set
-    from pipelines.models.views import run_views
     from pipelines.quality.evaluate import run_evaluate
     from pipelines.quality.health import run_health
     from pipelines.search.ann import run_ann

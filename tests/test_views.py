@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipelines import artifacts
 from pipelines.config import Config
+from pipelines.embedding.embed_views import run_views
 from pipelines.models import views
 from pipelines.models.classify import ViewVectors, choose_model
 from pipelines.models.head import labelled_rows
@@ -55,7 +56,7 @@ def test_the_pipeline_embeds_views_once_and_the_trained_parts_key_on_them(built:
     stored = np.load(built.embeddings_path("inception_v3"))[saved.rows]
     assert float(np.mean(np.sum(stored * saved.vectors, axis=1))) < 0.95
     # Up to date on a second run; the head and the classifier name the views they learnt from.
-    assert views.run_views(built).skipped
+    assert run_views(built).skipped
     digest = artifacts.artifact_hash(views.views_path(built), "run")
     for path in (built.head_path, built.category_model_path):
         assert (artifacts.read_manifest(path) or {})["inputs"][views.STAGE] == digest

@@ -1,5 +1,6 @@
 """Shifted views of the training photos, for training against the shift from a catalog's studio
-shots to a shopper's phone photo (issue 25). Reads catalog photos; the `views` stage writes
+shots to a shopper's phone photo (issue 25): the view itself, which photos get one, and the
+saved vectors' reader. The `views` stage (`pipelines/embedding/embed_views.py`) writes
 models/views_inception_v3.npz (InceptionV3 vectors of one view per chosen photo) with a manifest.
 
 A view is the photo as a phone might show it: cropped a little, maybe mirrored, shrunk to a
@@ -17,8 +18,6 @@ learn from them; the custom CNN makes its own views on the fly (`train_data.augm
 from __future__ import annotations
 
 import io
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +25,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
 
-from pipelines import artifacts, commands
+from pipelines import commands
 from pipelines.config import Config
-from pipelines.data.images import ImageError, load_image
 from pipelines.errors import LookalikeError
-from pipelines.stage import StageResult
 
 STAGE = "views"
 BASE = "inception_v3"
@@ -45,8 +42,6 @@ CROP_MIN = 0.8
 ROTATE_DEGREES = 8.0
 CAST = 0.1
 JPEG_QUALITY = (35, 85)
-# Photos decoded and embedded at a time.
-BATCH = 64
 
 
 def _background(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
@@ -131,71 +126,3 @@ def load_views(config: Config, catalog: pd.DataFrame) -> Views:
     rows = match_rows(catalog["item_id"], ids)
     keep = rows >= 0
     return Views(rows[keep], vectors[keep])
-
-
-def _photos(paths: list[str], rows: np.ndarray, seed: int, max_pixels: int) -> list[bytes | None]:
-    """One view per photo, each from its own generator (seed, row); None when undecodable."""
-
-    def one(i: int) -> bytes | None:
-        try:
-            image = load_image(paths[i], max_pixels=max_pixels)
-        except ImageError:
-            return None
-        return shifted_view(image, np.random.default_rng([seed, 26, int(rows[i])]))
-
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(one, range(len(paths))))
-
-
-def run_views(config: Config, force: bool = False) -> StageResult:
-    """Stage: embed one shifted view of each chosen training photo with InceptionV3.
-    Skipped (with a note) for a catalog without labels."""
-    from tqdm import tqdm
-
-    from pipelines.models import training_set
-    from pipelines.models.extractors import get_extractor
-    from pipelines.models.head import labelled_rows
-    from pipelines.readers import model_id, read_catalog
-
-    start = time.perf_counter()
-    catalog, _ = read_catalog(config)
-    fit, val, labelled = labelled_rows(catalog, config.seed)
-    if not labelled:
-        note = "views skipped: the catalog has no labels (only trained parts use views)"
-        print(note)
-        return StageResult(STAGE, seconds=time.perf_counter() - start, skipped=True, note=note)
-    snapshot = training_set.ensure(config, catalog)
-    known = training_set.in_training_set(config, catalog)
-    rows = view_rows(fit & known, val & known, config.seed)
-    path = views_path(config)
-    params = {
-        "version": VERSION,
-        "fit_share": FIT_SHARE,
-        "seed": config.seed,
-        "max_pixels": config.max_pixels,
-    }
-    inputs = {"training_set": snapshot, f"model/{BASE}": model_id(config, BASE)}
-    if not force and artifacts.is_fresh(path, STAGE, params, inputs):
-        print(f"{path} is up to date")
-        return StageResult(STAGE, rows=len(rows), seconds=time.perf_counter() - start, skipped=True)
-    extractor = get_extractor(BASE, config)
-    paths = catalog["path"].astype(str).to_numpy()[rows].tolist()
-    ids = catalog["item_id"].astype(str).to_numpy()[rows]
-    vectors, kept = [], []
-    with tqdm(total=len(rows), desc=f"views {BASE}", unit="img") as bar:
-        for lo in range(0, len(rows), BATCH):
-            photos = _photos(paths[lo : lo + BATCH], rows[lo : lo + BATCH], config.seed,
-                             config.max_pixels)  # fmt: skip
-            ok = [i for i, p in enumerate(photos) if p is not None]
-            if ok:
-                vectors.append(extractor.embed_images([photos[i] for i in ok]))
-                kept.extend(lo + i for i in ok)
-            bar.update(len(photos))
-    vectors_all = np.concatenate(vectors) if vectors else np.zeros((0, 2048), np.float32)
-    with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, item_id=ids[kept].astype(str), vectors=vectors_all.astype(np.float32))
-    seconds = time.perf_counter() - start
-    note = f"{len(kept)} views ({len(rows) - len(kept)} photos unreadable), {seconds:.0f} s"
-    artifacts.write_manifest(path, STAGE, params, inputs, extra={"n_views": len(kept)})
-    print(f"views: {note} -> {path}")
-    return StageResult(STAGE, wrote=(path,), rows=len(kept), seconds=seconds, note=note)
