@@ -126,6 +126,13 @@ class InceptionV3Extractor(Extractor):
     def weights_path(self) -> Path:
         return self.config.inception_weights_path
 
+    def embed_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, S, S, 3) uint8 -> (n, 2048) unit vectors and their (n, 8, 8, 2048) last maps, in
+        one pass (`pipelines.search.garment` finds an upload's garment in the map)."""
+        from pipelines.search.garment import inception_vectors_and_maps
+
+        return inception_vectors_and_maps(self, images)
+
     def weights_id(self) -> str:
         self.ensure_weights()
         return artifacts.artifact_hash(self.weights_path, commands.embed(self.name))

@@ -68,16 +68,23 @@ def garment_box(feature_map: np.ndarray) -> Box | None:
     return box
 
 
-def crop_to_box(image: Image.Image, box: Box) -> Image.Image | None:
-    """The part of `image` under `box`, given in fractions of the centred square that every
-    model input is made of (`pipelines.data.images.square_array`); None when too small."""
-    width, height = image.size
+def photo_box(size: tuple[int, int], box: Box) -> tuple[int, int, int, int]:
+    """`box`, given in fractions of the centred square every model input is made of
+    (`pipelines.data.images.square_array`), as pixels (left, top, right, bottom) of a photo of
+    `size` (width, height)."""
+    width, height = size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     x0, y0, x1, y1 = (int(round(v * side)) for v in box)
+    return left + x0, top + y0, left + x1, top + y1
+
+
+def crop_to_box(image: Image.Image, box: Box) -> Image.Image | None:
+    """The part of `image` under `box` (fractions of its centred square); None when too small."""
+    x0, y0, x1, y1 = photo_box(image.size, box)
     if min(x1 - x0, y1 - y0) < MIN_SIDE:
         return None
-    return image.crop((left + x0, top + y0, left + x1, top + y1))
+    return image.crop((x0, y0, x1, y1))
 
 
 def crop_is_closer(whole: float, crop: float) -> bool:

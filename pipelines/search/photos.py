@@ -57,7 +57,7 @@ class UploadEmbedding:
     # The garment's crop (`pipelines.search.garment`), embedded by every extractor when
     # InceptionV3's map finds one; the search uses it when it is closer to the catalog.
     crop_vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    crop_box: tuple[float, float, float, float] | None = None
+    crop_box: tuple[float, float, float, float] | None = None  # fractions of the photo
     cropped: bool = False  # the vectors are the crop's (set by `choose_view`)
 
 
@@ -232,8 +232,12 @@ def embed_upload(
                     top = int(np.argmax(probs[0]))
                     category, confidence = names[top], float(probs[0][top])
                     probabilities = {c: float(p) for c, p in zip(names, probs[0], strict=True)}
-            elif extractor_name == garment.BASE and extractor.config.garment_crop:
-                emb, maps = garment.inception_vectors_and_maps(extractor, pixels)
+            elif (
+                extractor_name == garment.BASE
+                and extractor.config.garment_crop
+                and hasattr(extractor, "embed_with_maps")
+            ):
+                emb, maps = extractor.embed_with_maps(pixels)
                 box = garment.garment_box(maps[0])
             else:
                 emb = extractor.embed_arrays(pixels)
@@ -254,8 +258,15 @@ def embed_upload(
         buffer.getvalue(),
         probabilities=probabilities,
         crop_vectors=crop_vectors,
-        crop_box=box if crop_vectors else None,
+        crop_box=_fractions(image.size, box) if crop_vectors and box is not None else None,
     )
+
+
+def _fractions(size: tuple[int, int], box: garment.Box) -> tuple[float, float, float, float]:
+    """A garment box as fractions of the photo's width and height (the note's numbers)."""
+    x0, y0, x1, y1 = garment.photo_box(size, box)
+    width, height = size
+    return x0 / width, y0 / height, x1 / width, y1 / height
 
 
 def _crop_vectors(

@@ -89,7 +89,7 @@ class GatedExtractor:
     attribute is the wrapped extractor's, so `pipelines.search.photos.embed_upload` uses it
     as is."""
 
-    _FORWARDS = ("embed_arrays", "embed_and_classify")
+    _FORWARDS = ("embed_arrays", "embed_and_classify", "embed_with_maps")
 
     def __init__(self, extractor: Any, mode: str = "lock") -> None:
         if mode not in EMBED_MODES:
