@@ -472,7 +472,17 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         current = getattr(defaults, name)
         try:
             if isinstance(current, bool):
-                value: Any = text.lower() in ("1", "true", "yes")
+                words = {
+                    "1": True,
+                    "true": True,
+                    "yes": True,
+                    "0": False,
+                    "false": False,
+                    "no": False,
+                }
+                if text.lower() not in words:
+                    raise ValueError(text)
+                value: Any = words[text.lower()]
             elif isinstance(current, tuple):
                 value = tuple(int(v) for v in text.split(","))
             elif current is None or isinstance(current, Path):
@@ -482,6 +492,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         except ValueError as err:
             raise LookalikeError(
                 f"--set {name}: {text!r} is not a valid {type(current).__name__}"
+                + (" (use true or false)" if isinstance(current, bool) else "")
             ) from err
         changes[name] = value
     return changes

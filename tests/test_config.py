@@ -47,6 +47,8 @@ BAD_VALUES: dict[str, list[str]] = {
     "category_exact_below": ["-1", "2", "nan"],
     "eval_copy_queries": ["-1", "all"],
     "head_cnn_share": ["-0.5", "0.9", "nan"],
+    "train_views": ["maybe", "2"],
+    "garment_crop": ["ture", ""],
     "map_pca_dims": ["1", "0"],
     "map_neighbors": ["1", "0"],
     "map_min_dist": ["-0.1", "1.5", "nan", "close"],
