@@ -317,7 +317,9 @@ def test_the_custom_cnn_vector_is_the_same_for_a_photo_and_its_mirror_image(clas
     pixels = np.stack([load_array(p, SIZE) for p in df["path"].iloc[:4]])
     vectors, probs = extractor.embed_and_classify(pixels)
     mirrored, mirrored_probs = extractor.embed_and_classify(pixels[:, :, ::-1].copy())
-    np.testing.assert_allclose(mirrored, vectors, atol=1e-5)
+    # float32 sums in another order, blown up by the whitening's weakest directions: up to
+    # 1.6e-5 on unit vectors once the appearance share is 0.6 (1e-5 held at 0.5).
+    np.testing.assert_allclose(mirrored, vectors, atol=5e-5)
     np.testing.assert_allclose(mirrored_probs, probs, atol=1e-5)
     # And not the same for different photos: the descriptor is not constant.
     assert (vectors @ vectors.T)[np.triu_indices(4, 1)].max() < 0.9999

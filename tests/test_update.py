@@ -23,6 +23,7 @@ from PIL import Image
 from pipelines.artifacts import read_manifest
 from pipelines.config import Config
 from pipelines.models.training_set import snapshot_path
+from pipelines.models.views import views_path
 from tests.conftest import copy_build, real_photos, remove_last_photos
 
 ADDED = (("train", "dress"), ("test", "shoes"))  # one new photo each, beyond the 3 in the build
@@ -76,7 +77,8 @@ def update(built: Config, tmp_path_factory: pytest.TempPathFactory) -> Update:
     results = run_all(config)
     names = [
         "catalog", "colours", "training set", "train", "embed inception_v3", "embed custom_cnn",
-        "train inception_head", "embed inception_head", "classify", "maps", "clusters", "ann",
+        "views", "train inception_head", "embed inception_head", "classify", "maps", "clusters",
+        "ann",
         "mosaic", "health", "evaluate",
     ]  # fmt: skip
     run_neighbours(config, extractors, k=5, progress=False)
@@ -125,11 +127,12 @@ def test_kept_vectors_are_bit_identical_and_new_ones_are_embedded(update: Update
 
 
 def test_no_trained_part_is_retrained(update: Update) -> None:
-    for result in ("training set", "train", "train inception_head"):
+    for result in ("training set", "train", "views", "train inception_head"):
         assert update.results[result].skipped, result
     for path in (
         update.config.custom_cnn_path,
         update.config.head_path,
+        views_path(update.config),
         snapshot_path(update.config),
     ):
         before = update.before.artifacts_dir / path.relative_to(update.config.artifacts_dir)

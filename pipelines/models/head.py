@@ -363,6 +363,7 @@ def labelled_rows(catalog: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndar
 def run_train_head(config: Config, force: bool = False) -> StageResult:
     """Stage: fit the head on the train split's InceptionV3 vectors, choose its epoch on
     validation. Skipped (with a note) for a catalog without labels."""
+    from pipelines.data.colour import VERSION as COLOUR_RULE
     from pipelines.data.colour import read_colours
     from pipelines.models import training_set, views
     from pipelines.readers import model_id, read_catalog, read_embeddings
@@ -393,7 +394,10 @@ def run_train_head(config: Config, force: bool = False) -> StageResult:
         inputs[views.STAGE] = artifacts.artifact_hash(views.views_path(config), commands.RUN)
     colour_names = read_colours(config, catalog["item_id"].astype(str).to_numpy())
     if colour_names is not None:
-        inputs["colours"] = artifacts.artifact_hash(config.colours_path, commands.RUN)
+        # An item's colour is a function of its photo (its id is the photo's content hash) and
+        # of the colour rule, so the training set and the rule's version key the colours the
+        # head learns from: photos added or removed leave the head as it is, like the rest.
+        inputs["colours"] = COLOUR_RULE
     if not force and artifacts.is_fresh(path, STAGE, params, inputs):
         manifest = artifacts.read_manifest(path) or {}
         print(f"{path} is up to date; use --force to retrain")
