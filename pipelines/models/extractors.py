@@ -367,6 +367,10 @@ class InceptionHeadExtractor(InceptionV3Extractor):
     InceptionV3 exactly as for `inception_v3`, then through the head. The embed stage skips
     the images and applies the head to the stored InceptionV3 vectors (`embed_catalog`)."""
 
+    # Its vector is not the average of a map: no garment box from it (uploads find the garment
+    # with InceptionV3's own map, then feed the crop's base vectors to the head).
+    embed_with_maps = None
+
     name = "inception_head"
 
     def __init__(self, config: Config) -> None:

@@ -397,7 +397,7 @@ def run_train_head(config: Config, force: bool = False) -> StageResult:
         # An item's colour is a function of its photo (its id is the photo's content hash) and
         # of the colour rule, so the training set and the rule's version key the colours the
         # head learns from: photos added or removed leave the head as it is, like the rest.
-        inputs["colours"] = COLOUR_RULE
+        inputs["colour_rule"] = COLOUR_RULE
     if not force and artifacts.is_fresh(path, STAGE, params, inputs):
         manifest = artifacts.read_manifest(path) or {}
         print(f"{path} is up to date; use --force to retrain")

@@ -235,7 +235,7 @@ def embed_upload(
             elif (
                 extractor_name == garment.BASE
                 and extractor.config.garment_crop
-                and hasattr(extractor, "embed_with_maps")
+                and callable(getattr(extractor, "embed_with_maps", None))
             ):
                 emb, maps = extractor.embed_with_maps(pixels)
                 box = garment.garment_box(maps[0])

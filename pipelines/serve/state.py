@@ -96,6 +96,8 @@ def load_models(
                 extractor.embed_and_classify(blank)
             else:
                 extractor.embed_arrays(blank)
+            if config.garment_crop and callable(getattr(extractor, "embed_with_maps", None)):
+                extractor.embed_with_maps(blank)  # the upload's first pass: garment map
             models[name] = GatedExtractor(extractor, mode)
             models[name].warm_up(blank)
         except (LookalikeError, OSError, ValueError) as err:
