@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines.config import Config
 from pipelines.data.images import ImageSource, load_image
 
 # The photo is shrunk to fit 60x80 (w x h), saved as a JPEG of this quality, and pasted at a
@@ -51,7 +52,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Cache vectors of shifted (or altered) copies of catalog rows for offline checks."""
     import pandas as pd
 
-    from pipelines.config import Config
     from pipelines.models.extractors import get_extractor
     from pipelines.quality.likeness import BATCH, altered_copies
 
@@ -98,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def upload_vectors(
-    config, photos: Sequence[bytes], extractors: Sequence[str]
-) -> dict[str, np.ndarray]:  # noqa: ANN001
+    config: Config, photos: Sequence[bytes], extractors: Sequence[str]
+) -> dict[str, np.ndarray]:
     """{extractor: (n, d)} vectors of photos embedded exactly as the photo search embeds an
     upload (`embed_upload`, then `choose_view` against the catalog's InceptionV3 index)."""
     from pipelines.models.extractors import get_extractor
