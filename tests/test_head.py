@@ -27,6 +27,15 @@ from tests.conftest import unit, write_vector_artifacts
 SUBSET = Path(__file__).parent / "data" / "inception_subset.npz"
 
 
+def _subset() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """SUBSET's vectors, integer labels, and fit and validation masks."""
+    data = np.load(SUBSET)
+    classes = sorted(set(data["labels"].tolist()))
+    y = np.array([classes.index(v) for v in data["labels"]])
+    fit, val = data["splits"] == "train", data["splits"] == "validation"
+    return data["vectors"].astype(np.float32), y, fit, val
+
+
 @pytest.mark.parametrize("loss", ["norm_softmax", "supcon", "supcon with items and looks"])
 def test_gradients_match_finite_differences(loss: str) -> None:
     rng = np.random.default_rng(0)
@@ -59,11 +68,7 @@ def test_gradients_match_finite_differences(loss: str) -> None:
 
 
 def test_head_improves_validation_precision_over_raw_vectors_on_real_photos() -> None:
-    data = np.load(SUBSET)
-    x = data["vectors"].astype(np.float32)
-    classes = sorted(set(data["labels"].tolist()))
-    y = np.array([classes.index(v) for v in data["labels"]])
-    fit, val = data["splits"] == "train", data["splits"] == "validation"
+    x, y, fit, val = _subset()
     config = Config(head_raw_share=0.0, head_cnn_share=0.0, head_epochs=40)
     head, history = train_head(x[fit], y[fit], x[val], y[val], config)
     raw = precision_at_k(x[val], y[val], x[fit], y[fit], 10)
@@ -84,11 +89,7 @@ def _shifted(x: np.ndarray, seed: int) -> np.ndarray:
 
 
 def test_shifted_views_teach_the_head_the_shift_and_choose_its_epoch() -> None:
-    data = np.load(SUBSET)
-    x = data["vectors"].astype(np.float32)
-    classes = sorted(set(data["labels"].tolist()))
-    y = np.array([classes.index(v) for v in data["labels"]])
-    fit, val = data["splits"] == "train", data["splits"] == "validation"
+    x, y, fit, val = _subset()
     x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[val], y[val]
     every_other = np.arange(0, len(x_fit), 2)
     views = ShiftedViews(_shifted(x_fit[every_other], 1), every_other, _shifted(x_val, 2), y_val)
@@ -113,11 +114,7 @@ def test_shifted_views_teach_the_head_the_shift_and_choose_its_epoch() -> None:
 def test_colour_positives_bring_a_colour_together_within_a_kind() -> None:
     """A "colour" the vectors hold (the side of a fixed direction each photo is on): with
     colours, more of a validation photo's 10 neighbours share it, and P@10 holds."""
-    data = np.load(SUBSET)
-    x = data["vectors"].astype(np.float32)
-    classes = sorted(set(data["labels"].tolist()))
-    y = np.array([classes.index(v) for v in data["labels"]])
-    fit, val = data["splits"] == "train", data["splits"] == "validation"
+    x, y, fit, val = _subset()
     direction = np.random.default_rng(5).normal(size=x.shape[1]).astype(np.float32)
     projection = (x - x.mean(axis=0)) @ direction
     colour = (projection > np.median(projection)).astype(int)
