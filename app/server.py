@@ -4,7 +4,10 @@ background, so they are ready (or nearly) when the first page opens rather than 
 then: TensorFlow's import and InceptionV3 take ~7 s on 2 cores, most of a first upload that
 opened the app cold.
 
-`streamlit run app/streamlit_app.py` still works (the models then start with the first page).
+It also serves the tiles of a large catalog's photo map (`app/routes.py`).
+
+`streamlit run app/streamlit_app.py` still works (the models then start with the first page,
+and a tiled photo map has no tiles to show: use app/server.py).
 """
 
 from __future__ import annotations
@@ -35,4 +38,10 @@ async def lifespan(_app: Any) -> AsyncIterator[None]:
     yield
 
 
-app = st.App("streamlit_app.py", lifespan=lifespan)
+def _routes() -> list[Any]:
+    from app.routes import ROUTES
+
+    return ROUTES
+
+
+app = st.App("streamlit_app.py", lifespan=lifespan, routes=_routes())

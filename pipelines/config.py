@@ -181,6 +181,11 @@ class Config:
     # Side of one photo in the photo map's mosaic, pixels: sharp enough for a hover preview,
     # small enough that the 3,781-photo mosaic stays a ~2 MB JPEG.
     mosaic_tile: int = 48
+    # From this many items the photo map is a pyramid of deep-zoom tiles (explore/tiles.py):
+    # one JPEG of every photo would be too large for a browser. Each photo is then drawn at
+    # mosaic_deep_cell pixels at the deepest zoom (a divisor of the 256-px tile).
+    mosaic_tiled_min_items: int = 20_000
+    mosaic_deep_cell: int = 32
     # Test photos altered for copy-retrieval R@1 (evenly spread over the queries; 0 = off):
     # each runs once through every extractor's model, about 40 s for 400 on InceptionV3.
     eval_copy_queries: int = 400
@@ -213,6 +218,11 @@ class Config:
             raise LookalikeError(
                 f"head_raw_share + head_cnn_share must be below 1 (the learned part gets the "
                 f"rest), got {self.head_raw_share} + {self.head_cnn_share}"
+            )
+        if 256 % self.mosaic_deep_cell:
+            raise LookalikeError(
+                f"mosaic_deep_cell must divide the 256-px tile (8, 16, 32, 64, 128 or 256), got "
+                f"{self.mosaic_deep_cell}"
             )
         if (
             not self.eval_ks
@@ -381,6 +391,15 @@ class Config:
         """Which grid cell of the photo map holds each item (item_id, col, row)."""
         return self.artifacts_dir / "mosaic" / f"{extractor}_cells.parquet"
 
+    def mosaic_tiles_path(self, extractor: str) -> Path:
+        """The index (JSON) of a large catalog's photo map tiles: their folder's key and the
+        pyramid's shape."""
+        return self.artifacts_dir / "mosaic" / f"{extractor}_tiles.json"
+
+    def mosaic_tiles_dir(self, extractor: str) -> Path:
+        """The folder of a large catalog's photo map tiles (one sub-folder per build)."""
+        return self.artifacts_dir / "mosaic" / f"{extractor}_tiles"
+
     def neighbours_path(self, extractor: str, fmt: str = "parquet") -> Path:
         """Every item's top-k table of the neighbours stage (one file per format)."""
         return self.artifacts_dir / "neighbours" / f"{extractor}.{fmt}"
@@ -424,6 +443,8 @@ _WHOLE_MINIMUMS = {
     "health_max_pairs": 1,
     "health_neighbors": 1,
     "mosaic_tile": 8,
+    "mosaic_tiled_min_items": 1,
+    "mosaic_deep_cell": 8,
     "seed": 0,
 }
 # Real-valued settings and their open interval (a NaN or infinity is outside every one).

@@ -81,6 +81,7 @@ def artifact_paths(config: Config) -> dict[str, Path]:
         paths[f"ann/{name}_delta"] = config.ann_delta_path(name)
         paths[f"mosaic/{name}"] = config.mosaic_image_path(name)
         paths[f"mosaic_cells/{name}"] = config.mosaic_cells_path(name)
+        paths[f"mosaic_tiles/{name}"] = config.mosaic_tiles_path(name)
         for kind in HEALTH_KINDS:
             paths[f"health/{name}_{kind}"] = config.health_path(name, kind)
     return paths

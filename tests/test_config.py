@@ -62,6 +62,8 @@ BAD_VALUES: dict[str, list[str]] = {
     "health_max_pairs": ["0", "many"],
     "health_neighbors": ["0", "-1"],
     "mosaic_tile": ["4", "0", "big"],
+    "mosaic_tiled_min_items": ["0", "-5", "many"],
+    "mosaic_deep_cell": ["4", "24", "300"],
     "eval_ks": ["0", "1,x", "", "-5,10"],
     "seed": ["-1", "random"],
 }

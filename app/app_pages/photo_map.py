@@ -1,11 +1,12 @@
 """Photo map page: the catalog's photos laid out by the chosen extractor's map, snapped to a
-grid (built once by the mosaic stage); zoom in, hover for a bigger photo, click to search."""
+grid (built once by the mosaic stage); zoom in, hover for a bigger photo, click to search.
+A large catalog's map is a deep-zoom pyramid of tiles (`app/ui/tiled_map.py`)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import hover, loaders, plots, selection, widgets
+from app.ui import hover, loaders, plots, selection, tiled_map, widgets
 from app.ui.names import display_name
 from pipelines import commands
 
@@ -16,6 +17,24 @@ settings = widgets.sidebar(cfg)
 st.title("Photo map")
 widgets.require(cfg, ("catalog", "maps"), [settings.extractor])
 
+name = display_name(settings.extractor)
+with widgets.user_errors():
+    tiled = loaders.tiled_map(cfg, settings.extractor)
+if tiled is not None:
+    shape = tiled.shape
+    st.caption(
+        f"{len(tiled.item_ids):,} photos placed by the {name} map on a {shape.cols:,} × "
+        f"{shape.rows:,} grid, drawn as deep-zoom tiles (only those in view are fetched). "
+        f"Wheel or + / − to zoom, drag to pan, double-click for the whole map, hover for a "
+        f"photo, click a photo to find its lookalikes."
+    )
+    picked = tiled_map.deep_zoom(tiled, settings.extractor, HEIGHT, f"tiles_{settings.extractor}")
+    row = None if picked is None else tiled.row_at(*picked)
+    if row is not None:
+        widgets.find_lookalikes(str(tiled.item_ids[row]))
+        st.switch_page("app_pages/search.py")
+    st.stop()
+
 with widgets.user_errors():
     mosaic = loaders.mosaic(cfg, settings.extractor)
 if mosaic is None:
@@ -25,7 +44,6 @@ if mosaic is None:
     )
     st.stop()
 
-name = display_name(settings.extractor)
 st.caption(
     f"{len(mosaic['cells']):,} photos placed by the {name} map on a {mosaic['cols']} × "
     f"{mosaic['rows']} grid (each in the free cell nearest its map position). Drag to zoom in, "

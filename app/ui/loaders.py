@@ -30,7 +30,7 @@ from app.ui import plots
 from pipelines import consistency, status
 from pipelines.artifacts import read_manifest
 from pipelines.config import Config
-from pipelines.explore import browse
+from pipelines.explore import browse, tiles
 from pipelines.readers import load_index, read_catalog
 from pipelines.search import photos
 from pipelines.search.approximate import take_rows
@@ -635,6 +635,34 @@ def mosaic(cfg: Config, extractor: str) -> dict[str, Any] | None:
         return None
     key = (sha(cfg.catalog_path), sha(paths[0]), sha(paths[1]))
     return _mosaic(str(cfg.artifacts_dir), extractor, key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _tiled_map(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> tiles.TiledMap | None:
+    cfg = _config(artifacts_dir)
+    catalog_table = _catalog(artifacts_dir, key[0])
+    found = tiles.open_tiled_map(
+        cfg.mosaic_tiles_path(extractor),
+        cfg.mosaic_tiles_dir(extractor),
+        cfg.mosaic_cells_path(extractor),
+        catalog_table,
+        cfg.artifacts_dir,
+    )
+    _unchanged(
+        (cfg.mosaic_tiles_path(extractor), key[1]), (cfg.mosaic_cells_path(extractor), key[2])
+    )
+    return found
+
+
+def tiled_map(cfg: Config, extractor: str) -> tiles.TiledMap | None:
+    """The deep-zoom photo map of one extractor (a large catalog's; see
+    `pipelines.explore.tiles`), shared by every session and by the tile routes; None when
+    it is not built. Read only."""
+    paths = (cfg.mosaic_tiles_path(extractor), cfg.mosaic_cells_path(extractor))
+    if status.missing_paths(paths):
+        return None
+    key = (sha(cfg.catalog_path), sha(paths[0]), sha(paths[1]))
+    return _tiled_map(str(cfg.artifacts_dir), extractor, key)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -1,0 +1,68 @@
+"""HTTP routes the app's server adds beside its pages (`app/server.py`): the tiles of a large
+catalog's photo map and the photo in one of its cells. The browser's tiled viewer
+(`app/ui/tiled_map.py`) asks for the tiles in view only; each URL names the build's key, so a
+tile is cached for good and a rebuilt map is fetched anew.
+
+Routes present what `pipelines.explore.tiles` reads; they never build anything.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from app.ui import loaders
+from pipelines.config import EXTRACTORS, Config
+from pipelines.explore.tiles import TiledMap
+
+PREFIX = "/lookalike"
+_FOREVER = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+def _map(extractor: str) -> TiledMap | None:
+    if extractor not in EXTRACTORS:
+        return None
+    return loaders.tiled_map(Config(), extractor)
+
+
+def _not_found(what: str) -> Response:
+    return Response(f"{what} not found", status_code=404, media_type="text/plain")
+
+
+def tile(request: Request) -> Response:
+    """GET {PREFIX}/tiles/{extractor}/{key}/{level}/{x}_{y}.jpg: one tile of the pyramid."""
+    params = request.path_params
+    found = _map(params["extractor"])
+    if found is None or found.key != params["key"]:
+        return _not_found("photo map (rebuilt or not built)")
+    path = found.tile(params["level"], params["x"], params["y"])
+    if path is None:
+        return _not_found("tile")  # a tile without photos is not written: the viewer skips it
+    return FileResponse(path, media_type="image/jpeg", headers=_FOREVER)
+
+
+def cell_photo(request: Request) -> Response:
+    """GET {PREFIX}/cell/{extractor}/{key}/{col}/{row}.jpg: the photo of the item in one cell
+    (its item id and label in the X-Item-Id and X-Item-Label headers)."""
+    params = request.path_params
+    found = _map(params["extractor"])
+    if found is None or found.key != params["key"]:
+        return _not_found("photo map (rebuilt or not built)")
+    row = found.row_at(params["col"], params["row"])
+    if row is None or not found.thumb(row).is_file():
+        return _not_found("photo")
+    headers = {
+        **_FOREVER,
+        "X-Item-Id": str(found.item_ids[row]),
+        "X-Item-Label": str(found.labels[row]).encode("ascii", "replace").decode(),
+    }
+    return FileResponse(found.thumb(row), media_type="image/jpeg", headers=headers)
+
+
+ROUTES = [
+    Route(
+        PREFIX + "/tiles/{extractor}/{key}/{level:int}/{x:int}_{y:int}.jpg", tile, methods=["GET"]
+    ),
+    Route(PREFIX + "/cell/{extractor}/{key}/{col:int}/{row:int}.jpg", cell_photo, methods=["GET"]),
+]
