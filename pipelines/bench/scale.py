@@ -16,9 +16,10 @@ import numpy as np
 
 from pipelines import artifacts
 from pipelines.bench.common import jsonable, ms, run_child
-from pipelines.bench.scale_browser import browser_paint
+from pipelines.bench.scale_browser import browser_paint, photo_map_paint
 from pipelines.bench.scale_build import build_scaled
 from pipelines.config import EXTRACTORS, Config
+from pipelines.explore.mosaic import run_mosaic
 from pipelines.search.ann import run_ann
 
 PAGES = (
@@ -35,6 +36,10 @@ TARGETS = {
     "map_rerender_ms": {"100000": 300, "1000000": 1000},
     "page_render_ms_1m": 1000,
     "map_paint_ratio": 1.5,
+    # Issue 26: the tiled photo map.
+    "photo_map_paint_ratio": 1.5,
+    "zoom_step_ms": 1000,
+    "tiles_build_s_1m": 900,
 }
 
 
@@ -131,6 +136,12 @@ def run_scale_bench(
             t0 = time.perf_counter()
             results["ann"] = _jsonable_stage(run_ann(scaled))
             results["ann_build_s"] = round(time.perf_counter() - t0, 1)
+            # The photo map, as `run` leaves it: from 20k items a deep-zoom tile pyramid per
+            # extractor (pipelines/explore/tiles.py).
+            t0 = time.perf_counter()
+            results["mosaic"] = _jsonable_stage(run_mosaic(scaled))
+            results["mosaic_build_s"] = round(time.perf_counter() - t0, 1)
+            results["mosaic_disk_mb"] = _disk_mb(scaled.artifacts_dir / "mosaic")
             params = {
                 "pages": list(pages),
                 "raster_min_items": raster_min_items,
@@ -156,6 +167,13 @@ def run_scale_bench(
                 )
                 paint["loadavg_before"] = load
                 results["browser"] = paint
+                print(f"bench --scale {n}: the Photo map in Chromium ...", flush=True)
+                load = loadavg()
+                photos = photo_map_paint(
+                    {"default": str(config.artifacts_dir), "scaled": str(build_dir)}, repeats
+                )
+                photos["loadavg_before"] = load
+                results["photo_map"] = photos
             results["ratios"] = _ratios(results)
         finally:
             if not keep:
@@ -166,6 +184,11 @@ def run_scale_bench(
     print(format_scale(results))
     print(f"bench --scale {n}: -> {out}")
     return results
+
+
+def _disk_mb(folder: Path) -> float:
+    """The bytes of every file under `folder`, in MB."""
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1)
 
 
 def _jsonable_stage(result: Any) -> Any:
@@ -182,11 +205,12 @@ def _ratios(results: dict[str, Any]) -> dict[str, Any]:
         for key in ("first_render_ms", "k_rerender_ms", "extractor_rerender_ms"):
             if row.get(key) and base.get(key):
                 out[f"{row['page']}:{key}"] = round(row[key] / base[key], 2)
-    paint = results.get("browser", {})
-    if "default" in paint and "scaled" in paint:
-        out["map_paint"] = round(
-            paint["scaled"]["paint_median_s"] / paint["default"]["paint_median_s"], 2
-        )
+    for key, name in (("browser", "map_paint"), ("photo_map", "photo_map_paint")):
+        paint = results.get(key, {})
+        if "paint_median_s" in paint.get("default", {}) and "scaled" in paint:
+            out[name] = round(
+                paint["scaled"]["paint_median_s"] / paint["default"]["paint_median_s"], 2
+            )
     return out
 
 
@@ -220,6 +244,20 @@ def format_scale(results: dict[str, Any]) -> str:
         lines.append(
             f"Map first paint: default {paint['default']['paint_median_s']} s, scaled "
             f"{paint['scaled']['paint_median_s']} s (x{results['ratios'].get('map_paint')})"
+        )
+    if "mosaic_build_s" in results:
+        lines.append(
+            f"Photo map tiles: built in {results['mosaic_build_s']} s (every extractor), "
+            f"{results['mosaic_disk_mb']} MB on disk"
+        )
+    photos = results.get("photo_map", {})
+    if "paint_median_s" in photos.get("scaled", {}):
+        scaled = photos["scaled"]
+        lines.append(
+            f"Photo map first paint: default {photos['default']['paint_median_s']} s, scaled "
+            f"{scaled['paint_median_s']} s (x{results['ratios'].get('photo_map_paint')}); "
+            f"zoom step median {scaled.get('zoom_step_median_ms')} ms, max "
+            f"{scaled.get('zoom_step_max_ms')} ms"
         )
     return "\n".join(lines)
 

@@ -103,6 +103,120 @@ _PAINTED_JS = """(plot) => {
 }"""
 
 
+def photo_map_paint(builds: dict[str, str], repeats: int = 3, zoom_steps: int = 5) -> dict:
+    """The Photo map page in Debian's Chromium on each build, interleaved: seconds from opening
+    the page to its photos drawn (the default catalog's one mosaic image loaded into its
+    plot; a tiled map's viewer with every tile in view arrived), then, on a tiled map,
+    `zoom_steps` clicks on its + button (each doubles the zoom at the centre), each timed until
+    every tile in view has arrived (the viewer's own data-zoom-ms, and wall time seen here);
+    each server warmed by one load. A build without a photo map is reported as skipped."""
+    from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
+
+    if not CHROMIUM.exists():
+        return {"skipped": f"{CHROMIUM} is missing (apt-get install chromium)"}
+    from playwright.sync_api import sync_playwright
+
+    servers = {
+        name: start_server(Path(path), "streamlit-photo-map.log") for name, path in builds.items()
+    }
+    try:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in builds}
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                for round_ in range(repeats + 1):  # round 0 warms each server
+                    for name, (url, _) in servers.items():
+                        run = _photo_map_once(browser, url, VIEWPORT, zoom_steps)
+                        if round_ > 0:
+                            runs[name].append(run)
+            finally:
+                browser.close()
+        out: dict[str, Any] = {"repeats": repeats, "zoom_steps": zoom_steps}
+        for name, found in runs.items():
+            paints = [r["paint_s"] for r in found]
+            zooms = [ms for r in found for ms in r.get("zoom_ms", [])]
+            walls = [s for r in found for s in r.get("zoom_wall_s", [])]
+            out[name] = {
+                "form": found[0]["form"],
+                "paint_median_s": round(statistics.median(paints), 3),
+                "paint_all_s": [round(t, 3) for t in paints],
+                "tiles_fetched_median": statistics.median(r.get("tiles", 0) for r in found),
+                "server_peak_rss_mb": _peak_rss_mb(servers[name][1].pid),
+            }
+            if zooms:
+                out[name].update(
+                    zoom_step_median_ms=statistics.median(zooms),
+                    zoom_step_max_ms=max(zooms),
+                    zoom_step_wall_median_s=round(statistics.median(walls), 3),
+                    zoom_step_wall_max_s=round(max(walls), 3),
+                    zoom_levels=found[0].get("levels"),
+                )
+        return out
+    finally:
+        for _, process in servers.values():
+            _stop(process)
+
+
+def _photo_map_once(browser: Any, url: str, viewport: dict, zoom_steps: int) -> dict[str, Any]:
+    """One fresh page (own session) on the Photo map: its first paint, then the zoom steps of
+    a tiled map."""
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    page.set_default_timeout(300_000)
+    tiles_fetched = [0]
+    page.on(
+        "response",
+        lambda r: tiles_fetched.__setitem__(0, tiles_fetched[0] + ("/lookalike/tiles/" in r.url)),
+    )
+    try:
+        t0 = time.perf_counter()
+        page.goto(f"{url}/photo_map", wait_until="domcontentloaded")
+        viewer = page.locator(".lk-deepzoom")
+        plot = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot')
+        page.wait_for_function(_PHOTOS_JS, timeout=300_000)
+        # Which form did the page draw? The tiled viewer, or the one image in a plot.
+        if viewer.count():
+            page.wait_for_function(_VIEWER_DONE_JS, timeout=300_000)
+            result: dict[str, Any] = {"form": "tiles", "paint_s": time.perf_counter() - t0}
+            levels, zoom_ms, walls = [int(viewer.get_attribute("data-level"))], [], []
+            for _ in range(zoom_steps):
+                viewer.evaluate("(el) => el.removeAttribute('data-zoom-ms')")
+                t1 = time.perf_counter()
+                viewer.locator('button[data-zoom="in"]').click()
+                page.wait_for_function(_VIEWER_DONE_JS, timeout=60_000)
+                walls.append(time.perf_counter() - t1)
+                zoom_ms.append(int(viewer.get_attribute("data-zoom-ms")))
+                levels.append(int(viewer.get_attribute("data-level")))
+            result.update(zoom_ms=zoom_ms, zoom_wall_s=walls, levels=levels)
+        else:
+            plot.first.wait_for()
+            result = {"form": "image", "paint_s": time.perf_counter() - t0}
+        result["tiles"] = tiles_fetched[0]
+        return result
+    finally:
+        context.close()
+
+
+# The Photo map has drawn its photos: a viewer exists (tiles), or a plot holds the mosaic
+# image (a data: URI) and the image has a size. Shadow roots are searched (the viewer lives
+# in one).
+_PHOTOS_JS = """() => {
+    const roots = [document];
+    for (const el of document.querySelectorAll('*')) if (el.shadowRoot) roots.push(el.shadowRoot);
+    if (roots.some((r) => r.querySelector('.lk-deepzoom'))) return true;
+    return [...document.querySelectorAll('.js-plotly-plot image')].some((i) =>
+        (i.getAttribute('href') || '').startsWith('data:image/jpeg') && i.getBBox().width > 0);
+}"""
+_VIEWER_DONE_JS = """() => {
+    for (const el of document.querySelectorAll('*')) {
+        const found = el.shadowRoot && el.shadowRoot.querySelector('.lk-deepzoom');
+        if (found) return found.hasAttribute('data-zoom-ms');
+    }
+    const plain = document.querySelector('.lk-deepzoom');
+    return !!plain && plain.hasAttribute('data-zoom-ms');
+}"""
+
+
 def start_server(
     artifacts_dir: Path, log_name: str = "streamlit-scale.log"
 ) -> tuple[str, subprocess.Popen]:
