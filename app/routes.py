@@ -1,5 +1,6 @@
 """HTTP routes the app's server adds beside its pages (`app/server.py`): the tiles of a large
-catalog's photo map and the photo in one of its cells. The browser's tiled viewer
+catalog's photo map, the photo in one of its cells, and an item's photo (the hover photos of
+a large catalog's maps, `app/ui/hover.py`). The browser's tiled viewer
 (`app/ui/tiled_map.py`) asks for the tiles in view only; each URL names the build's key, so a
 tile is cached for good and a rebuilt map is fetched anew.
 
@@ -8,12 +9,15 @@ Routes present what `pipelines.explore.tiles` reads; they never build anything.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from app.ui import loaders
 from pipelines.config import EXTRACTORS, Config
+from pipelines.errors import LookalikeError
 from pipelines.explore.tiles import TiledMap
 
 PREFIX = "/lookalike"
@@ -60,7 +64,32 @@ def cell_photo(request: Request) -> Response:
     return FileResponse(found.thumb(row), media_type="image/jpeg", headers=headers)
 
 
+def photo_base(cfg: Config) -> str:
+    """The URL prefix of the item photos of `cfg`'s catalog (append "<item_id>.jpg"); it names
+    the catalog's version, so a photo is cached for good and a new catalog's is fetched anew."""
+    return f"{PREFIX}/photo/{loaders.sha(cfg.catalog_path)[:16]}/"
+
+
+def item_photo(request: Request) -> Response:
+    """GET {PREFIX}/photo/{catalog}/{item_id}.jpg: one item's thumbnail."""
+    cfg = Config()
+    try:
+        if not request.url.path.startswith(photo_base(cfg)):
+            return _not_found("catalog (rebuilt or not built)")
+        catalog = loaders.catalog(cfg)
+    except LookalikeError:  # no catalog (yet): the pages say how to build it
+        return _not_found("catalog")
+    row = loaders.item_index(catalog).get_indexer([request.path_params["item_id"]])[0]
+    if row < 0:
+        return _not_found("item")
+    path = Path(str(catalog["thumb_file"].iloc[row]))
+    if not path.is_file():
+        return _not_found("photo")
+    return FileResponse(path, media_type="image/jpeg", headers=_FOREVER)
+
+
 ROUTES = [
+    Route(PREFIX + "/photo/{catalog}/{item_id}.jpg", item_photo, methods=["GET"]),
     Route(
         PREFIX + "/tiles/{extractor}/{key}/{level:int}/{x:int}_{y:int}.jpg", tile, methods=["GET"]
     ),

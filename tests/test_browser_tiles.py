@@ -133,3 +133,41 @@ def test_zoom_brings_finer_tiles_hover_shows_a_photo_and_a_click_searches(page) 
         )
         code = page.locator('[data-testid="stMain"] [data-testid="stCaptionContainer"] code').first
         expect(code).to_have_text(item, timeout=TIMEOUT_MS)
+
+
+def test_the_map_of_a_large_catalog_shows_hover_photos_from_the_photo_route(page) -> None:
+    """No single mosaic at this size: a hovered point's photo comes from the app server."""
+    from app.ui.hover import PREVIEW_ID
+    from tests.test_browser import POINTS_JS, map_plot
+
+    with step(page, "44-large-map-hover-photo"):
+        page.goto(page.url.split("/search")[0], wait_until="domcontentloaded")  # the Map
+        expect(page.get_by_role("heading", name="Map", level=1)).to_be_visible()
+        plot = map_plot(page)
+        settle(page)
+        points = wait_until(
+            lambda: plot.evaluate(POINTS_JS, None),
+            lambda p: len(p) > 10,
+            60,
+            "the map did not get its points",
+        )
+        preview = page.locator(f"#{PREVIEW_ID}")
+
+        def hovered() -> bool:
+            for spot in points[:: max(1, len(points) // 20)]:
+                page.mouse.move(spot["x"] + 30, spot["y"] + 30)
+                page.mouse.move(spot["x"], spot["y"], steps=3)
+                if preview.count() == 1 and preview.is_visible():
+                    return True
+            return False
+
+        wait_until(hovered, bool, 90, "no photo appeared on hover")
+        item = preview.get_attribute("data-item")
+        image = preview.evaluate("(el) => getComputedStyle(el).backgroundImage")
+        assert "/lookalike/photo/" in image and f"/{item}.jpg" in image, image[:120]
+        url = image.split('url("', 1)[1].split('")', 1)[0]
+        reply = page.evaluate(
+            "(u) => fetch(u).then(async (r) => [r.status, (await r.arrayBuffer()).byteLength])",
+            url,
+        )
+        assert reply[0] == 200 and reply[1] > 500  # the item's thumbnail itself

@@ -208,6 +208,31 @@ def test_the_routes_serve_tiles_and_cell_photos_of_the_current_build(
     assert client.get(empty_url).status_code == 404
 
 
+def test_a_large_catalogs_maps_hover_photos_come_from_the_photo_route(
+    tiled_build: Config, monkeypatch: pytest.MonkeyPatch, clear_caches: None
+) -> None:
+    """No single mosaic to cut hover photos from: the hover script asks the photo route for
+    each item's thumbnail, under a URL that names the catalog's version."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from app import routes
+    from app.ui import hover
+
+    monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(tiled_build.artifacts_dir))
+    base = routes.photo_base(tiled_build)
+    html = hover._photo_route_html(base)
+    assert json.dumps(base) in html and "encodeURIComponent(item)" in html
+    client = TestClient(Starlette(routes=routes.ROUTES))
+    catalog = pd.read_parquet(tiled_build.catalog_path)
+    item, thumb = str(catalog["item_id"].iloc[3]), catalog["thumb"].iloc[3]
+    reply = client.get(f"{base}{item}.jpg")
+    assert reply.status_code == 200
+    assert reply.content == (tiled_build.artifacts_dir / thumb).read_bytes()
+    assert client.get(f"{base}no-such-item.jpg").status_code == 404
+    assert client.get(f"{routes.PREFIX}/photo/0000000000000000/{item}.jpg").status_code == 404
+
+
 def test_a_rebuilt_map_is_not_served_under_its_old_key(built: Config, tmp_path: Path) -> None:
     config = copy_build(built, tmp_path).replace(mosaic_tiled_min_items=10, mosaic_deep_cell=16)
     run_mosaic(config, ["inception_v3"])

@@ -19,20 +19,23 @@ widgets.require(cfg, ("catalog", "maps"), [settings.extractor])
 
 name = display_name(settings.extractor)
 with widgets.user_errors():
-    tiled = loaders.tiled_map(cfg, settings.extractor)
+    tiled = loaders.tiles_index(cfg, settings.extractor)
 if tiled is not None:
     shape = tiled.shape
     st.caption(
-        f"{len(tiled.item_ids):,} photos placed by the {name} map on a {shape.cols:,} × "
+        f"{tiled.items:,} photos placed by the {name} map on a {shape.cols:,} × "
         f"{shape.rows:,} grid, drawn as deep-zoom tiles (only those in view are fetched). "
         f"Wheel or + / − to zoom, drag to pan, double-click for the whole map, hover for a "
         f"photo, click a photo to find its lookalikes."
     )
     picked = tiled_map.deep_zoom(tiled, settings.extractor, HEIGHT, f"tiles_{settings.extractor}")
-    row = None if picked is None else tiled.row_at(*picked)
-    if row is not None:
-        widgets.find_lookalikes(str(tiled.item_ids[row]))
-        st.switch_page("app_pages/search.py")
+    if picked is not None:  # the cells are read on the first click only (1M rows)
+        with widgets.user_errors():
+            cells = loaders.tiled_map(cfg, settings.extractor)
+        row = None if cells is None else cells.row_at(*picked)
+        if row is not None:
+            widgets.find_lookalikes(str(cells.item_ids[row]))
+            st.switch_page("app_pages/search.py")
     st.stop()
 
 with widgets.user_errors():

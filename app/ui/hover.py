@@ -1,5 +1,6 @@
 """Photos on the maps: a hover over any point shows the item's photo, cut from the photo map's
-mosaic (one image the browser already holds), beside the pointer.
+mosaic (one image the browser already holds), beside the pointer; for a large catalog (a
+tiled photo map, no single mosaic) the photo comes from the app server's photo route.
 
 A 1-px iframe injects a small script into the page: it listens to every plotly
 chart's hover events and moves one floating <div> whose background is the mosaic. Points
@@ -12,6 +13,7 @@ import json
 
 import streamlit as st
 
+from app import routes
 from app.ui import loaders
 from pipelines.config import EXTRACTORS, Config
 
@@ -38,20 +40,28 @@ _SCRIPT = """<script>
     });
     doc.body.appendChild(tip);
   }
-  if (tip.dataset.sha !== data.sha) {
+  if (tip.dataset.sha !== data.sha && !data.photo) {
     tip.style.backgroundImage = "url(" + document.getElementById("mosaic-uri").textContent + ")";
     tip.style.backgroundSize = (data.cols * size) + "px " + (data.rows * size) + "px";
-    tip.dataset.sha = data.sha;
   }
+  if (data.photo) {  // a large catalog: each photo from the app server's photo route
+    tip.style.backgroundSize = "contain";
+    tip.style.backgroundPosition = "center";
+  }
+  tip.dataset.sha = data.sha;
   const token = Math.random().toString(36).slice(2);
   function show(ev) {
     const point = ev.points && ev.points[0];
     if (!point) return;
     let item = point.customdata;
     if (Array.isArray(item)) item = item[0];
-    const cell = data.cells[item];
-    if (!cell) { tip.style.display = "none"; return; }
-    tip.style.backgroundPosition = (-cell[0] * size) + "px " + (-cell[1] * size) + "px";
+    if (data.photo) {
+      tip.style.backgroundImage = 'url("' + data.photo + encodeURIComponent(item) + '.jpg")';
+    } else {
+      const cell = data.cells[item];
+      if (!cell) { tip.style.display = "none"; return; }
+      tip.style.backgroundPosition = (-cell[0] * size) + "px " + (-cell[1] * size) + "px";
+    }
     const e = ev.event || {};
     const x = (e.clientX || 0) + 18, y = (e.clientY || 0) + 18;
     const w = doc.documentElement.clientWidth, h = doc.documentElement.clientHeight;
@@ -116,10 +126,16 @@ def _component_html(artifacts_dir: str, extractor: str, sha: str) -> str:
     )
 
 
+def _photo_route_html(photo_base: str) -> str:
+    data = {"id": PREVIEW_ID, "size": PREVIEW_SIZE, "sha": photo_base, "photo": photo_base}
+    return f'<script type="application/json" id="mosaic-data">{json.dumps(data)}</script>{_SCRIPT}'
+
+
 def photo_hover(cfg: Config, extractor: str) -> None:
     """Show each item's photo when the pointer is over it on any map of this page. Uses the
-    photo map of `extractor` (or of any extractor: every mosaic holds every item); does
-    nothing before the mosaic stage ran."""
+    photo map of `extractor` (or of any extractor: every mosaic holds every item); a large
+    catalog, whose photo map is tiled, gets each photo from the app server's photo route
+    (`app/routes.py`). Does nothing before the mosaic stage ran."""
     for name in (extractor, *EXTRACTORS):
         mosaic = loaders.mosaic(cfg, name)
         if mosaic is not None:
@@ -127,3 +143,5 @@ def photo_hover(cfg: Config, extractor: str) -> None:
             # A 1-px iframe: the script needs a document of its own, not room on the page.
             st.iframe(html, height=1)
             return
+    if any(cfg.mosaic_tiles_path(name).is_file() for name in EXTRACTORS):
+        st.iframe(_photo_route_html(routes.photo_base(cfg)), height=1)

@@ -654,6 +654,23 @@ def _tiled_map(artifacts_dir: str, extractor: str, key: tuple[str, ...]) -> tile
     return found
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _tiles_index(artifacts_dir: str, extractor: str, key: str) -> tiles.TilesIndex | None:
+    path = _config(artifacts_dir).mosaic_tiles_path(extractor)
+    found = tiles.read_tiles_index(path)
+    _unchanged((path, key))
+    return found
+
+
+def tiles_index(cfg: Config, extractor: str) -> tiles.TilesIndex | None:
+    """The index of one extractor's tiled photo map (what the viewer draws from; a few
+    hundred bytes), None when it is not built. `tiled_map` reads the cells too."""
+    path = cfg.mosaic_tiles_path(extractor)
+    if status.missing_paths((path,)):
+        return None
+    return _tiles_index(str(cfg.artifacts_dir), extractor, sha(path))
+
+
 def tiled_map(cfg: Config, extractor: str) -> tiles.TiledMap | None:
     """The deep-zoom photo map of one extractor (a large catalog's; see
     `pipelines.explore.tiles`), shared by every session and by the tile routes; None when

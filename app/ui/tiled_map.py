@@ -17,7 +17,7 @@ from typing import Any
 import streamlit as st
 
 from app.routes import PREFIX
-from pipelines.explore.tiles import TiledMap
+from pipelines.explore.tiles import TilesIndex
 
 # Side of the hover preview, pixels.
 PREVIEW_SIZE = 144
@@ -263,7 +263,7 @@ export default function (component) {
 _VIEWER = st.components.v2.component("lookalike.deep_zoom", css=_CSS, js=_JS)
 
 
-def viewer_data(found: TiledMap, extractor: str, height: int) -> dict[str, Any]:
+def viewer_data(found: TilesIndex, extractor: str, height: int) -> dict[str, Any]:
     """What the viewer needs: the pyramid's shape and the URLs of its tiles and cell photos."""
     shape = found.shape
     return {
@@ -279,7 +279,7 @@ def viewer_data(found: TiledMap, extractor: str, height: int) -> dict[str, Any]:
     }
 
 
-def deep_zoom(found: TiledMap, extractor: str, height: int, key: str) -> tuple[int, int] | None:
+def deep_zoom(found: TilesIndex, extractor: str, height: int, key: str) -> tuple[int, int] | None:
     """Show the deep-zoom photo map; returns the (col, row) of a cell the user just clicked,
     else None."""
     result = _VIEWER(

@@ -3,7 +3,6 @@ photo snapped to a grid laid out by the map, one JPEG) and the cell of each item
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -211,13 +210,10 @@ def run_mosaic(
 
 def _tiles_folder(config: Config, name: str) -> Path | None:
     """The folder of the tiles the index of `name` names, None when either is missing."""
-    try:
-        index = json.loads(config.mosaic_tiles_path(name).read_text())
-    except (OSError, ValueError):
+    index = tiles.read_tiles_index(config.mosaic_tiles_path(name))
+    if index is None:
         return None
-    if not isinstance(index, dict) or not isinstance(index.get("key"), str):
-        return None
-    folder = config.mosaic_tiles_dir(name) / index["key"]
+    folder = config.mosaic_tiles_dir(name) / index.key
     return folder if folder.is_dir() else None
 
 
@@ -256,7 +252,7 @@ def _write_tiles(
     tiles.publish(partial, root, key)
     if built["unreadable"]:
         print(f"mosaic {name}: {built['unreadable']} unreadable thumbnails left their cells empty")
-    index = {"key": key, **tiles.shape_dict(shape)}
+    index = {"key": key, **tiles.shape_dict(shape), "items": len(cells)}
     sizes = {"tiles": built["tiles"], "tiles_bytes": built["bytes"], "levels": shape.levels}
     write_json(index, config.mosaic_tiles_path(name))
     # The manifest's own "key" is the stage key: the pyramid's folder goes in as "tiles_key".

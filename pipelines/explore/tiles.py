@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from pipelines.artifacts import owner_is_gone, owner_tag
@@ -374,22 +375,40 @@ class TiledMap:
         return found if found >= 0 else None
 
 
+@dataclass(frozen=True)
+class TilesIndex:
+    """What a viewer needs to draw a tiled photo map, read from its small index file alone
+    (no cells table): the build's key, the pyramid and the number of photos."""
+
+    key: str
+    shape: Pyramid
+    items: int
+
+
+def read_tiles_index(index_path: Path) -> TilesIndex | None:
+    """The index of a tiled photo map (see `TilesIndex`); None when it is missing or
+    unreadable (the mosaic stage has not run)."""
+    try:
+        index = json.loads(Path(index_path).read_text())
+        shape = Pyramid(**{k: int(index[k]) for k in ("cols", "rows", "cell", "tile", "levels")})
+        return TilesIndex(str(index["key"]), shape, int(index.get("items", 0)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def open_tiled_map(
     index_path: Path, tiles_dir: Path, cells_path: Path, catalog: Any, artifacts_dir: Path
 ) -> TiledMap | None:
     """Read a tiled photo map: its index, its cells table (item_id, col, row in catalog order)
     and the catalog's thumbnails and labels. None when the map is not built (or its folder is
     gone); the cells must be the catalog's, row for row."""
-    try:
-        index = json.loads(Path(index_path).read_text())
-    except (OSError, ValueError):
+    index = read_tiles_index(index_path)
+    if index is None:
         return None
-    folder = Path(tiles_dir) / str(index.get("key", ""))
+    folder = Path(tiles_dir) / index.key
     if not folder.is_dir() or not Path(cells_path).is_file():
         return None
-    shape = Pyramid(**{k: int(index[k]) for k in ("cols", "rows", "cell", "tile", "levels")})
-    import pandas as pd
-
+    shape = index.shape
     cells = pd.read_parquet(cells_path, columns=["item_id", "col", "row"])
     ids = catalog["item_id"].astype(str).to_numpy()
     if len(cells) != len(ids) or not np.array_equal(cells["item_id"].astype(str).to_numpy(), ids):
@@ -398,5 +417,4 @@ def open_tiled_map(
     grid[cells["row"].to_numpy(), cells["col"].to_numpy()] = np.arange(len(cells), dtype=np.int32)
     thumbs = catalog["thumb"].astype(str).to_numpy()
     labels = catalog["label"].astype(str).to_numpy()
-    key = str(index["key"])
-    return TiledMap(folder, key, shape, grid, ids, thumbs, labels, Path(artifacts_dir))
+    return TiledMap(folder, index.key, shape, grid, ids, thumbs, labels, Path(artifacts_dir))
