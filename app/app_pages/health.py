@@ -40,6 +40,13 @@ with widgets.user_errors():
     fixing = fixes.in_force(cfg, catalog)
 name = display_name(settings.extractor)
 st.caption(f"Found with {name} embeddings; switch the extractor in the sidebar to compare.")
+sampled = lists["outliers"][1].get("sampled")
+if sampled:  # a large catalog's lists (pipelines/quality/health_large.py)
+    st.caption(
+        f"At {len(catalog):,} items the lists come through the approximate index: "
+        f"near-duplicates among items that share one of its lists, likely mislabelled items "
+        f"and outliers among a seeded sample of {int(sampled):,} items."
+    )
 
 
 def _photo(item: str, caption: str, key: str, suggested: list[str] | None = None) -> None:

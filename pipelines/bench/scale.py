@@ -20,6 +20,7 @@ from pipelines.bench.scale_browser import browser_paint, photo_map_paint
 from pipelines.bench.scale_build import build_scaled
 from pipelines.config import EXTRACTORS, Config
 from pipelines.explore.mosaic import run_mosaic
+from pipelines.quality.health import run_health
 from pipelines.search.ann import run_ann
 
 PAGES = (
@@ -142,6 +143,11 @@ def run_scale_bench(
             results["mosaic"] = _jsonable_stage(run_mosaic(scaled))
             results["mosaic_build_s"] = round(time.perf_counter() - t0, 1)
             results["mosaic_disk_mb"] = _disk_mb(scaled.artifacts_dir / "mosaic")
+            # Catalog health, as `run` leaves it: from ANN_MIN_ITEMS through the approximate
+            # index (pipelines/quality/health_large.py), so the Health page has its lists.
+            t0 = time.perf_counter()
+            results["health"] = _jsonable_stage(run_health(scaled))
+            results["health_build_s"] = round(time.perf_counter() - t0, 1)
             params = {
                 "pages": list(pages),
                 "raster_min_items": raster_min_items,
@@ -245,6 +251,8 @@ def format_scale(results: dict[str, Any]) -> str:
             f"Map first paint: default {paint['default']['paint_median_s']} s, scaled "
             f"{paint['scaled']['paint_median_s']} s (x{results['ratios'].get('map_paint')})"
         )
+    if "health_build_s" in results:
+        lines.append(f"Catalog health: built in {results['health_build_s']} s (every extractor)")
     if "mosaic_build_s" in results:
         lines.append(
             f"Photo map tiles: built in {results['mosaic_build_s']} s (every extractor), "

@@ -14,7 +14,8 @@ import pandas as pd
 from pipelines.artifacts import is_fresh, read_manifest, write_manifest, write_parquet
 from pipelines.config import EXTRACTORS, Config, embeddings_key
 from pipelines.explore.browse import HEALTH_KINDS
-from pipelines.readers import read_catalog, read_embeddings
+from pipelines.readers import load_saved_ann, read_catalog, read_embeddings
+from pipelines.search.approximate import ANN_MIN_ITEMS, AnnIndex
 from pipelines.search.topk import top_k
 from pipelines.stage import StageResult, per_extractor
 
@@ -89,14 +90,14 @@ def near_duplicate_pairs(
             found_sims.append(sims[a, b].astype(np.float32))
             count += len(a)
         if count > 2 * max_pairs:
-            rows, values, floor = _prune(found_rows, found_sims, max_pairs, floor)
+            rows, values, floor = prune_pairs(found_rows, found_sims, max_pairs, floor)
             found_rows, found_sims, count = [rows], [values], len(values)
-    rows, values, floor = _prune(found_rows, found_sims, max_pairs, floor)
+    rows, values, floor = prune_pairs(found_rows, found_sims, max_pairs, floor)
     order = np.lexsort((rows[:, 1], rows[:, 0], -values))
     return DuplicatePairs(rows[order], values[order], floor)
 
 
-def _prune(
+def prune_pairs(
     rows: list[np.ndarray], sims: list[np.ndarray], max_pairs: int, floor: float
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Pairs at or above the max_pairs-th similarity (and the floor); the new floor."""
@@ -119,7 +120,10 @@ def knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def likely_mislabelled(
-    labels: Sequence[object], neighbour_rows: np.ndarray, neighbour_sims: np.ndarray
+    labels: Sequence[object],
+    neighbour_rows: np.ndarray,
+    neighbour_sims: np.ndarray,
+    rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Items whose nearest neighbours mostly carry another label, strongest evidence first.
 
@@ -132,6 +136,8 @@ def likely_mislabelled(
     ----------
     labels : one label per row (None or NaN: unlabelled, never listed, never a vote).
     neighbour_rows, neighbour_sims : from `knn`.
+    rows : the row each line of `neighbour_rows` belongs to (default: line i is row i; a
+        large catalog's health passes the rows of its sample).
 
     Returns
     -------
@@ -140,7 +146,10 @@ def likely_mislabelled(
     """
     values = np.array(["" if _missing(v) else str(v) for v in labels], dtype=object)
     records = []
-    for row, (near, sims) in enumerate(zip(neighbour_rows, neighbour_sims, strict=True)):
+    owners = np.arange(len(neighbour_rows)) if rows is None else np.asarray(rows, np.int64)
+    for row, near, sims in zip(owners.tolist(), neighbour_rows, neighbour_sims, strict=True):
+        found = near >= 0  # an approximate search may find fewer than k
+        near, sims = near[found], sims[found]
         own = values[row]
         if not own or len(near) == 0:
             continue
@@ -248,13 +257,17 @@ def run_health(
 
     Writes, each with a manifest: `config.health_path(name, "duplicates" | "mislabelled" |
     "outliers")`. The duplicates' manifest records `floor`, the similarity above which the
-    list is complete. Skipped when parameters and inputs are unchanged, unless `force`.
+    list is complete. From `ANN_MIN_ITEMS` items the lists come through the approximate index
+    (`quality/health_large.py`: duplicates within its lists, the other two on a sample; the
+    manifests record "sampled"). Skipped when parameters and inputs are unchanged, unless `force`.
     An extractor without embeddings is skipped with a note (its stage did not run).
 
     Returns
     -------
     StageResult; details are {extractor: {"skipped", "duplicates", "mislabelled", "floor"}}.
     """
+    from pipelines.quality import health_large  # it builds on this module's lists
+
     began = time.perf_counter()
     catalog, catalog_hash = read_catalog(config)
     labels = catalog["label"].tolist() if "label" in catalog.columns else None
@@ -265,12 +278,15 @@ def run_health(
         if not config.embeddings_path(name).exists():
             print(f"health {name}: no embeddings, skipped ({config.embeddings_path(name)})")
             continue
-        vectors, vectors_hash = read_embeddings(config, name, n_rows=len(ids))
-        params = {
+        large = len(ids) >= ANN_MIN_ITEMS
+        vectors, vectors_hash = read_embeddings(config, name, n_rows=len(ids), map_large=large)
+        params: dict[str, Any] = {
             "min_similarity": config.health_min_similarity,
             "max_pairs": config.health_max_pairs,
             "neighbors": config.health_neighbors,
         }
+        if large:  # through the approximate index (quality/health_large.py)
+            params.update(method="approximate", sample=health_large.SAMPLE)
         inputs = {"catalog": catalog_hash, embeddings_key(name): vectors_hash}
         paths = {kind: config.health_path(name, kind) for kind in HEALTH_KINDS}
         if not force and all(is_fresh(p, STAGE, params, inputs) for p in paths.values()):
@@ -278,8 +294,19 @@ def run_health(
             details[name] = {"skipped": True, **{k: manifest.get(k) for k in _COUNTS}}
             print(f"health {name}: up to date, skipped")
             continue
-        duplicates, mislabelled, outliers, floor = health_tables(vectors, ids, labels, config)
-        extra = {"floor": floor, "duplicates": len(duplicates), "mislabelled": len(mislabelled)}
+        if large:
+            ann = load_saved_ann(config, name, vectors, vectors_hash)
+            if ann is None:
+                print(f"health {name}: no saved approximate index, building one ...", flush=True)
+                ann = AnnIndex.build(vectors, seed=config.seed)
+            duplicates, mislabelled, outliers, record = health_large.health_tables_large(
+                vectors, ann, ids, labels, config
+            )
+        else:
+            duplicates, mislabelled, outliers, floor = health_tables(vectors, ids, labels, config)
+            record = {"floor": floor}
+        extra = {**record, "duplicates": len(duplicates), "mislabelled": len(mislabelled)}
+        floor = record["floor"]
         for kind, table in zip(HEALTH_KINDS, (duplicates, mislabelled, outliers), strict=True):
             write_parquet(table, paths[kind])
             write_manifest(paths[kind], STAGE, params, inputs, extra)
@@ -296,4 +323,4 @@ def run_health(
     return per_extractor(STAGE, details, len(ids), time.perf_counter() - began, wrote, note)
 
 
-_COUNTS = ("floor", "duplicates", "mislabelled")
+_COUNTS = ("floor", "duplicates", "mislabelled", "sampled")

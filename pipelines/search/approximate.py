@@ -307,6 +307,23 @@ class AnnIndex:
             build_seconds=float(arrays["build_seconds"]),
         )
 
+    def inverted_lists(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each inverted list of an IVF index: (its rows (m,) int64, their indexed vectors
+        (m, reduced_dim) float32, as the index holds them: PCA-reduced for wide vectors).
+        Lists with fewer than two rows are skipped. Raises for an HNSW index (no lists)."""
+        if self.method != "ivf":
+            raise LookalikeError(f"a {self.method} index has no inverted lists")
+        faiss = _faiss()
+        ivf = faiss.extract_index_ivf(self._index)
+        lists = ivf.invlists
+        for number in range(ivf.nlist):
+            size = lists.list_size(number)
+            if size < 2:
+                continue
+            rows = faiss.rev_swig_ptr(lists.get_ids(number), size).astype(np.int64)
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), size * ivf.code_size)
+            yield rows, np.frombuffer(codes, np.float32).reshape(size, self.reduced_dim).copy()
+
     @property
     def nbytes(self) -> int:
         """Bytes the faiss index holds (its serialised size), plus the PCA matrix."""
