@@ -28,6 +28,7 @@ init_session()
 cfg = loaders.config()  # also pins the build this run shows
 # The first upload's models load while the user is still browsing or choosing a file.
 warmup.start(cfg)
+warmup.warm_pages(cfg)  # once per process and build: a no-op after the first session
 
 SEARCH = st.Page("app_pages/search.py", title="Search", icon="🔎")
 PAGES = [

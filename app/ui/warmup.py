@@ -17,8 +17,9 @@ import streamlit as st
 
 from app.ui import loaders
 from app.ui.names import display_name
-from pipelines import status
+from pipelines import consistency, status
 from pipelines.config import Config
+from pipelines.search import novelty
 
 
 @dataclass
@@ -100,6 +101,51 @@ def start(cfg: Config, in_session: bool = True) -> Build | None:
                 target=_run, args=(cfg, build), name="lookalike-model-warmup", daemon=True
             ).start()
     return build
+
+
+# Pages' shared data read in the background, once per process and build (see `warm_pages`).
+_PAGES: dict[tuple[str, ...], threading.Thread] = {}
+
+
+def _read_pages(cfg: Config, extractor: str) -> None:
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    with contextlib.suppress(Exception):  # a page that needs a missing part says so itself
+        loaders.catalog(cfg)
+        loaders.index(cfg, extractor)
+        loaders.map_points(cfg, extractor)
+        loaders.map_layer(cfg, extractor)
+        loaders.cluster_overview(cfg, extractor)
+        if novelty.REFERENCE in cfg.extractors_built():
+            loaders.far_check(cfg, novelty.REFERENCE)
+
+
+def warm_pages(cfg: Config) -> threading.Thread | None:
+    """Read, in a background thread at low priority, what the pages' first renders share:
+    the catalog, the search index, map and cluster overview of the extractor the sidebar
+    opens on, and the Upload page's far-from-catalog check. Once per process and build; the
+    thread, or None before the catalog is built. At 1M items this is what made Search's and
+    Clusters' first renders take seconds: the first visitor no longer pays for it."""
+    from app.ui import widgets
+    from pipelines.explore import browse
+
+    if status.missing_artifacts(cfg, ("catalog",)):
+        return None
+    offered = cfg.extractors_built()
+    best = browse.best_extractor(loaders.metrics(cfg), offered)
+    if not offered:
+        return None
+    extractor = widgets.default_extractor(offered, best)
+    key = (str(cfg.artifacts_dir), extractor, *consistency.build_stamp(cfg).key)
+    with _LOCK:
+        thread = _PAGES.get(key)
+        if thread is None:
+            thread = threading.Thread(
+                target=_read_pages, args=(cfg, extractor), name="lookalike-page-warmup", daemon=True
+            )
+            _PAGES[key] = thread
+            thread.start()
+    return thread
 
 
 def started(cfg: Config) -> Build | None:
