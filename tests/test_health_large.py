@@ -91,3 +91,20 @@ def test_the_stage_switches_to_the_index_for_a_large_catalog(
     assert len(outliers) == 36 and outliers["rank"].tolist() == list(range(1, 37))
     again = health.run_health(config, ["inception_v3"])
     assert again.details["inception_v3"]["skipped"]
+
+
+def test_blocks_and_the_candidate_cap_keep_the_most_similar_pairs(
+    large, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One list holding the whole catalog (as near-copies can make one), scored in blocks:
+    the same pairs as the exact scan; a small max_pairs keeps the most similar."""
+    vectors, _, planted, _ = large
+    one_list = AnnIndex.build(vectors, nlist=1, seed=0)
+    exact = health.near_duplicate_pairs(vectors, 0.97, 5000)
+    monkeypatch.setattr(health_large, "BLOCK_ROWS", 700)  # 9 blocks of the 6,000-item list
+    blocked = health_large.list_pairs(one_list, vectors, 0.97, 5000)
+    assert {tuple(r) for r in blocked.rows.tolist()} == {tuple(r) for r in exact.rows.tolist()}
+    few = health_large.list_pairs(one_list, vectors, 0.97, 10)
+    top = {tuple(r) for r in exact.rows[:10].tolist()}
+    assert len(few.rows) >= 10 and len(top & {tuple(r) for r in few.rows.tolist()}) >= 8
+    assert few.floor >= exact.floor

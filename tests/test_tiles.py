@@ -233,6 +233,23 @@ def test_a_large_catalogs_maps_hover_photos_come_from_the_photo_route(
     assert client.get(f"{routes.PREFIX}/photo/0000000000000000/{item}.jpg").status_code == 404
 
 
+def test_cells_of_another_stage_run_are_not_read_with_the_tiles(
+    tiled_build: Config, tmp_path, clear_caches: None
+) -> None:
+    """A run killed between the tiles and the cells: the app shows no tiled map (the page
+    says to run the mosaic stage) rather than resolving clicks with another layout."""
+    from pipelines.artifacts import write_manifest
+
+    config = copy_build(tiled_build, tmp_path)
+    cells = config.mosaic_cells_path("inception_v3")
+    args = (config.mosaic_tiles_path("inception_v3"), config.mosaic_tiles_dir("inception_v3"))
+    catalog = pd.read_parquet(config.catalog_path).astype({"item_id": str})
+    assert tiles.open_tiled_map(*args, cells, catalog, config.artifacts_dir) is not None
+    manifest = read_manifest(cells)
+    write_manifest(cells, "mosaic", {**manifest["params"], "seed": 99}, manifest["inputs"])
+    assert tiles.open_tiled_map(*args, cells, catalog, config.artifacts_dir) is None
+
+
 def test_a_rebuilt_map_is_not_served_under_its_old_key(built: Config, tmp_path: Path) -> None:
     config = copy_build(built, tmp_path).replace(mosaic_tiled_min_items=10, mosaic_deep_cell=16)
     run_mosaic(config, ["inception_v3"])

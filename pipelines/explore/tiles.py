@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipelines.artifacts import owner_is_gone, owner_tag
+from pipelines.artifacts import owner_is_gone, owner_tag, read_manifest
 
 TILE = 256
 JPEG_QUALITY = 80
@@ -401,12 +401,18 @@ def open_tiled_map(
 ) -> TiledMap | None:
     """Read a tiled photo map: its index, its cells table (item_id, col, row in catalog order)
     and the catalog's thumbnails and labels. None when the map is not built (or its folder is
-    gone); the cells must be the catalog's, row for row."""
+    gone, or its cells come from another run of the stage); the cells must be the catalog's,
+    row for row."""
     index = read_tiles_index(index_path)
     if index is None:
         return None
     folder = Path(tiles_dir) / index.key
     if not folder.is_dir() or not Path(cells_path).is_file():
+        return None
+    # The cells and the tiles of one stage run (a run killed between writing the two leaves
+    # them apart until the next run: no map rather than clicks on the wrong photo).
+    written = [read_manifest(p) or {} for p in (index_path, cells_path)]
+    if written[0].get("key") is None or written[0].get("key") != written[1].get("key"):
         return None
     shape = index.shape
     cells = pd.read_parquet(cells_path, columns=["item_id", "col", "row"])

@@ -39,6 +39,10 @@ SAMPLE = 20_000
 # Pairs are kept for exact scoring from this far below the floor in the reduced space (the
 # PCA keeps most, not all, of a pair's similarity).
 REDUCED_MARGIN = 0.05
+# Rows of one inverted list scored at once against the rest of it.
+BLOCK_ROWS = 1024
+# Candidates (by similarity in the reduced space) scored exactly per pair kept, per block.
+CANDIDATES_PER_PAIR = 4
 # Queries searched at once.
 QUERY_CHUNK = 2_000
 
@@ -46,28 +50,41 @@ QUERY_CHUNK = 2_000
 def list_pairs(
     ann: AnnIndex, vectors: np.ndarray, min_similarity: float, max_pairs: int
 ) -> DuplicatePairs:
-    """Near-duplicate pairs within each inverted list of an IVF index (see the module)."""
+    """Near-duplicate pairs within each inverted list of an IVF index (see the module).
+
+    A list is scored a block of `BLOCK_ROWS` rows at a time against the rest of the list
+    (a catalog of near-copies can put tens of thousands of items in one list: its whole
+    similarity matrix would not fit in memory), and at most `CANDIDATES_PER_PAIR *
+    max_pairs` of a block's most similar pairs go on to exact scoring."""
     floor = float(min_similarity)
     found_rows: list[np.ndarray] = []
     found_sims: list[np.ndarray] = []
     count = 0
+    cap = CANDIDATES_PER_PAIR * max_pairs
     for ids, reduced in ann.inverted_lists():
         reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
-        sims = reduced @ reduced.T
-        a, b = np.nonzero(np.triu(sims, k=1) >= floor - REDUCED_MARGIN)
-        if len(a) == 0:
-            continue
-        rows = np.stack([ids[a], ids[b]], axis=1)
-        rows.sort(axis=1)
-        exact = _pair_sims(vectors, rows)
-        keep = exact >= floor
-        if keep.any():
-            found_rows.append(rows[keep])
-            found_sims.append(exact[keep])
-            count += int(keep.sum())
-        if count > 2 * max_pairs:
-            kept, values, floor = prune_pairs(found_rows, found_sims, max_pairs, floor)
-            found_rows, found_sims, count = [kept], [values], len(values)
+        size = len(ids)
+        for start in range(0, size, BLOCK_ROWS):
+            stop = min(start + BLOCK_ROWS, size)
+            sims = reduced[start:stop] @ reduced[start:].T  # this block against the rest
+            sims[np.tril_indices(stop - start, k=0, m=size - start)] = -np.inf  # a < b only
+            cut = floor - REDUCED_MARGIN
+            if np.count_nonzero(sims >= cut) > cap:
+                cut = max(cut, float(np.partition(sims, -cap, axis=None)[-cap]))
+            a, b = np.nonzero(sims >= cut)
+            if len(a) == 0:
+                continue
+            rows = np.stack([ids[a + start], ids[b + start]], axis=1)
+            rows.sort(axis=1)
+            exact = _pair_sims(vectors, rows)
+            keep = exact >= floor
+            if keep.any():
+                found_rows.append(rows[keep])
+                found_sims.append(exact[keep])
+                count += int(keep.sum())
+            if count > 2 * max_pairs:
+                kept, values, floor = prune_pairs(found_rows, found_sims, max_pairs, floor)
+                found_rows, found_sims, count = [kept], [values], len(values)
     rows, values, floor = prune_pairs(found_rows, found_sims, max_pairs, floor)
     order = np.lexsort((rows[:, 1], rows[:, 0], -values))
     return DuplicatePairs(rows[order], values[order], floor)
