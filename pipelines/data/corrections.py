@@ -384,6 +384,9 @@ def correction_states(corrections: pd.DataFrame, catalog: pd.DataFrame | None) -
     sources: dict[str, Any] = {}
     if catalog is not None:
         ids = catalog["item_id"].astype(str)
+        # Only the corrected items' rows (a dict of every item cost ~0.5 s per page run at 1M).
+        keep = ids.isin(set(corrections["item_id"].astype(str))).to_numpy()
+        ids, catalog = ids[keep], catalog[keep]
         given = catalog["label"] if "label" in catalog.columns else pd.Series(None, catalog.index)
         labels = dict(zip(ids, given, strict=True))
         if "label_source" in catalog.columns:
