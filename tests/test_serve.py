@@ -774,4 +774,5 @@ def test_quick_load_test_measures_every_phase_and_both_sides_cpu(
                 assert phase[endpoint]["requests"] > 0 and phase[endpoint]["p95_ms"] > 0
         assert phase["server_cpu_ms_per_request"] > 0, name
         assert phase["client_cpu_ms_per_request"] > 0, name
+        assert len(phase["loadavg_before"]) == 3, name  # the machine's load beside each phase
     assert (built.bench_dir / "api.json").is_file()

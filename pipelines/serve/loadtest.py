@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 
 from pipelines import artifacts, commands
+from pipelines.bench.report import loadavg
 from pipelines.config import REPO_ROOT, Config
 from pipelines.errors import LookalikeError
 from pipelines.readers import read_catalog
@@ -376,15 +377,20 @@ def run_loadtest(config: Config, quick: bool = False, workers: int = 1) -> dict[
                     Phase("similar_16_paced", 16, 0, seconds["similar"], interval_s=0.1),
                     Phase("mixed_16", 12, 4, seconds["mixed"]),
                 ):
+                    load = loadavg()
                     report["phases"][phase.name] = run_phase(
                         base, phase, item_ids, photos, pid
                     ).summary()
+                    report["phases"][phase.name]["loadavg_before"] = load
                     print(f"api bench: {phase.name} done", flush=True)
             phase = Phase(f"uploads_4_{mode}", 0, 4, seconds["uploads"])
+            load = loadavg()
             report["phases"][phase.name] = run_phase(base, phase, item_ids, photos, pid).summary()
+            report["phases"][phase.name]["loadavg_before"] = load
             print(f"api bench: {phase.name} done", flush=True)
             rss["end_mb"] = round(rss_mb(pid), 1)
             report["servers"][mode] = rss
+    report["loadavg_end"] = loadavg()
     lock, batch = (report["phases"][f"uploads_4_{m}"]["search"] for m in ("lock", "batch"))
     report["better_embed_mode"] = "batch" if batch["per_s"] > lock["per_s"] * 1.05 else "lock"
     path = config.bench_dir / ("api.json" if workers == 1 else f"api-workers{workers}.json")
@@ -410,6 +416,8 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{name:<18}{endpoint:<10}{e['per_s']:>8}{e['p50_ms']:>9}{e['p95_ms']:>9}"
                     f"{e['p99_ms']:>9}{e['errors']:>8}"
                 )
+        if phase.get("loadavg_before"):
+            lines.append(f"{'':<18}load average before: {phase['loadavg_before']}")
         if phase.get("server_cpu_ms_per_request") is not None:
             lines.append(
                 f"{'':<18}CPU per request: server {phase['server_cpu_ms_per_request']} ms, "
