@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from pipelines.config import Config
-from pipelines.quality.health import (
+from pipelines.quality.health import run_health
+from pipelines.quality.health_lists import (
     knn,
     likely_mislabelled,
     near_duplicate_pairs,
     outlier_scores,
-    run_health,
 )
 from tests.conftest import blobs, copy_subset, real_photos, unit
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.artifacts import read_manifest
 from pipelines.config import Config
-from pipelines.quality import health, health_large
+from pipelines.quality import health, health_large, health_lists
 from pipelines.search.approximate import AnnIndex
 from tests.conftest import copy_build, unit
 
@@ -42,7 +42,7 @@ def large() -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], AnnIndex]:
 def test_near_duplicates_through_the_index_lists_match_the_exact_ones(large) -> None:
     vectors, _, planted, ann = large
     found = health_large.list_pairs(ann, vectors, 0.97, 5000)
-    exact = health.near_duplicate_pairs(vectors, 0.97, 5000)
+    exact = health_lists.near_duplicate_pairs(vectors, 0.97, 5000)
     found_set = {tuple(r) for r in found.rows.tolist()}
     exact_set = {tuple(r) for r in exact.rows.tolist()}
     assert found_set <= exact_set  # never a pair below the floor
@@ -65,7 +65,7 @@ def test_a_sample_finds_the_swapped_labels_and_the_outliers(large) -> None:
         vectors, ann, ids, names, config, sample=len(vectors)
     )
     assert record["sampled"] == len(vectors) and record["method"] == "approximate"
-    exact = health.health_tables(vectors, ids, names, config)
+    exact = health_lists.health_tables(vectors, ids, names, config)
     listed, exact_listed = set(mislabelled["item_id"]), set(exact[1]["item_id"])
     assert len(listed & exact_listed) >= 0.9 * len(exact_listed)
     assert len(outliers) == len(vectors)
@@ -100,7 +100,7 @@ def test_blocks_and_the_candidate_cap_keep_the_most_similar_pairs(
     the same pairs as the exact scan; a small max_pairs keeps the most similar."""
     vectors, _, planted, _ = large
     one_list = AnnIndex.build(vectors, nlist=1, seed=0)
-    exact = health.near_duplicate_pairs(vectors, 0.97, 5000)
+    exact = health_lists.near_duplicate_pairs(vectors, 0.97, 5000)
     monkeypatch.setattr(health_large, "BLOCK_ROWS", 700)  # 9 blocks of the 6,000-item list
     blocked = health_large.list_pairs(one_list, vectors, 0.97, 5000)
     assert {tuple(r) for r in blocked.rows.tolist()} == {tuple(r) for r in exact.rows.tolist()}

@@ -17,7 +17,7 @@ import streamlit as st
 
 from app.ui import loaders
 from app.ui.names import display_name
-from pipelines import consistency, status
+from pipelines import status
 from pipelines.config import Config
 from pipelines.search import novelty
 
@@ -136,7 +136,7 @@ def warm_pages(cfg: Config) -> threading.Thread | None:
     if not offered:
         return None
     extractor = widgets.default_extractor(offered, best)
-    key = (str(cfg.artifacts_dir), extractor, *consistency.build_stamp(cfg).key)
+    key = (str(cfg.artifacts_dir), extractor, *loaders.build(cfg)[0].key)  # the pinned build
     with _LOCK:
         thread = _PAGES.get(key)
         if thread is None:

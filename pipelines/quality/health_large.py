@@ -10,7 +10,7 @@ index instead of every pair or every item's exact neighbours, which at 1M x 2048
 - Likely mislabelled and outliers: on a seeded sample of `SAMPLE` items, each searched
   against the whole catalog through the index (the neighbours every door would find).
 
-The tables have the same columns as the exact ones (`health.health_tables`); the manifests
+The tables have the same columns as the exact ones (`health_lists.health_tables`); the manifests
 record the sample.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import Config
-from pipelines.quality.health import (
+from pipelines.quality.health_lists import (
     DUPLICATE_COLUMNS,
     MISLABELLED_COLUMNS,
     OUTLIER_COLUMNS,
