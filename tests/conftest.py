@@ -15,6 +15,8 @@ from PIL import Image
 from pipelines.artifacts import write_manifest, write_npy, write_parquet
 from pipelines.config import DEFAULT_SOURCE, Config
 
+# Playwright's wait for a page to answer in the browser tests (reruns on 2 busy cores).
+BROWSER_TIMEOUT_MS = 60_000
 CLOTHING = DEFAULT_SOURCE
 # Classes of the small real catalog the `built` fixture runs the whole pipeline on.
 SMALL_LABELS = ["dress", "hat", "pants", "shoes"]
@@ -171,3 +173,24 @@ def clear_caches() -> Iterator[None]:
     yield
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium, one for the whole session: Playwright's sync API runs one
+    event loop per thread, so every browser test module shares this one (a second
+    `sync_playwright()` beside it fails). `launch` (not a persistent context) gives the run a
+    fresh temporary profile, which Playwright deletes when the browser closes."""
+    from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, require_browser
+
+    require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    # Rerun-driven pages need more than Playwright's default 5 s per assertion.
+    expect.set_options(timeout=BROWSER_TIMEOUT_MS)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -19,17 +19,15 @@ import pytest
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:  # require_browser() fails each test with the fix
-    expect = sync_playwright = None
+    expect = None
     PlaywrightTimeout = TimeoutError
 
 from app.ui.names import display_name
 from pipelines.config import Config
 from pipelines.explore import browse
 from tests.browser_helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     IMAGES_LOADED_JS,
     NEIGHBOUR_CAPTION,
     OUTPUT,
@@ -67,21 +65,6 @@ def app_url(built: Config) -> Iterator[str]:
     clear_screenshots()
     with streamlit_server(built.artifacts_dir, OUTPUT / "streamlit.log") as url:
         yield url
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    """Headless Debian Chromium. `launch` (not a persistent context) gives each run a fresh
-    temporary profile, which Playwright deletes when the browser closes."""
-    require_browser()
-    # Rerun-driven pages need more than Playwright's default 5 s per assertion.
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -13,14 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 try:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:  # require_browser() fails each test with the fix
-    expect = sync_playwright = None
+    expect = None
 
 from pipelines.config import Config
 from tests.browser_helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     OUTPUT,
     VIEWPORT,
     require_browser,
@@ -49,15 +47,13 @@ def tiled(built: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 @pytest.fixture(scope="module")
-def page(tiled: Config) -> Iterator[object]:
+def page(tiled: Config, browser) -> Iterator[object]:
+    """A page of the session's Chromium (conftest.browser) on the tiled build's app."""
     require_browser()
-    with (
-        streamlit_server(tiled.artifacts_dir, OUTPUT / "streamlit-tiles.log") as url,
-        sync_playwright() as p,
-    ):
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with streamlit_server(tiled.artifacts_dir, OUTPUT / "streamlit-tiles.log") as url:
+        context = browser.new_context(viewport=VIEWPORT)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
+            page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
@@ -65,7 +61,7 @@ def page(tiled: Config) -> Iterator[object]:
             yield page
             assert not errors, f"uncaught JavaScript errors on the page: {errors}"
         finally:
-            browser.close()
+            context.close()
 
 
 def _level(viewer) -> int:
