@@ -177,6 +177,30 @@ def neighbour_ids(page) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+# The images whose request ended without a picture (complete, no width), by src.
+FAILED_IMAGES_JS = "(imgs) => imgs.filter(i => i.complete && i.naturalWidth === 0).map(i => i.src)"
+
+
+def reload_failed_images(page, images) -> None:
+    """Ask again for the images whose request failed, after checking the server serves them now.
+
+    Streamlit drops media files a rerun did not reach when a newer rerun interrupts it (its
+    `remove_orphaned_files`); arrow-key presses on a slider interrupt each other, so an image
+    the browser asked for in between can answer 404 and then keeps the same URL in the next
+    run, which the browser does not ask for again. The app's part is that every image of the
+    settled grid is served: that is asserted here, and then the <img> is pointed at it again.
+    """
+    for src in images.evaluate_all(FAILED_IMAGES_JS):
+        response = page.request.get(src)
+        assert response.ok, f"the grid shows {src}, which the server answers {response.status}"
+        assert response.headers.get("content-type", "").startswith("image/"), response.headers
+        print(f"reloaded an image dropped by an interrupted rerun: {src}")
+    images.evaluate_all(
+        "(imgs) => imgs.filter(i => i.complete && i.naturalWidth === 0)"
+        ".forEach(i => { const s = i.src; i.src = ''; i.src = s; })"
+    )
+
+
 def expect_neighbours(page, k: int, timeout_ms: int = UI_TIMEOUT_MS) -> list[str]:
     """Wait until the visible grid shows exactly k loaded neighbour images ranked #1..#k, and
     the script run is over; return their captions."""
@@ -184,8 +208,13 @@ def expect_neighbours(page, k: int, timeout_ms: int = UI_TIMEOUT_MS) -> list[str
     expect(images).to_have_count(k, timeout=timeout_ms)
     settle(page, timeout_ms)
     expect(images).to_have_count(k, timeout=timeout_ms)
+
+    def loaded() -> bool:
+        reload_failed_images(page, images)
+        return images.evaluate_all(IMAGES_LOADED_JS)
+
     wait_until(
-        lambda: images.evaluate_all(IMAGES_LOADED_JS),
+        loaded,
         bool,
         timeout_ms / 1000,
         f"the {k} neighbour images did not all load",
