@@ -339,6 +339,11 @@ class Config:
         """The saved approximate index of a large catalog (pipelines/search/ann.py)."""
         return self.artifacts_dir / "ann" / f"{extractor}.npz"
 
+    def ann_lists_path(self, extractor: str) -> Path:
+        """The saved approximate index's faiss part (quantiser and inverted lists) beside it,
+        in faiss's own format so readers memory-map it (pipelines/search/ann.py)."""
+        return self.artifacts_dir / "ann" / f"{extractor}_lists.faiss"
+
     def ann_delta_path(self, extractor: str) -> Path:
         """What a catalog update changed in the saved approximate index, beside it (each row's
         row in the index file; pipelines/search/ann.py)."""

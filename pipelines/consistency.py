@@ -78,6 +78,7 @@ def artifact_paths(config: Config) -> dict[str, Path]:
         paths[f"centroids/{name}"] = config.centroids_path(name)
         paths[f"cluster_summary/{name}"] = config.cluster_summary_path(name)
         paths[f"ann/{name}"] = config.ann_index_path(name)
+        paths[f"ann/{name}_lists"] = config.ann_lists_path(name)
         paths[f"ann/{name}_delta"] = config.ann_delta_path(name)
         paths[f"mosaic/{name}"] = config.mosaic_image_path(name)
         paths[f"mosaic_cells/{name}"] = config.mosaic_cells_path(name)

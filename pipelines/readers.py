@@ -4,6 +4,7 @@ the catalog, embeddings and the index built from them. Writes nothing."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,13 +89,31 @@ def load_saved_ann(
     path = config.ann_index_path(extractor)
     inputs = {embeddings_key(extractor): vectors_hash}
     if is_fresh(path, approximate.SAVED_STAGE, approximate.saved_params(), inputs):
-        with np.load(path, allow_pickle=False) as arrays:
-            return approximate.AnnIndex.from_arrays(arrays, vectors)
-    source = saved_ann_delta(config, extractor, inputs)
-    if source is None:
-        return None
+        source = None
+    else:
+        source = saved_ann_delta(config, extractor, inputs)
+        if source is None:
+            return None
+    lists = saved_ann_lists(config, extractor)
     with np.load(path, allow_pickle=False) as arrays:
-        return approximate.AnnIndex.updated(arrays, vectors, source)
+        if "faiss" not in arrays.files and lists is None:
+            return None  # its lists file is missing or of another write: built in memory
+        if source is None:
+            return approximate.AnnIndex.from_arrays(arrays, vectors, lists)
+        return approximate.AnnIndex.updated(arrays, vectors, source, lists)
+
+
+def saved_ann_lists(config: Config, extractor: str) -> Path | None:
+    """The faiss file of `extractor`'s saved approximate index (its quantiser and lists, saved
+    beside it to be memory-mapped), when it is the one that index was written with: it matches
+    its own manifest, whose sha256 the index's manifest recorded. Else None."""
+    lists = config.ann_lists_path(extractor)
+    saved = read_manifest(config.ann_index_path(extractor)) or {}
+    expected = saved.get(approximate.LISTS_SHA_KEY)
+    manifest = read_manifest(lists)
+    if not expected or not manifest or manifest.get("sha256") != expected:
+        return None
+    return lists if matches_manifest(lists, manifest) else None
 
 
 def saved_ann_delta(config: Config, extractor: str, inputs: Mapping[str, str]) -> np.ndarray | None:

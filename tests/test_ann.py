@@ -8,7 +8,7 @@ import faiss  # noqa: F401
 import numpy as np
 import pytest
 
-from pipelines.artifacts import read_manifest
+from pipelines.artifacts import read_manifest, write_manifest
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.readers import load_index
@@ -196,6 +196,34 @@ def test_a_saved_index_searches_like_the_one_it_was_saved_from(tmp_path):
     assert (loaded.nprobe, loaded.reduced_dim) == (built.nprobe, built.reduced_dim)
 
 
+@pytest.mark.parametrize("d", [64, 256])  # searched as saved, and PCA-reduced then re-ranked
+def test_lists_saved_on_their_own_are_memory_mapped_and_search_the_same(tmp_path, d):
+    vectors = clustered(3000, d)
+    built = AnnIndex.build(vectors)
+    arrays = built.to_arrays(with_lists=False)
+    assert "faiss" not in arrays
+    built.write_lists(tmp_path / "lists.faiss")
+    loaded = AnnIndex.from_arrays(arrays, vectors, tmp_path / "lists.faiss")
+    lists = faiss.extract_index_ivf(loaded._index).invlists
+    # Read through the mapping (faiss's on-disk lists, read-only), not copied into memory.
+    assert type(faiss.downcast_InvertedLists(lists)).__name__ == "OnDiskInvertedLists"
+    queries = vectors[::40]
+    for got, want in zip(loaded.search(queries, 10), built.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Its lists are the built index's lists, and an update reads them whole (it changes them).
+    assert [r.tolist() for r, _ in loaded.inverted_lists()] == [
+        r.tolist() for r, _ in built.inverted_lists()
+    ]
+    grown = AnnIndex.updated(
+        arrays,
+        np.concatenate([vectors, clustered(30, d, seed=3)]),
+        lists_file=tmp_path / "lists.faiss",
+    )
+    assert grown.size == 3030
+    with pytest.raises(LookalikeError, match="no lists beside it"):
+        AnnIndex.from_arrays(arrays, vectors)
+
+
 def test_index_uses_a_memmap_in_place_and_searches_pools_within_their_members(tmp_path):
     vectors = clustered(3000, 256)
     mm = mapped(tmp_path, vectors, "float32")
@@ -256,6 +284,19 @@ def test_a_large_catalog_is_memory_mapped_and_uses_its_saved_index(tmp_path, mon
     rows, _ = index.search_rows(vectors[queries], 10, exclude_rows=queries)
     truth, _ = top_k(vectors[queries], vectors, 10, queries)
     assert recall_at_10(rows, truth) >= 0.95
+
+    # Its lists come from the file beside it, and only with the index they were written with.
+    lists = config.ann_lists_path("inception_v3")
+    assert (
+        read_manifest(lists)["sha256"]
+        == read_manifest(config.ann_index_path("inception_v3"))[approximate.LISTS_SHA_KEY]
+    )
+    other = AnnIndex.build(clustered(1200, 256, seed=2))
+    other.write_lists(lists)  # another write's lists, under a manifest of their own
+    write_manifest(lists, approximate.SAVED_STAGE, approximate.saved_params(), saved["inputs"])
+    assert load_index(config, "inception_v3")._ann is None  # not paired: built in memory
+    assert not run_ann(config, ["inception_v3"]).skipped  # and the stage writes the pair again
+    assert load_index(config, "inception_v3")._ann is not None
 
     # New embeddings make the saved index stale: it is not used for them.
     write_vector_artifacts(config, {"inception_v3": clustered(1200, 256, seed=1)})

@@ -486,6 +486,7 @@ def _index_paths(cfg: Config, extractor: str) -> tuple[Path, ...]:
         cfg.centroids_path(extractor),
         cfg.categories_path,
         cfg.ann_index_path(extractor),
+        cfg.ann_lists_path(extractor),
         cfg.ann_delta_path(extractor),
     )
 

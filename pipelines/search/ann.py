@@ -1,5 +1,6 @@
 """Reads embeddings; writes the approximate index of each large catalog's extractor
-(ann/<extractor>.npz with a manifest); `readers.load_index` reads it back.
+(ann/<extractor>.npz and its faiss part ann/<extractor>_lists.faiss, each with a manifest);
+`readers.load_index` reads them back, memory-mapping the faiss file.
 
 Building the index over 1M x 2048 vectors takes over a minute on 2 cores (PCA, k-means
 training, adding every row); reading the saved one takes about a second. So from
@@ -36,7 +37,13 @@ from pipelines.artifacts import (
 )
 from pipelines.config import Config, embeddings_key
 from pipelines.data.item_ids import match_rows
-from pipelines.readers import model_id, read_catalog, read_embeddings, saved_ann_delta
+from pipelines.readers import (
+    model_id,
+    read_catalog,
+    read_embeddings,
+    saved_ann_delta,
+    saved_ann_lists,
+)
 from pipelines.search import approximate
 from pipelines.stage import StageResult, per_extractor, written
 
@@ -95,6 +102,7 @@ def run_ann(
     results = {}
     for name in dict.fromkeys(extractors):
         path, delta = config.ann_index_path(name), config.ann_delta_path(name)
+        lists = config.ann_lists_path(name)
         if len(catalog) < approximate.ANN_MIN_ITEMS:
             print(
                 f"ann {name}: {len(catalog):,} items, below {approximate.ANN_MIN_ITEMS:,}: "
@@ -105,6 +113,7 @@ def run_ann(
         vectors, digest = read_embeddings(config, name, n_rows=len(catalog), map_large=True)
         inputs = {embeddings_key(name): digest}
         fresh = not force and is_fresh(path, STAGE, approximate.saved_params(), inputs)
+        fresh = fresh and _has_lists(config, name, path)
         if fresh or (not force and saved_ann_delta(config, name, inputs) is not None):
             if fresh:
                 _drop(delta)  # the saved file is current again: a delta is of no use
@@ -114,6 +123,8 @@ def run_ann(
             continue
         model = model_id(config, name)
         trained = None if force else _trained_rows(path, model, len(catalog))
+        if trained is not None and not _has_lists(config, name, path):
+            trained = None
         source = None if trained is None else _previous_rows(_saved_ids(path), item_ids)
         if source is not None:
             added, removed = _difference(source, path)
@@ -126,13 +137,24 @@ def run_ann(
             trained, how = index.size, "built"
         else:
             with np.load(path, allow_pickle=False) as saved:
-                index = approximate.AnnIndex.updated(dict(saved), vectors, source)
+                lists_file = saved_ann_lists(config, name)
+                index = approximate.AnnIndex.updated(dict(saved), vectors, source, lists_file)
             how = "refilled (trained parts kept)"
             if source is not None:
                 how = f"rewritten ({added} added, {removed} removed; trained parts kept)"
+        # The lists first: a kill before the index's manifest leaves a pair that does not
+        # match (`saved_ann_lists`), which readers treat as no saved index.
+        with atomic_path(lists) as tmp:
+            index.write_lists(tmp)
+        lists_sha = write_manifest(lists, STAGE, approximate.saved_params(), inputs)["sha256"]
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **index.to_arrays(), **{IDS_KEY: item_ids})
-        extra = {"rows": index.size, "model": model, "trained_rows": trained}
+            np.savez(handle, **index.to_arrays(with_lists=False), **{IDS_KEY: item_ids})
+        extra = {
+            "rows": index.size,
+            "model": model,
+            "trained_rows": trained,
+            approximate.LISTS_SHA_KEY: lists_sha,
+        }
         write_manifest(path, STAGE, approximate.saved_params(), inputs, extra=extra)
         _drop(delta)
         print(f"ann {name}: {index.size} items, {how} in {index.build_seconds:.1f}s -> {path}")
@@ -145,6 +167,15 @@ def run_ann(
         }
     wrote = written(results, ("path",))
     return per_extractor(STAGE, results, len(catalog), time.perf_counter() - began, wrote, "")
+
+
+def _has_lists(config: Config, extractor: str, path: Path) -> bool:
+    """Whether the saved index at `path` can be read: its lists are inside it (written before
+    they had a file of their own) or in the file beside it that it was written with."""
+    if saved_ann_lists(config, extractor) is not None:
+        return True
+    with np.load(path, allow_pickle=False) as saved:
+        return "faiss" in saved.files
 
 
 def _saved_ids(path: Path) -> np.ndarray | None:
