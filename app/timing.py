@@ -131,7 +131,7 @@ def upload_round_trip(artifacts_dir: str, photos: int) -> dict[str, Any]:
     sources = upload.PhotoSources(
         catalog=catalog,
         indexes=indexes,
-        models={name: get_extractor(name, config) for name in names},
+        models={name: get_extractor(name, config, live=True) for name in names},
         config=config,
         maps={name: pd.read_parquet(config.map_path(name)) for name in names},
         category_model=load_category_model(config),

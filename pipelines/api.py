@@ -115,7 +115,7 @@ class Lookalike:
         if name not in self._extractors:
             from pipelines.models.extractors import get_extractor
 
-            self._extractors[name] = get_extractor(name, self.config)
+            self._extractors[name] = get_extractor(name, self.config, live=True)
         return self._extractors[name]
 
     # --------------------------------------------------------------------------- queries

@@ -309,6 +309,17 @@ class Config:
         suffix = "" if self.inception_weights == "fid" else f"_{self.inception_weights}"
         return self.models_dir / f"inception_v3{suffix}_model.keras"
 
+    def lite_model_path(self, extractor: str) -> Path:
+        """An extractor's network as a LiteRT file, exported once from its Keras model, which
+        the live path runs without TensorFlow (pipelines/models/lite.py): "inception_v3" (its
+        pooled vector and last map) or "custom_cnn"."""
+        suffix = (
+            ""
+            if extractor != "inception_v3" or self.inception_weights == "fid"
+            else (f"_{self.inception_weights}")
+        )
+        return self.models_dir / f"{extractor}{suffix}_live.tflite"
+
     def model_path(self, extractor: str) -> Path:
         """The file an extractor's model is loaded from (a change to it means new vectors):
         the custom CNN, the metric head, or InceptionV3's converted weights."""

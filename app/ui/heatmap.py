@@ -36,6 +36,7 @@ def _overlays(
     model = loaders.extractor(cfg, extractor)
     started = time.perf_counter()
     pair = explain.explain_pair(model, source_a, source_b, bbox_a, bbox_b)
+    loaders.keep_kernels_across_reruns()  # explaining loaded the Keras model
     a = explain.overlay_jpeg(pair.pixels_a, pair.map_a)
     b = explain.overlay_jpeg(pair.pixels_b, pair.map_b)
     return a, b, pair.similarity, time.perf_counter() - started

@@ -510,15 +510,18 @@ def far_check(cfg: Config, extractor: str) -> Any:
     return _far_check(index(cfg, extractor), extractor, key)
 
 
-def _keep_kernels_across_reruns() -> None:
+def keep_kernels_across_reruns() -> None:
     """Stop Streamlit's end-of-run `keras.backend.clear_session()` from clearing TensorFlow's
-    kernel cache.
+    kernel cache, once Keras is imported (uploads run LiteRT and import none of it; explaining
+    a match reads the Keras model).
 
     Streamlit calls it after every script run (for apps that build models per run); ours
     keeps its models in st.cache_resource, and the cleared cache made the next upload's
     InceptionV3 pass ~0.8 s slower (every rerun runs on a new thread with cold kernels).
     Only calls made from Streamlit's script runner are skipped; any other caller still clears.
     """
+    if "keras" not in sys.modules:
+        return
     import keras
 
     backend = keras.backend
@@ -542,7 +545,7 @@ def _extractor(artifacts_dir: str, name: str, cnn: tuple, weights_sha: str) -> A
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     cfg = _config(artifacts_dir, cnn)
-    extractor = get_extractor(name, cfg)
+    extractor = get_extractor(name, cfg, live=True)
     # One call on a blank image builds and traces the model, so the first upload is fast.
     size = extractor.input_size
     blank = np.zeros((1, size, size, 3), np.uint8)
@@ -551,7 +554,7 @@ def _extractor(artifacts_dir: str, name: str, cnn: tuple, weights_sha: str) -> A
     else:
         extractor.embed_arrays(blank)
     _unchanged((cfg.model_path(name), weights_sha))
-    _keep_kernels_across_reruns()
+    keep_kernels_across_reruns()
     return extractor
 
 

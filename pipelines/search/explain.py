@@ -107,7 +107,7 @@ def spatial_model(extractor: Any) -> SpatialModel:
         return cached
     import keras
 
-    model = extractor.model
+    model = extractor.keras_model if hasattr(extractor, "keras_model") else extractor.model
     name = getattr(extractor, "name", "")
     if name == "inception_v3":
         try:
@@ -211,7 +211,7 @@ def descriptor_maps(extractor: Any, pair: np.ndarray) -> tuple[float, np.ndarray
     back and finer stages summed onto the last map's grid, so each map sums to the cosine.
     """
     descriptor = extractor.descriptor
-    dense = extractor.model.get_layer(CNN_PROJECTION_LAYER)
+    dense = extractor.keras_model.get_layer(CNN_PROJECTION_LAYER)
     kernel, bias = (np.asarray(w, dtype=np.float64) for w in dense.get_weights())
     images = extractor.preprocess(np.asarray(pair))
     both = np.concatenate([images, images[:, :, ::-1]])

@@ -40,9 +40,7 @@ Box = tuple[float, float, float, float]
 def inception_vectors_and_maps(extractor: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 2048) unit InceptionV3 vectors and their (n, 8, 8, 2048) `mixed10` maps from one
     pass: the vector is the map's average, as in `embed_arrays` (a test checks they agree)."""
-    from pipelines.search.explain import feature_maps
-
-    maps = feature_maps(extractor, pixels)
+    maps = extractor.last_maps(pixels)
     pooled = maps.mean(axis=(1, 2))
     norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     return (pooled / norms).astype(np.float32), maps

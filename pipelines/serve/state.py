@@ -89,7 +89,7 @@ def load_models(
     errors: dict[str, str] = {}
     for name in extractors:
         try:
-            extractor = get_extractor(name, config)
+            extractor = get_extractor(name, config, live=True)
             # One call on a blank image builds and traces the model: the first upload is fast.
             blank = np.zeros((1, extractor.input_size, extractor.input_size, 3), np.uint8)
             if hasattr(extractor, "embed_and_classify") and extractor.class_names:
