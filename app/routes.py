@@ -1,6 +1,7 @@
 """HTTP routes the app's server adds beside its pages (`app/server.py`): the tiles of a large
-catalog's photo map, the photo in one of its cells, and an item's photo (the hover photos of
-a large catalog's maps, `app/ui/hover.py`). The browser's tiled viewer
+catalog's photo map, the photo in one of its cells, an item's photo (the hover photos of
+a large catalog's maps, `app/ui/hover.py`), and a smaller catalog's whole photo map image
+(`mosaic_source`). The browser's tiled viewer
 (`app/ui/tiled_map.py`) asks for the tiles in view only; each URL names the build's key, so a
 tile is cached for good and a rebuilt map is fetched anew.
 
@@ -22,6 +23,24 @@ from pipelines.explore.tiles import TiledMap
 
 PREFIX = "/lookalike"
 _FOREVER = {"Cache-Control": "public, max-age=31536000, immutable"}
+# Set by `app/server.py` as it starts: these routes answer in this process. Under
+# `streamlit run app/streamlit_app.py` (no routes) the pages inline what they would link.
+_SERVING = {"routes": False}
+
+
+def serving() -> None:
+    """Record that this process's server answers these routes (`app/server.py`'s lifespan)."""
+    _SERVING["routes"] = True
+
+
+def mosaic_source(extractor: str, mosaic: dict) -> str:
+    """Where a page's browser gets `extractor`'s photo map image (`loaders.mosaic`): this
+    server's route, named by the image's hash so the browser keeps it across reruns and pages,
+    when the routes answer; else the image inlined as a data URI (2.8 MB on the default
+    catalog, sent with every rerun of every page that shows a map)."""
+    if not _SERVING["routes"]:
+        return str(mosaic["uri"])
+    return f"{PREFIX}/mosaic/{extractor}/{str(mosaic['sha'])[:16]}.jpg"
 
 
 def _map(extractor: str) -> TiledMap | None:
@@ -64,6 +83,17 @@ def cell_photo(request: Request) -> Response:
     return FileResponse(found.thumb(row), media_type="image/jpeg", headers=headers)
 
 
+def mosaic_image(request: Request) -> Response:
+    """GET {PREFIX}/mosaic/{extractor}/{sha}.jpg: a photo map's whole image (`mosaic_source`)."""
+    params = request.path_params
+    if params["extractor"] not in EXTRACTORS:
+        return _not_found("extractor")
+    path = Config().mosaic_image_path(params["extractor"])
+    if not path.is_file() or loaders.sha(path)[:16] != params["sha"]:
+        return _not_found("photo map (rebuilt or not built)")
+    return FileResponse(path, media_type="image/jpeg", headers=_FOREVER)
+
+
 def photo_base(cfg: Config) -> str:
     """The URL prefix of the item photos of `cfg`'s catalog (append "<item_id>.jpg"); it names
     the catalog's version, so a photo is cached for good and a new catalog's is fetched anew."""
@@ -90,6 +120,7 @@ def item_photo(request: Request) -> Response:
 
 ROUTES = [
     Route(PREFIX + "/photo/{catalog}/{item_id}.jpg", item_photo, methods=["GET"]),
+    Route(PREFIX + "/mosaic/{extractor}/{sha}.jpg", mosaic_image, methods=["GET"]),
     Route(
         PREFIX + "/tiles/{extractor}/{key}/{level:int}/{x:int}_{y:int}.jpg", tile, methods=["GET"]
     ),

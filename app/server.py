@@ -32,8 +32,10 @@ async def lifespan(_app: Any) -> AsyncIterator[None]:
     """Start the upload models' background build as the server starts (a thread: the server
     answers meanwhile), and the read of what the pages' first renders share
     (`warmup.warm_pages`); a build that cannot start (no models yet) is left to the pages."""
+    from app import routes
     from app.ui import loaders, warmup
 
+    routes.serving()
     with contextlib.suppress(Exception):  # the pages say what is missing, with the fix
         warmup.start(loaders.config(), in_session=False)
     with contextlib.suppress(Exception):

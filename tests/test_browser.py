@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pandas as pd
 import pytest
@@ -436,9 +437,21 @@ POINTS_JS = """(plot, names) => {
 }"""
 
 
-# The photo map's mosaic is in the plot: an SVG <image> whose href is the JPEG data URI.
-MOSAIC_DRAWN_JS = """(plot) => [...plot.querySelectorAll('image')].some(
-    (i) => (i.getAttribute('href') || '').startsWith('data:image/jpeg'))"""
+# The photo map's mosaic is in the plot: an SVG <image> whose href is the app server's mosaic
+# route (app/routes.py; app/server.py serves it, so nothing is inlined). Its href, or null.
+MOSAIC_ROUTE = "/lookalike/mosaic/"
+MOSAIC_DRAWN_JS = """(plot) => ([...plot.querySelectorAll('image')].map(
+    (i) => i.getAttribute('href') || '').find((h) => h.includes('/lookalike/mosaic/')) || null)"""
+
+
+def expect_mosaic_served(page, url: str) -> None:
+    """The mosaic URL a page names answers with the JPEG, cacheable for good (its name changes
+    with the image)."""
+    response = page.request.get(urljoin(page.url, url))
+    assert response.ok, f"{url} answered {response.status}"
+    assert response.headers["content-type"] == "image/jpeg", response.headers
+    assert "immutable" in response.headers.get("cache-control", ""), response.headers
+    assert response.body()[:2] == b"\xff\xd8"  # a JPEG
 
 
 def map_plot(page):
@@ -518,7 +531,8 @@ def test_hovering_a_point_shows_its_photo(page) -> None:
         wait_until(hovered, bool, 90, "no photo appeared on hover")
         expect(preview).to_have_attribute("data-item", target["id"])
         image = preview.evaluate("(el) => getComputedStyle(el).backgroundImage")
-        assert image.startswith('url("data:image/jpeg;base64,'), image[:60]
+        assert image.startswith('url("') and MOSAIC_ROUTE in image, image[:80]
+        expect_mosaic_served(page, image[5:-2])
 
     with step(page, "21b-hover-photo-goes-with-its-chart"):
         # A chart that leaves the page under the pointer (a rerun, another page) sends plotly
@@ -601,7 +615,7 @@ def test_the_photo_map_opens_and_a_click_searches_from_that_photo(page) -> None:
         open_page(page, "Photo map", "Photo map")
         plot = map_plot(page)
         # The mosaic is drawn as the plot's layout image.
-        wait_until(
+        href = wait_until(
             lambda: plot.evaluate(MOSAIC_DRAWN_JS),
             bool,
             UI_TIMEOUT_MS / 1000,
@@ -609,6 +623,7 @@ def test_the_photo_map_opens_and_a_click_searches_from_that_photo(page) -> None:
             interval_s=0.05,
         )
         print(f"photo map first paint: {time.monotonic() - started:.2f} s")
+        expect_mosaic_served(page, href)
         settle(page)
 
     with step(page, "25-photo-map-click-searches"):

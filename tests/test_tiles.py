@@ -258,3 +258,32 @@ def test_a_rebuilt_map_is_not_served_under_its_old_key(built: Config, tmp_path: 
     again = run_mosaic(config, ["inception_v3"])
     assert not again.details["inception_v3"]["skipped"]
     assert (config.mosaic_tiles_dir("inception_v3") / first / "0" / "0_0.jpg").is_file()
+
+
+def test_a_small_catalogs_photo_map_image_is_linked_when_the_routes_answer(
+    built: Config, monkeypatch: pytest.MonkeyPatch, clear_caches: None
+) -> None:
+    """Under app/server.py the pages name the photo map image by its route (the browser keeps
+    it across reruns) instead of inlining it; without the routes they inline it."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from app import routes
+    from app.ui import loaders
+
+    monkeypatch.setenv("LOOKALIKE_ARTIFACTS", str(built.artifacts_dir))
+    mosaic = loaders.mosaic(built, "inception_v3")
+    assert mosaic is not None
+    monkeypatch.setitem(routes._SERVING, "routes", False)
+    assert routes.mosaic_source("inception_v3", mosaic).startswith("data:image/jpeg;base64,")
+    monkeypatch.setitem(routes._SERVING, "routes", True)
+    url = routes.mosaic_source("inception_v3", mosaic)
+    assert url == f"{routes.PREFIX}/mosaic/inception_v3/{mosaic['sha'][:16]}.jpg"
+    client = TestClient(Starlette(routes=routes.ROUTES))
+    reply = client.get(url)
+    assert reply.status_code == 200 and "immutable" in reply.headers["cache-control"]
+    assert reply.content == built.mosaic_image_path("inception_v3").read_bytes()
+    # Another image's name (a rebuilt map), or no such extractor: not served.
+    base = f"{routes.PREFIX}/mosaic"
+    assert client.get(f"{base}/inception_v3/{'0' * 16}.jpg").status_code == 404
+    assert client.get(f"{base}/nonsense/{mosaic['sha'][:16]}.jpg").status_code == 404

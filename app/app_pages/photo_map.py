@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app import routes
 from app.ui import hover, loaders, plots, selection, tiled_map, widgets
 from app.ui.names import display_name
 from pipelines import commands
@@ -53,7 +54,11 @@ st.caption(
     f"double-click to zoom out, hover for a bigger photo, click a photo to find its lookalikes."
 )
 figure, trace_ids = plots.photo_map_figure(
-    mosaic["cells"], mosaic["uri"], mosaic["cols"], mosaic["rows"], height=HEIGHT
+    mosaic["cells"],
+    routes.mosaic_source(settings.extractor, mosaic),
+    mosaic["cols"],
+    mosaic["rows"],
+    height=HEIGHT,
 )
 chart_key = f"photo_map_{settings.extractor}"
 event = st.plotly_chart(

@@ -104,10 +104,13 @@ _SCRIPT = """<script>
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _component_html(artifacts_dir: str, extractor: str, sha: str) -> str:
+def _component_html(artifacts_dir: str, extractor: str, sha: str, linked: bool) -> str:
+    """The hover script and its data for `extractor`'s mosaic (`sha`); `linked`: the image is
+    named by this server's route, not inlined (`routes.mosaic_source`)."""
     mosaic = loaders.mosaic(Config(artifacts_dir=artifacts_dir), extractor)
     if mosaic is None:
         return ""
+    source = routes.mosaic_source(extractor, mosaic)
     cells = mosaic["cells"]
     data = {
         "id": PREVIEW_ID,
@@ -122,7 +125,7 @@ def _component_html(artifacts_dir: str, extractor: str, sha: str) -> str:
     }
     return (
         f'<script type="application/json" id="mosaic-data">{json.dumps(data)}</script>'
-        f'<script type="text/plain" id="mosaic-uri">{mosaic["uri"]}</script>{_SCRIPT}'
+        f'<script type="text/plain" id="mosaic-uri">{source}</script>{_SCRIPT}'
     )
 
 
@@ -139,7 +142,8 @@ def photo_hover(cfg: Config, extractor: str) -> None:
     for name in (extractor, *EXTRACTORS):
         mosaic = loaders.mosaic(cfg, name)
         if mosaic is not None:
-            html = _component_html(str(cfg.artifacts_dir), name, mosaic["sha"])
+            linked = routes.mosaic_source(name, mosaic) != mosaic["uri"]
+            html = _component_html(str(cfg.artifacts_dir), name, mosaic["sha"], linked)
             # A 1-px iframe: the script needs a document of its own, not room on the page.
             st.iframe(html, height=1)
             return

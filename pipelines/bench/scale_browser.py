@@ -198,14 +198,15 @@ def _photo_map_once(browser: Any, url: str, viewport: dict, zoom_steps: int) -> 
 
 
 # The Photo map has drawn its photos: a viewer exists (tiles), or a plot holds the mosaic
-# image (a data: URI) and the image has a size. Shadow roots are searched (the viewer lives
-# in one).
-_PHOTOS_JS = """() => {
+# image (a data: URI, or the app server's mosaic route) and the image has a size. Shadow
+# roots are searched (the viewer lives in one).
+_PHOTOS_JS = r"""() => {
     const roots = [document];
     for (const el of document.querySelectorAll('*')) if (el.shadowRoot) roots.push(el.shadowRoot);
     if (roots.some((r) => r.querySelector('.lk-deepzoom'))) return true;
     return [...document.querySelectorAll('.js-plotly-plot image')].some((i) =>
-        (i.getAttribute('href') || '').startsWith('data:image/jpeg') && i.getBBox().width > 0);
+        /^data:image\/jpeg|\/lookalike\/mosaic\//.test(i.getAttribute('href') || '')
+        && i.getBBox().width > 0);
 }"""
 _VIEWER_DONE_JS = """() => {
     for (const el of document.querySelectorAll('*')) {
