@@ -30,6 +30,17 @@ def _empty_cache():
     model_cache.clear()
 
 
+def _cnn_only(built: Config, root: Path) -> Config:
+    """A build under `root` holding only `built`'s custom CNN (model, descriptor, manifest)."""
+    cfg = Config(artifacts_dir=root, cnn_image_size=built.cnn_image_size)
+    cfg.models_dir.mkdir(parents=True)
+    for path in (built.custom_cnn_path, built.custom_cnn_descriptor_path):
+        if path.exists():
+            shutil.copy2(path, cfg.models_dir / path.name)
+    shutil.copy2(manifest_path(built.custom_cnn_path), manifest_path(cfg.custom_cnn_path))
+    return cfg
+
+
 def _photos(built: Config, n: int = 8) -> list[str]:
     return pd.read_parquet(built.catalog_path)["path"].head(n).tolist()
 
@@ -91,12 +102,7 @@ def test_the_embed_stage_exports_them_and_a_server_reads_them_without_tensorflow
 
 
 def test_a_stale_or_damaged_export_is_exported_again(built: Config, tmp_path: Path) -> None:
-    cfg = Config(artifacts_dir=tmp_path, cnn_image_size=built.cnn_image_size)
-    cfg.models_dir.mkdir(parents=True)
-    for path in (built.custom_cnn_path, built.custom_cnn_descriptor_path):
-        if path.exists():
-            shutil.copy2(path, cfg.models_dir / path.name)
-    shutil.copy2(manifest_path(built.custom_cnn_path), manifest_path(cfg.custom_cnn_path))
+    cfg = _cnn_only(built, tmp_path)
     photo = _photos(built, 1)
     exported = cfg.lite_model_path("custom_cnn")
 
@@ -123,3 +129,20 @@ def test_a_stale_or_damaged_export_is_exported_again(built: Config, tmp_path: Pa
     write_manifest(exported, lite.STAGE, stale["params"], read_manifest(exported)["inputs"])
     np.testing.assert_array_equal(embed(), first)
     assert exported.stat().st_size > 1000
+
+
+def test_an_export_that_cannot_be_written_runs_the_keras_model(
+    built: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    cfg = _cnn_only(built, tmp_path)
+
+    def read_only(*_args: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(lite, "export", read_only)
+    live = get_extractor("custom_cnn", cfg, live=True)
+    photo = _photos(built, 2)
+    got = live.embed_images(photo)
+    assert not isinstance(live.model, lite.LiteModel)  # Keras, since nothing could be written
+    assert "cannot write the live model" in capsys.readouterr().err
+    np.testing.assert_array_equal(got, get_extractor("custom_cnn", cfg).embed_images(photo))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import artifacts
-from pipelines.errors import LookalikeError
+from pipelines import artifacts, commands
 
 STAGE = "lite_model"
 # Threads of one interpreter's kernels (XNNPACK): this machine's 2 cores.
@@ -59,40 +59,43 @@ class LiteModel:
             return [np.array(out[name]) for name in self._outputs]
 
 
-def read_or_export(
-    path: Path, inputs: Mapping[str, str], keras_model: Callable[[], Any]
-) -> LiteModel:
+def read_or_export(path: Path, inputs: Mapping[str, str], keras_model: Callable[[], Any]) -> Any:
     """The LiteRT model at `path` when it was exported from these `inputs` (the Keras model's
     hash) by this TensorFlow; else exported now from `keras_model()` (which imports
-    TensorFlow: ~15 s for InceptionV3, once), then read."""
+    TensorFlow: ~15 s for InceptionV3, once), then read. Where the file cannot be written (a
+    read-only artifacts folder) the Keras model itself is returned, with a warning: the same
+    outputs, at TensorFlow's start-up cost."""
     if artifacts.is_fresh(path, STAGE, _params(), inputs):
         try:
             return LiteModel(path)
         except (ValueError, RuntimeError):  # an unreadable file is exported again
             pass
-    export(keras_model(), path, inputs)
+    model = keras_model()
+    try:
+        export(model, path, inputs)
+    except OSError as err:
+        print(
+            f"warning: cannot write the live model {path} ({err}); running the Keras model "
+            f"instead — run `{commands.RUN}` with a writable artifacts folder to export it",
+            file=sys.stderr,
+        )
+        return model
     return LiteModel(path)
 
 
 def export(model: Any, path: Path, inputs: Mapping[str, str]) -> dict[str, Any]:
     """Convert the Keras `model` to a LiteRT file at `path` (written atomically, then its
-    manifest); returns the manifest. Raises LookalikeError when the folder is read-only."""
+    manifest); returns the manifest. Raises OSError when it cannot be written."""
     import tensorflow as tf
 
     start = time.perf_counter()
     # Keras prints the whole signature of the graph it hands the converter: not for users.
     with contextlib.redirect_stdout(io.StringIO()):
         blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    try:
-        with artifacts.atomic_path(path) as tmp:
-            Path(tmp).write_bytes(blob)
-        extra = {"seconds": round(time.perf_counter() - start, 1)}
-        return artifacts.write_manifest(path, STAGE, _params(), inputs, extra=extra)
-    except OSError as err:
-        raise LookalikeError(
-            f"cannot write the live model {path} ({err}) — make the artifacts folder "
-            f"writable, or pass --artifacts with a writable one"
-        ) from err
+    with artifacts.atomic_path(path) as tmp:
+        Path(tmp).write_bytes(blob)
+    extra = {"seconds": round(time.perf_counter() - start, 1)}
+    return artifacts.write_manifest(path, STAGE, _params(), inputs, extra=extra)
 
 
 def _params() -> dict[str, Any]:
