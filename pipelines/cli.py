@@ -159,7 +159,9 @@ def _bench(config: Config, args: argparse.Namespace) -> Any:
     if args.api:
         from pipelines.serve.loadtest import run_loadtest
 
-        return run_loadtest(config, quick=args.quick, workers=args.workers)
+        return run_loadtest(
+            config, quick=args.quick, workers=args.workers, overrides=args.overrides
+        )
     from pipelines.bench import run_bench
 
     return run_bench(config, quick=args.quick, sections=args.section)

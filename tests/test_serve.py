@@ -599,6 +599,24 @@ def test_corrections_endpoints_record_list_and_undo(built: Config, tmp_path: Pat
 # --------------------------------------------------------------------------- the real server
 
 
+def test_the_load_test_server_runs_with_the_benchmarks_settings(
+    built: Config, tmp_path: Path
+) -> None:
+    """`bench --api --set ...` starts its server with the same settings: a setting the server
+    refuses stops it, naming the setting in its log."""
+    from pipelines.errors import LookalikeError
+    from pipelines.serve.loadtest import running_server
+
+    log = tmp_path / "server.log"
+    refused = ["no_such_setting=1"]
+    with (
+        pytest.raises(LookalikeError, match="exited"),
+        running_server(built, timeout_s=120, log_path=log, overrides=refused),
+    ):
+        pass
+    assert "no_such_setting" in log.read_text()
+
+
 def test_real_server_answers_over_http(built: Config, ids: list[str], tmp_path: Path) -> None:
     # `python -m pipelines serve` in a subprocess on a free 127.0.0.1 port, stopped on exit.
     from pipelines.serve.loadtest import running_server

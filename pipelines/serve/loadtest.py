@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,15 +138,18 @@ def running_server(  # noqa: ANN201 - a context manager
     api_key: str | None = None,
     log_path: Path | None = None,
     workers: int = 1,
+    overrides: Sequence[str] = (),
 ):
     """`python -m pipelines serve` on a free loopback port; yields (base URL, pid). Always
     stopped on exit. `api_key` sets LOOKALIKE_API_KEY for the server (unset by default);
     its output goes to `log_path` (default: the bench folder). With `workers` > 1 it is ready
-    once every worker answers /health with its models loaded."""
+    once every worker answers /health with its models loaded. `overrides` ("name=value") are
+    passed to the server as `--set`, so it runs with the settings the benchmark was given."""
     port = _free_port()
     command = [sys.executable, "-m", "pipelines", "serve", "--host", HOST, "--port", str(port)]
     command += ["--artifacts", str(config.artifacts_dir), "--embed-mode", embed_mode]
     command += ["--workers", str(workers)]
+    command += [part for override in overrides for part in ("--set", override)]
     env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_API_KEY"}
     env["PYTHONPATH"] = str(REPO_ROOT)
     if api_key is not None:
@@ -336,9 +339,12 @@ def _inputs(config: Config, n_photos: int = 24) -> tuple[list[str], list[tuple[s
     return catalog["item_id"].tolist(), photos
 
 
-def run_loadtest(config: Config, quick: bool = False, workers: int = 1) -> dict[str, Any]:
-    """Load-test the API over `config.artifacts_dir` (the server with `workers` processes)
-    and write bench/api.json (api-workers<N>.json for N > 1).
+def run_loadtest(
+    config: Config, quick: bool = False, workers: int = 1, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Load-test the API over `config.artifacts_dir` (the server with `workers` processes,
+    started with the command's `--set` overrides) and write bench/api.json
+    (api-workers<N>.json for N > 1).
 
     Phases (seconds; `quick` shortens every one to a few seconds):
     - similar: 16 clients asking GET /items/{id}/similar (target p95 <= 20 ms, 0 errors);
@@ -360,12 +366,13 @@ def run_loadtest(config: Config, quick: bool = False, workers: int = 1) -> dict[
         "cpu_count": os.cpu_count(),
         "quick": quick,
         "workers": workers,
+        "overrides": list(overrides),
         "targets": TARGETS,
         "phases": {},
         "servers": {},
     }
     for mode in ("lock", "batch"):
-        with running_server(config, mode, workers=workers) as (base, pid):
+        with running_server(config, mode, workers=workers, overrides=overrides) as (base, pid):
             rss = {"start_mb": round(rss_mb(pid), 1)}
             print(f"api bench: server up in {mode} mode, RSS {rss['start_mb']:.0f} MB", flush=True)
             # A few warm-up calls so first-use costs (lazy imports, kernels) are not measured.
