@@ -23,8 +23,10 @@ from pipelines.search.topk import top_k
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _empty_cache():
+    # Per module, not per test: the tests share the loaded Keras models (InceptionV3 is ~10 s
+    # to read); the one that needs a fresh load clears the cache itself.
     model_cache.clear()
     yield
     model_cache.clear()
