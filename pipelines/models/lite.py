@@ -30,7 +30,8 @@ import numpy as np
 from pipelines import artifacts, commands
 
 STAGE = "lite_model"
-# Threads of one interpreter's kernels (XNNPACK): this machine's 2 cores.
+# Threads of one interpreter's kernels (XNNPACK). One was slower here under load (bench --api:
+# uploads beside similar traffic p95 918 ms against 736-920 ms with two).
 THREADS = 2
 
 
